@@ -1,0 +1,77 @@
+"""digits: scikit-learn's bundled 8×8 handwritten digits, a small MLP — the CPU quickstart task."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tdabench.registry import register_task
+from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
+from tdabench.training import minibatch_train, steps_per_run
+
+
+@dataclass(frozen=True)
+class DigitsConfig(TaskConfig):
+    n_train: int = 1000        # attribution set size (of 1,797 images)
+    n_query: int = 200         # query set size, disjoint from the attribution set
+    hidden: int = 32           # MLP width: 64 → hidden → 10
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.01           # Adam
+    weight_decay: float = 1e-4
+    data_seed: int = 0         # fixes the split, not the training randomness
+
+
+@register_task
+class Digits(Task):
+    name = "digits"
+    version = "1"
+    description = "sklearn 8x8 digits (real data, ships with scikit-learn), 64-32-10 MLP, Adam"
+    Config = DigitsConfig
+
+    @cached_property
+    def _split(self) -> tuple[Batch, Batch]:
+        from sklearn.datasets import load_digits
+
+        c = self.config
+        x, y = load_digits(return_X_y=True)
+        if c.n_train + c.n_query > len(y):
+            raise ValueError(f"task.n_train + task.n_query = {c.n_train + c.n_query} exceeds the {len(y)} digits")
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(c.data_seed))
+        x = torch.tensor(x, dtype=torch.float32, device=self.device) / 16.0   # shape: [1797, 64]
+        y = torch.tensor(y, dtype=torch.long, device=self.device)             # shape: [1797]
+        tr, qu = perm[: c.n_train].to(self.device), perm[c.n_train : c.n_train + c.n_query].to(self.device)
+        return (x[tr], y[tr]), (x[qu], y[qu])
+
+    def train_data(self) -> Batch:
+        return self._split[0]
+
+    def query_data(self) -> Batch:
+        return self._split[1]
+
+    def make_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, self.config.hidden), nn.ReLU(), nn.Linear(self.config.hidden, 10)).to(self.device)
+
+    def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        return model(batch[0])  # shape: [B, 10] logits
+
+    def output_loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        return F.cross_entropy(outputs, batch[1], reduction="none")  # shape: [B]
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        return self.output_loss(self.outputs(model, batch), batch)
+
+    def total_steps(self, n_examples: int) -> int:
+        return steps_per_run(n_examples, self.config.epochs, self.config.batch_size)
+
+    def train(self, model: nn.Module, indices: Tensor, seed: int, on_checkpoint: Optional[CheckpointHook] = None,
+              checkpoint_steps: tuple[int, ...] = ()) -> nn.Module:
+        c = self.config
+        opt = torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        return minibatch_train(model, self.train_data(), indices, lambda m, b: self.loss(m, b).mean(), opt,
+                               c.epochs, c.batch_size, seed, on_checkpoint, checkpoint_steps)

@@ -1,0 +1,13 @@
+"""tdabench: a benchmark for training-data attribution methods, scored by LDS against retrained models."""
+from .groundtruth import GroundTruth, GroundTruthConfig, build_ground_truth, make_masks, train_and_measure
+from .lds import lds, lds_per_query, mean_se, noise_ceiling
+from .method import Context, Method, MethodConfig
+from .records import RunResult
+from .registry import METHODS, TASKS, register_method, register_task
+from .task import Batch, Checkpoint, Task, TaskConfig
+
+__version__ = "0.1.0"
+__all__ = ["Batch", "Checkpoint", "Context", "GroundTruth", "GroundTruthConfig", "METHODS", "Method",
+           "MethodConfig", "RunResult", "TASKS", "Task", "TaskConfig", "build_ground_truth", "lds",
+           "lds_per_query", "make_masks", "mean_se", "noise_ceiling", "register_method", "register_task",
+           "train_and_measure"]

@@ -1,0 +1,150 @@
+"""The ``tdabench`` command line: run, ground-truth, list."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .config import ConfigError, field_summary, parse_set_args
+from .registry import METHODS, TASKS, UnknownNameError
+
+log = logging.getLogger("tdabench")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="task name (see `tdabench list`)")
+    p.add_argument("--seeds", default="3", help="number of seeds S (seeds 0..S-1), or a list like 0,4,7")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SCOPE.KEY=VALUE",
+                   help="override a setting: task.KEY, gt.KEY (alpha, num_subsets, retrain_seeds) or METHOD.KEY")
+    p.add_argument("--results-dir", type=Path, default=Path("results"), help="where caches and records go")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--serial", action="store_true", help="retrain in this process without Ray (debugging)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tdabench", description="Training-data attribution benchmark (LDS).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="score methods on a task: ground truth, reference model, fit, score, LDS")
+    _common(run)
+    run.add_argument("--method", required=True, help="method name(s), comma-separated")
+    run.add_argument("--json", action="store_true", help="print only a JSON array of summaries on stdout")
+    run.add_argument("--force", action="store_true", help="recompute records that already exist")
+    gt = sub.add_parser("ground-truth", help="build (or complete) the ground-truth caches only")
+    _common(gt)
+    sub.add_parser("list", help="tasks and methods with their settings and defaults")
+    return parser
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"3"`` → (0, 1, 2); ``"0,4,7"`` → (0, 4, 7)."""
+    try:
+        if "," in text:
+            return tuple(int(s) for s in text.split(",") if s)
+        count = int(text)
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give a count (3) or a comma-separated list (0,4,7)") from None
+    if count < 1:
+        raise ConfigError(f"--seeds {text!r}: at least one seed is needed")
+    return tuple(range(count))
+
+
+def _spec(args: argparse.Namespace, methods: tuple[str, ...]) -> Any:
+    from .runner import RunSpec
+
+    return RunSpec(task=args.task, methods=methods, seeds=parse_seeds(args.seeds), overrides=parse_set_args(args.sets),
+                   results_dir=args.results_dir, device=args.device, executor="serial" if args.serial else "ray",
+                   ray_address=args.ray_address, force=getattr(args, "force", False))
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def format_table(summaries: list[dict[str, Any]]) -> str:
+    """The run table: method, LDS mean ± SE, per-seed LDS, fit s, score s, peak MB."""
+    rows = [("method", "LDS (mean ± SE)", "per seed", "fit s", "score s", "peak MB")]
+    for s in summaries:
+        rows.append((s["method"], f"{_fmt(s['lds_mean'])} ± {_fmt(s['lds_se'])}",
+                     " ".join(_fmt(v) for v in s["lds_per_seed"]), _fmt(s["fit_seconds"], 2),
+                     _fmt(s["score_seconds"], 2), f"{s['peak_rss_mb']:.0f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    ceilings = [s["noise_ceiling"] for s in summaries if "noise_ceiling" in s]
+    if ceilings:
+        lines.append(f"noise ceiling (half the retraining seeds predicting the other half): {_fmt(ceilings[0])}")
+    return "\n".join(lines)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    summaries, failures = run(_spec(args, tuple(m for m in args.method.split(",") if m)))
+    if args.json:
+        print(json.dumps(_json_safe(summaries), indent=1))
+    else:
+        print(format_table(summaries))
+    for failure in failures:
+        log.error("failed: %s", failure)
+    return 1 if failures else 0
+
+
+def cmd_ground_truth(args: argparse.Namespace) -> int:
+    from .groundtruth import build_ground_truth
+    from .runner import _LazyExecutor, validate
+
+    spec = _spec(args, ())
+    task, _, gt = validate(spec)
+    executor = _LazyExecutor(spec)
+    try:
+        for seed in spec.seeds:
+            truth = build_ground_truth(task, gt, seed, spec.results_dir, executor)
+            ceiling = truth.noise_ceiling
+            print(f"seed {seed}: {truth.replicas.shape[1]} subsets × {truth.replicas.shape[0]} retraining seeds, "
+                  f"key {truth.key}" + (f", noise ceiling {ceiling:.3f}" if ceiling is not None else ""))
+    finally:
+        executor.close()
+    return 0
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    for title, registry in (("tasks", TASKS), ("methods", METHODS)):
+        print(f"{title}:")
+        for name in registry.names():
+            cls = registry.get(name)
+            print(f"  {name:<12} {cls.description}")
+            for field, tp, default in field_summary(cls.Config):
+                print(f"      {field} ({tp}) = {default!r}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="[tdabench %(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    handlers = {"run": cmd_run, "ground-truth": cmd_ground_truth, "list": cmd_list}
+    try:
+        return handlers[args.command](args)
+    except (UnknownNameError, ConfigError, PermissionError, ValueError, RuntimeError) as err:
+        print(f"tdabench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

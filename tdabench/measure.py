@@ -1,0 +1,65 @@
+"""Wall-clock time and peak memory of one stage of work (the one shared timing implementation)."""
+from __future__ import annotations
+
+import re
+import resource
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Optional
+
+import torch
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark of this process (Linux ≥ 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            match = re.search(r"VmHWM:\s+(\d+) kB", fh.read())
+        if match:
+            return int(match.group(1)) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+
+
+@dataclass
+class Usage:
+    """What one stage cost: seconds, peak RSS of this process (MB), CUDA peak (MB) or None."""
+
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    peak_cuda_mb: Optional[float] = None
+
+
+class Meter:
+    """``with Meter(device) as m: ...`` then ``m.usage``.  Peak RSS is the high-water mark during
+    the block where the kernel lets it be reset (Linux), else the process lifetime peak."""
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.usage = Usage()
+
+    def __enter__(self) -> "Meter":
+        _reset_peak_rss()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.usage.peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20
+        self.usage.seconds = time.perf_counter() - self._start
+        self.usage.peak_rss_mb = _peak_rss_mb()

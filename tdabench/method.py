@@ -1,0 +1,81 @@
+"""The Method interface and the Context the runner hands to every method.
+
+Score sign convention (every method, every task): ``scores[i, j]`` predicts the change in query
+``j``'s measurement when attribution example ``i`` is included in training (weight 0 → 1).  For a
+loss measurement an example that helps the query has a *negative* score.  Library outputs are
+converted to this sign inside the method file.
+"""
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .task import Batch, Checkpoint, Task
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config (subclass it as a frozen dataclass)."""
+
+
+@dataclass
+class Context:
+    """Everything a method may use; filled by the runner, read-only for methods.
+
+    ``model`` is the reference model trained on the full attribution set (eval mode, on
+    ``device``).  ``checkpoints`` holds ``Method.needs_checkpoints`` points of its training
+    trajectory (empty for endpoint methods).  ``cache_dir`` is private to this method and task
+    and survives between runs (for expensive query-independent state such as curvature factors).
+    """
+
+    task: Task
+    model: nn.Module
+    train_data: Batch          # shape: [n_train, ...]
+    query_data: Batch          # shape: [n_query, ...]
+    device: torch.device
+    seed: int
+    cache_dir: Path
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    model_key: str = ""        # content hash of the reference model (task, config, seed)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_data[0].shape[0])
+
+    @property
+    def n_query(self) -> int:
+        return int(self.query_data[0].shape[0])
+
+
+class Method(ABC):
+    """A training-data-attribution method.
+
+    Subclasses set ``name``, ``description`` and ``Config`` and implement ``score``; ``fit`` is
+    the optional query-independent stage (timed separately).  Capabilities are class attributes
+    so that the core never branches on a method's name.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = MethodConfig
+    #: Trajectory checkpoints the method needs (0 for endpoint methods).
+    needs_checkpoints: ClassVar[int] = 0
+    #: False for baselines whose scores carry no information (exempt from the sign contract).
+    informative: ClassVar[bool] = True
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{type(self).__name__} expects a {self.Config.__qualname__}, got {type(config).__name__}")
+
+    def fit(self, ctx: Context) -> None:
+        """Query-independent work (factors, features, samples); default: nothing."""
+
+    def score(self, ctx: Context) -> Tensor:
+        """Attribution scores, shape ``[n_train, n_query]``, float32, in the sign convention above."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score()")

@@ -1,0 +1,76 @@
+"""Name → class registries for tasks and methods, with did-you-mean errors.
+
+A built-in task or method registers itself in its own file with ``@register_task`` /
+``@register_method``; the registry imports every module of ``tdabench.tasks`` /
+``tdabench.methods`` the first time it is asked.  Third-party packages add theirs through the
+entry-point groups ``tdabench.tasks`` and ``tdabench.methods`` (the entry point loads the class).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """An unknown task or method name; ``str()`` lists the known names and a did-you-mean."""
+
+    def __str__(self) -> str:  # KeyError would print the repr
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """Holds the classes of one kind (``task`` or ``method``) by their ``name``."""
+
+    def __init__(self, kind: str, package: str, group: str) -> None:
+        self.kind, self.package, self.group = kind, package, group
+        self._classes: dict[str, type[T]] = {}
+        self._loaded = False
+
+    def register(self, cls: type[T]) -> type[T]:
+        """Class decorator: add ``cls`` under ``cls.name``."""
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{cls.__qualname__} needs a class attribute `name` to be registered")
+        other = self._classes.get(name)
+        if other is not None and other.__qualname__ != cls.__qualname__:
+            raise ValueError(f"{self.kind} name {name!r} is taken by {other.__module__}.{other.__qualname__}")
+        self._classes[name] = cls
+        return cls
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        pkg = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+        for ep in entry_points(group=self.group):
+            self.register(ep.load())
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        self._load()
+        return sorted(self._classes)
+
+    def get(self, name: str) -> type[T]:
+        """The class registered as ``name``; unknown names fail with a did-you-mean."""
+        self._load()
+        if name in self._classes:
+            return self._classes[name]
+        close = difflib.get_close_matches(name, self._classes, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}"
+        )
+
+
+TASKS: Registry = Registry("task", "tdabench.tasks", "tdabench.tasks")
+METHODS: Registry = Registry("method", "tdabench.methods", "tdabench.methods")
+register_task = TASKS.register
+register_method = METHODS.register

@@ -1,0 +1,155 @@
+"""The Task interface: data, model, training recipe and measurement of one benchmark setting."""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+from torch import Tensor, nn
+
+#: A batch is a tuple of tensors that all share the leading (example) dimension ``B``.
+Batch = tuple[Tensor, ...]
+
+
+def take(data: Batch, index: Tensor | slice) -> Batch:
+    """Rows ``index`` of every tensor of ``data`` (index may live on any device)."""
+    if isinstance(index, Tensor):
+        index = index.to(data[0].device)
+    return tuple(t[index] for t in data)
+
+
+def batches(data: Batch, batch_size: int) -> "list[Batch]":
+    """``data`` cut into consecutive batches of at most ``batch_size`` rows, in order."""
+    n = data[0].shape[0]
+    return [tuple(t[i : i + batch_size] for t in data) for i in range(0, n, batch_size)]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One point on the reference model's training trajectory.
+
+    ``lr`` is the learning rate in force at ``step``; ``steps_since_previous`` counts the optimiser
+    steps since the previous checkpoint (or since the start for the first one).
+    """
+
+    step: int
+    state: dict[str, Tensor]
+    lr: float
+    steps_since_previous: int
+
+
+#: Called by ``Task.train`` as ``hook(step, model, lr)`` at each requested step (``lr``: the
+#: learning rate in force for the updates that led to this step).
+CheckpointHook = Callable[[int, nn.Module, float], None]
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Base of every task config (subclass it as a frozen dataclass)."""
+
+
+class Task(ABC):
+    """A benchmark setting: attribution set, query set, model, training recipe, measurement.
+
+    Subclasses set ``name``, ``version`` (bump on any change of data, model or recipe: it keys the
+    ground-truth cache), ``description`` and ``Config`` (a frozen dataclass with defaults), and
+    implement the methods below that raise ``NotImplementedError``.  Data are batches (tuples of
+    tensors) kept on ``self.device``; an index into the attribution set is the unit of attribution.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = TaskConfig
+
+    def __init__(self, config: Any = None, device: str | torch.device = "cpu") -> None:
+        self.config = config if config is not None else self.Config()
+        if not isinstance(self.config, self.Config):
+            raise TypeError(f"{type(self).__name__} expects a {self.Config.__qualname__}, got {type(config).__name__}")
+        self.device = torch.device(device)
+
+    # ----- required -------------------------------------------------------------------------
+    def train_data(self) -> Batch:
+        """The attribution set, every tensor of shape ``[n_train, ...]`` on ``self.device``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement train_data()")
+
+    def query_data(self) -> Batch:
+        """The query set, every tensor of shape ``[n_query, ...]`` on ``self.device``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement query_data()")
+
+    def make_model(self, seed: int) -> nn.Module:
+        """A freshly initialised model on ``self.device``, deterministic in ``seed``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_model()")
+
+    def train(self, model: nn.Module, indices: Tensor, seed: int,
+              on_checkpoint: Optional[CheckpointHook] = None,
+              checkpoint_steps: tuple[int, ...] = ()) -> nn.Module:
+        """Train ``model`` in place on attribution examples ``indices`` (shape ``[m]``); return it.
+
+        ``seed`` fixes data order and any other randomness. When ``on_checkpoint`` is given, call it
+        at each step listed in ``checkpoint_steps`` (step 0 = before the first update).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement train()")
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Per-example training loss, shape ``[B]`` (no reduction, no regulariser)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss()")
+
+    # ----- optional hooks -------------------------------------------------------------------
+    def measurement(self, model: nn.Module, batch: Batch) -> Tensor:
+        """The query observable φ, shape ``[B]``; by default the per-example loss."""
+        return self.loss(model, batch)
+
+    def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Model outputs ``[B, C]`` of which the loss is a function (needed for Gauss-Newton curvature)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose outputs(); Gauss-Newton curvature needs it")
+
+    def output_loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        """Per-example loss ``[B]`` from ``outputs(model, batch)``; ``loss`` must equal their composition."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose output_loss(); Gauss-Newton curvature needs it")
+
+    def regularizer(self, model: nn.Module) -> Tensor:
+        """The explicit regulariser of the training objective (scalar); 0 by default.
+
+        The objective that ``train`` minimises is ``mean(loss) + regularizer``; curvature-based
+        methods include this term in their Hessian.
+        """
+        return torch.zeros((), device=self.device)
+
+    def total_steps(self, n_examples: int) -> int:
+        """Optimiser steps of one training run on ``n_examples`` (for checkpoint spacing)."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its number of training steps")
+
+    def method_defaults(self, method: str) -> dict[str, Any]:
+        """Per-method config defaults this task recommends, e.g. ``{"patterns": ("attn",)}``."""
+        return {}
+
+    @property
+    def num_gpus_per_retrain(self) -> float:
+        """GPU fraction one retrain asks Ray for when CUDA is in use."""
+        return float(getattr(self.config, "gpu_fraction", 1.0))
+
+    # ----- derived --------------------------------------------------------------------------
+    @property
+    def n_train(self) -> int:
+        return int(self.train_data()[0].shape[0])
+
+    @property
+    def n_query(self) -> int:
+        return int(self.query_data()[0].shape[0])
+
+    def measure(self, model: nn.Module, data: Batch, batch_size: int = 1024) -> Tensor:
+        """φ of ``model`` on every row of ``data`` in eval mode without gradients, shape ``[n]``."""
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = torch.cat([self.measurement(model, b).reshape(b[0].shape[0], -1).mean(1)
+                             for b in batches(data, batch_size)])
+        model.train(was_training)
+        return out.float()
+
+    def describe(self) -> dict[str, Any]:
+        """Name, version and config: everything that identifies this task's numbers."""
+        return {"name": self.name, "version": self.version, "config": dataclasses.asdict(self.config)}

@@ -102,6 +102,20 @@ class Task(ABC):
         """The query observable φ, shape ``[B]``; by default the per-example loss."""
         return self.loss(model, batch)
 
+    def token_measurement(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Per-token observable ``[B, T]`` whose mean over T is ``measurement`` (language tasks)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-token measurement")
+
+    @property
+    def has_token_measurement(self) -> bool:
+        """True when ``token_measurement`` is implemented (methods may then attribute per token)."""
+        return type(self).token_measurement is not Task.token_measurement
+
+    def fit_data(self) -> Batch:
+        """Data for query-independent fitting (curvature factors, SGLD minibatches): by default the
+        attribution set; a task may return its full training set instead."""
+        return self.train_data()
+
     def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
         """Model outputs ``[B, C]`` of which the loss is a function (needed for Gauss-Newton curvature)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose outputs(); Gauss-Newton curvature needs it")

@@ -141,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handlers = {"run": cmd_run, "ground-truth": cmd_ground_truth, "list": cmd_list}
     try:
         return handlers[args.command](args)
-    except (UnknownNameError, ConfigError, PermissionError, ValueError, RuntimeError) as err:
+    except (UnknownNameError, ConfigError, PermissionError, ImportError, ValueError, RuntimeError) as err:
         print(f"tdabench: error: {err}", file=sys.stderr)
         return 2
 

@@ -67,6 +67,15 @@ class Method(ABC):
     needs_checkpoints: ClassVar[int] = 0
     #: False for baselines whose scores carry no information (exempt from the sign contract).
     informative: ClassVar[bool] = True
+    #: Importable modules the method needs beyond the core (e.g. ``("kronfluence",)``).
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        """The modules of ``requires`` that cannot be imported here."""
+        import importlib.util
+
+        return [m for m in cls.requires if importlib.util.find_spec(m) is None]
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -59,6 +59,10 @@ def make_task(name: str, overrides: dict[str, str], device: torch.device) -> Tas
 def make_method(name: str, task: Task, overrides: dict[str, str]) -> Method:
     """The method with its defaults, then the task's recommended defaults, then user overrides."""
     cls = METHODS.get(name)
+    missing = cls.missing_requirements()
+    if missing:
+        raise ImportError(f"method {name!r} needs {', '.join(missing)}, which is not installed: "
+                          f"pip install 'tdabench[all]' (see the README)")
     config = dataclasses.replace(cls.Config(), **task.method_defaults(name))
     return cls(apply_overrides(config, overrides, name))
 

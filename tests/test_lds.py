@@ -1,0 +1,63 @@
+"""LDS against scipy and hand-computed cases; seed statistics; the noise ceiling."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from tdabench.lds import lds, lds_per_query, mean_se, noise_ceiling, spearman_columns
+
+
+def test_spearman_matches_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 5, size=(40, 7)).astype(float)   # many ties
+    target = rng.normal(size=(40, 7))
+    ours = spearman_columns(pred, target)
+    ref = [spearmanr(pred[:, j], target[:, j]).statistic for j in range(7)]
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def test_hand_computed_cases():
+    pred = np.array([[1.0, 1.0, 2.0], [2.0, 1.0, 2.0], [3.0, 1.0, 1.0]])
+    target = np.array([[3.0, 1.0, 5.0], [2.0, 2.0, 5.0], [1.0, 3.0, 5.0]])
+    rho = spearman_columns(pred, target)
+    assert rho[0] == pytest.approx(-1.0)     # perfectly reversed
+    assert rho[1] == 0.0                      # constant prediction: no information
+    assert math.isnan(rho[2])                 # constant target: undefined, left out of the mean
+
+
+def test_lds_is_mean_over_defined_queries_and_chunking_is_invisible():
+    gen = torch.Generator().manual_seed(1)
+    masks = torch.rand(30, 50, generator=gen) < 0.5
+    scores = torch.randn(50, 9, generator=gen)
+    targets = masks.double() @ scores.double() + 0.5 * torch.randn(30, 9, generator=gen, dtype=torch.float64)
+    targets[:, 4] = 1.0                       # one undefined query
+    full = lds_per_query(scores, masks, targets, chunk=1000)
+    chunked = lds_per_query(scores, masks, targets, chunk=2)
+    np.testing.assert_array_equal(full, chunked)
+    assert math.isnan(full[4])
+    assert lds(scores, masks, targets) == pytest.approx(np.nanmean(full))
+    assert lds(scores, masks, targets) > 0.8  # a nearly exact linear datamodel
+
+
+def test_lds_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        lds_per_query(torch.zeros(5, 3), torch.zeros(4, 6, dtype=torch.bool), torch.zeros(4, 3))
+
+
+def test_mean_se_hand_computed():
+    mean, se = mean_se([0.1, 0.2, 0.3, 0.6])
+    assert mean == pytest.approx(0.3)
+    assert se == pytest.approx(np.std([0.1, 0.2, 0.3, 0.6], ddof=1) / 2)
+    assert math.isnan(mean_se([0.4])[1])
+
+
+def test_noise_ceiling_limits():
+    gen = torch.Generator().manual_seed(2)
+    signal = torch.randn(1, 50, 20, generator=gen)
+    assert noise_ceiling(signal.repeat(4, 1, 1)) == pytest.approx(1.0)       # noiseless retrains
+    pure_noise = torch.randn(4, 50, 20, generator=gen)
+    assert abs(noise_ceiling(pure_noise)) < 0.1                              # nothing to predict
+    with pytest.raises(ValueError):
+        noise_ceiling(signal)

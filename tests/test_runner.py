@@ -1,0 +1,95 @@
+"""The runner and CLI end to end: LDS on digits, records, reuse, and early failures."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tdabench import cli
+from tdabench.registry import Registry
+from tdabench.runner import RunSpec, run
+
+
+def test_digits_random_is_near_zero_and_gradient_methods_are_clearly_above(tmp_path):
+    spec = RunSpec(task="digits", methods=("random", "gradsim", "if"), seeds=(0,), results_dir=tmp_path,
+                   executor="serial")
+    summaries, failures = run(spec)
+    assert not failures
+    by = {s["method"]: s for s in summaries}
+    assert abs(by["random"]["lds_mean"]) < 0.05
+    assert by["gradsim"]["lds_mean"] > 0.1 and by["if"]["lds_mean"] > 0.1
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_output_records_and_second_run_reuses_everything(tmp_path, capsys, monkeypatch):
+    args = ["run", "--task", "regression", "--method", "gradsim,if", "--seeds", "2", "--serial", "--json",
+            "--set", "gt.num_subsets=12", "--set", "task.n_train=40", "--results-dir", str(tmp_path)]
+    code, out, _ = _cli(args, capsys)
+    assert code == 0
+    summaries = json.loads(out)                    # stdout is only the JSON array
+    assert [s["method"] for s in summaries] == ["gradsim", "if"]
+    for key in ("task", "method", "config", "seeds", "lds_mean", "lds_se", "lds_per_seed", "fit_seconds",
+                "score_seconds", "peak_rss_mb"):
+        assert key in summaries[0]
+    records = sorted((tmp_path / "runs").rglob("seed*.json"))
+    assert len(records) == 4
+    record = json.loads(records[0].read_text())
+    assert record["environment"]["versions"]["torch"] and len(record["lds_per_query"]) == 50
+
+    from tdabench.tasks.regression import Regression
+    calls = []
+    monkeypatch.setattr(Regression, "train", lambda *a, **k: calls.append(1))
+    code, again, _ = _cli(args, capsys)
+    assert code == 0 and calls == []               # no retraining, no reference training
+    assert json.loads(again) == summaries
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--task", "digits", "--method", "gradsm"], "Did you mean 'gradsim'"),
+    (["run", "--task", "digit", "--method", "gradsim"], "Did you mean 'digits'"),
+    (["run", "--task", "digits", "--method", "gradsim", "--set", "task.n_trian=5"], "valid keys: task.n_train"),
+    (["run", "--task", "digits", "--method", "gradsim", "--set", "task.n_train=many"], "task.n_train='many': must be int"),
+    (["run", "--task", "digits", "--method", "gradsim", "--set", "if.damping=1"], "match nothing"),
+    (["run", "--task", "digits", "--method", "if", "--set", "if.curvature=exact"], "hessian, gauss_newton"),
+    (["run", "--task", "digits", "--method", "gradsim", "--set", "gt.alpha=1.5"], "strictly between 0 and 1"),
+    (["run", "--task", "digits", "--method", "gradsim", "--set", "oops"], "SCOPE.KEY=VALUE"),
+])
+def test_bad_input_fails_early_with_a_fix(args, message, capsys, tmp_path):
+    code, out, err = _cli(args + ["--results-dir", str(tmp_path)], capsys)
+    assert code == 2 and message in err
+    assert not (tmp_path / "ground_truth").exists()   # nothing expensive started
+
+
+def test_unwritable_results_dir_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = _cli(["run", "--task", "digits", "--method", "gradsim", "--results-dir", str(blocker / "sub")], capsys)
+    assert code == 2 and "not writable" in err and "--results-dir" in err
+
+
+def test_list_shows_tasks_methods_and_defaults(capsys):
+    code, out, _ = _cli(["list"], capsys)
+    assert code == 0
+    for needle in ("digits", "regression", "gradsim", "random", "if", "damping (float) = 0.001"):
+        assert needle in out
+
+
+def test_third_party_entry_points_are_discovered(tmp_path, monkeypatch):
+    (tmp_path / "thirdparty_tda.py").write_text(
+        "from tdabench.method import Method\n"
+        "class Mine(Method):\n    name = 'mine'\n")
+    dist = tmp_path / "thirdparty_tda-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-tda\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[tdabench.methods]\nmine = thirdparty_tda:Mine\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = Registry("method", "tdabench.methods", "tdabench.methods")
+    assert "mine" in registry.names()
+    assert registry.get("mine").__name__ == "Mine"

@@ -1,0 +1,78 @@
+"""Harness cost: retrains/s through tdabench's ground-truth builder (local Ray, all cores) against a
+bare serial loop calling the same training function, and the time to evaluate LDS at scale.
+
+    python benchmarks/harness_overhead.py [--subsets 60] [--n-train 50000 --n-query 10000]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tdabench.distributed import RayExecutor
+from tdabench.groundtruth import GroundTruthConfig, build_ground_truth, derive_seed, make_masks, train_and_measure
+from tdabench.lds import lds_per_query
+from tdabench.measure import Meter
+from tdabench.tasks.digits import Digits
+
+
+def bare_loop(task: Digits, cfg: GroundTruthConfig) -> float:
+    """Retrains per second of a plain loop: one process, one torch thread, no caching."""
+    torch.set_num_threads(1)
+    masks = make_masks(task.n_train, cfg, 0)
+    start = time.perf_counter()
+    for k in range(cfg.num_subsets):
+        train_and_measure(task, masks[k], derive_seed(0, k, 0))
+    return cfg.num_subsets / (time.perf_counter() - start)
+
+
+def harness(task: Digits, cfg: GroundTruthConfig) -> tuple[float, float]:
+    """Retrains per second through build_ground_truth on local Ray; also Ray's start-up seconds."""
+    start = time.perf_counter()
+    executor = RayExecutor()
+    startup = time.perf_counter() - start
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            build_ground_truth(task, cfg, 0, Path(tmp), executor)
+            return cfg.num_subsets / (time.perf_counter() - start), startup
+    finally:
+        executor.close()
+
+
+def lds_at_scale(n_train: int, n_query: int, subsets: int) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of LDS for an [n_train, n_query] score matrix."""
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(n_train, n_query, generator=gen)
+    masks = torch.rand(subsets, n_train, generator=gen) < 0.5
+    targets = torch.randn(subsets, n_query, generator=gen)
+    with Meter() as meter:
+        lds_per_query(scores, masks, targets)
+    return meter.usage.seconds, meter.usage.peak_rss_mb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subsets", type=int, default=60)
+    parser.add_argument("--n-train", type=int, default=50_000)
+    parser.add_argument("--n-query", type=int, default=10_000)
+    args = parser.parse_args()
+    task, cfg = Digits(), GroundTruthConfig(num_subsets=args.subsets)
+    task.train_data()
+    print(f"machine: {os.cpu_count()} CPU cores; task digits (default config), {args.subsets} retrains each way")
+    serial = bare_loop(task, cfg)
+    print(f"bare serial loop (reference):        {serial:6.2f} retrains/s")
+    ray_rate, startup = harness(task, cfg)
+    print(f"tdabench builder, local Ray:         {ray_rate:6.2f} retrains/s  (Ray start-up {startup:.1f} s, not included)")
+    print(f"ratio builder / bare loop:           {ray_rate / serial:6.2f}x")
+    seconds, peak = lds_at_scale(args.n_train, args.n_query, 100)
+    print(f"LDS of a {args.n_train:,} x {args.n_query:,} score matrix vs 100 subsets: {seconds:.1f} s, "
+          f"peak RSS {peak:,.0f} MB (the score matrix alone is {args.n_train * args.n_query * 4 / 2**20:,.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()

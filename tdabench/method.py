@@ -63,8 +63,6 @@ class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Config: ClassVar[type] = MethodConfig
-    #: Trajectory checkpoints the method needs (0 for endpoint methods).
-    needs_checkpoints: ClassVar[int] = 0
     #: False for baselines whose scores carry no information (exempt from the sign contract).
     informative: ClassVar[bool] = True
     #: Importable modules the method needs beyond the core (e.g. ``("kronfluence",)``).
@@ -81,6 +79,16 @@ class Method(ABC):
         self.config = config if config is not None else self.Config()
         if not isinstance(self.config, self.Config):
             raise TypeError(f"{type(self).__name__} expects a {self.Config.__qualname__}, got {type(config).__name__}")
+
+    @property
+    def needs_checkpoints(self) -> int:
+        """Trajectory checkpoints the method needs (0 for endpoint methods, which never pay for them)."""
+        return 0
+
+    @property
+    def checkpoint_spacing(self) -> str:
+        """``"even"`` (default) or ``"log"`` (denser early in training) spacing of the checkpoints."""
+        return "even"
 
     def fit(self, ctx: Context) -> None:
         """Query-independent work (factors, features, samples); default: nothing."""

@@ -172,7 +172,8 @@ def run(spec: RunSpec) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def make_context(spec: RunSpec, task: Task, method: Method, seed: int) -> Context:
-    model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints)
+    model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints,
+                                             method.checkpoint_spacing)
     cache = spec.results_dir / "cache" / method.name / task.name
     cache.mkdir(parents=True, exist_ok=True)
     return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),

@@ -14,9 +14,9 @@ from tdabench.tasks.regression import Regression, RegressionConfig
 torch.set_num_threads(2)
 
 
-def make_context(task: Task, tmp_path: Path, seed: int = 0, n_checkpoints: int = 0) -> Context:
+def make_context(task: Task, tmp_path: Path, seed: int = 0, n_checkpoints: int = 0, spacing: str = "even") -> Context:
     """The context the runner would build: reference model (cached under tmp_path) and data."""
-    model, checkpoints, key = reference_model(task, seed, tmp_path, n_checkpoints)
+    model, checkpoints, key = reference_model(task, seed, tmp_path, n_checkpoints, spacing)
     cache = tmp_path / "cache"
     cache.mkdir(exist_ok=True)
     return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),

@@ -40,7 +40,7 @@ def test_sign_contract_copy_of_query_is_most_negative(name, tmp_path):
     task = DuplicatedQuery(RegressionConfig(n_train=60, n_query=6, dim=5, noise=0.1, l2=0.05,
                                              optimizer="gd", steps=300, lr=1.0))
     method = make_method(name, task, {})
-    ctx = make_context(task, tmp_path, n_checkpoints=cls.needs_checkpoints)
+    ctx = make_context(task, tmp_path, n_checkpoints=method.needs_checkpoints, spacing=method.checkpoint_spacing)
     method.fit(ctx)
     scores = method.score(ctx)
     assert scores.shape == (60, 6)

@@ -37,7 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="recompute records that already exist")
     gt = sub.add_parser("ground-truth", help="build (or complete) the ground-truth caches only")
     _common(gt)
-    sub.add_parser("list", help="tasks and methods with their settings and defaults")
+    sub.add_parser("list", help="tasks, methods and suites with their settings and defaults")
+    board = sub.add_parser("leaderboard", help="render the leaderboard from run records")
+    board.add_argument("--task", default=None, help="only this task")
+    board.add_argument("--format", default="md", choices=("md", "csv", "latex", "json"))
+    board.add_argument("--results-dir", type=Path, default=Path("results"))
+    board.add_argument("--output", type=Path, default=None, help="also write the board to this file")
+    reg = sub.add_parser("regress", help="CI check: rerun committed settings, compare with committed baselines")
+    reg.add_argument("--baselines", type=Path, default=Path("results/baselines/regress.json"))
+    reg.add_argument("--results-dir", type=Path, default=Path("results"))
+    reg.add_argument("--update-baselines", action="store_true", help="rewrite the baselines with this run's numbers")
+    reg.add_argument("--serial", action="store_true", help="retrain in this process without Ray")
     return parser
 
 
@@ -134,14 +144,38 @@ def cmd_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import leaderboard
+
+    text = leaderboard(args.results_dir, args.task, args.format)
+    print(text, end="")
+    if args.output:
+        args.output.write_text(text)
+    return 0
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from .regress import regress
+
+    report, failures = regress(args.baselines, args.results_dir, args.update_baselines,
+                               "serial" if args.serial else "ray")
+    print("\n".join(report))
+    for failure in failures:
+        print(f"REGRESSION: {failure}", file=sys.stderr)
+    print(f"{len(report)} checks, {len(failures)} failures", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="[tdabench %(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    handlers = {"run": cmd_run, "ground-truth": cmd_ground_truth, "list": cmd_list}
+    handlers = {"run": cmd_run, "ground-truth": cmd_ground_truth, "list": cmd_list,
+                "leaderboard": cmd_leaderboard, "regress": cmd_regress}
     try:
         return handlers[args.command](args)
-    except (UnknownNameError, ConfigError, PermissionError, ImportError, ValueError, RuntimeError) as err:
+    except (UnknownNameError, ConfigError, PermissionError, ImportError, FileNotFoundError, ValueError,
+            RuntimeError) as err:
         print(f"tdabench: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,67 @@
+"""Leaderboards and the regression check, read from real run records."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tdabench import cli
+from tdabench.leaderboard import leaderboard, rank
+from tdabench.regress import regress
+
+SMALL = ["gt.num_subsets=10", "task.n_train=40", "task.optimizer=gd", "task.steps=100", "task.lr=1.0"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Records of gradsim (two configs) and tracin on a small regression task, 2 seeds."""
+    root = tmp_path_factory.mktemp("results")
+    base = ["run", "--task", "regression", "--seeds", "2", "--serial", "--results-dir", str(root)]
+    sets = [x for s in SMALL for x in ("--set", s)]
+    assert cli.main(base + ["--method", "gradsim,tracin"] + sets) == 0
+    assert cli.main(base + ["--method", "gradsim", "--set", "gradsim.normalize=true"] + sets) == 0
+    return root
+
+
+def test_leaderboard_renders_every_format(results):
+    md = leaderboard(results, fmt="md")
+    assert md.count("| regression") == 3 and "normalize=True" in md and "n_train=40" in md
+    csv_text = leaderboard(results, fmt="csv")
+    assert len(csv_text.strip().splitlines()) == 4
+    assert r"\begin{tabular}" in leaderboard(results, fmt="latex")
+    rows = json.loads(leaderboard(results, fmt="json"))
+    assert {r["method"] for r in rows} == {"gradsim", "tracin"}
+    assert sum(r["best_config"] for r in rows if r["method"] == "gradsim") == 1
+    assert all(len(r["seeds"]) == 2 for r in rows)
+
+
+def test_ranks_tie_within_one_combined_se():
+    def row(method, mean, se):
+        return {"task": "t", "method": method, "lds_mean": mean, "lds_se": se}
+
+    ranked = rank([row("a", 0.50, 0.02), row("b", 0.48, 0.02), row("c", 0.30, 0.01), row("d", 0.10, 0.0)])
+    assert [r["rank"] for r in ranked] == ["=1", "=1", "3", "4"]
+
+
+def test_missing_records_fail_with_a_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tdabench run"):
+        leaderboard(tmp_path)
+
+
+def test_regress_passes_then_fails_when_a_baseline_is_raised_above_reach(results, tmp_path):
+    path = tmp_path / "baselines.json"
+    path.write_text(json.dumps({"checks": [{"task": "regression", "methods": ["gradsim"], "seeds": 2, "set": SMALL}]}))
+    report, failures = regress(path, results, executor="serial")
+    assert failures == [] and "baseline written" in report[0]
+    report, failures = regress(path, results, executor="serial")
+    assert failures == [] and report[0].endswith("ok")
+    spec = json.loads(path.read_text())
+    spec["checks"][0]["baselines"]["gradsim"]["lds_mean"] += 0.5
+    path.write_text(json.dumps(spec))
+    _, failures = regress(path, results, executor="serial")
+    assert len(failures) == 1 and "below the baseline" in failures[0]
+    spec["checks"][0]["baselines"]["gradsim"]["lds_mean"] -= 0.5
+    spec["checks"][0]["baselines"]["gradsim"]["seconds"] = -10.0       # a time nobody can beat
+    path.write_text(json.dumps(spec))
+    _, failures = regress(path, results, executor="serial")
+    assert len(failures) == 1 and "fit+score took" in failures[0]

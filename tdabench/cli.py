@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--format", default="md", choices=("md", "csv", "latex", "json"))
     board.add_argument("--results-dir", type=Path, default=Path("results"))
     board.add_argument("--output", type=Path, default=None, help="also write the board to this file")
+    sw = sub.add_parser("sweep", help="tune a method's settings on Ray Tune; report the held-out LDS")
+    _common(sw)
+    sw.add_argument("--method", required=True, help="one method name")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="candidate values of a setting")
+    sw.add_argument("--samples", type=int, default=0, help="random search with N draws (default: the full grid)")
     reg = sub.add_parser("regress", help="CI check: rerun committed settings, compare with committed baselines")
     reg.add_argument("--baselines", type=Path, default=Path("results/baselines/regress.json"))
     reg.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -141,6 +146,8 @@ def cmd_list(_: argparse.Namespace) -> int:
             print(f"  {name:<12} {cls.description}")
             for field, tp, default in field_summary(cls.Config):
                 print(f"      {field} ({tp}) = {default!r}")
+        for label, err in registry.broken.items():
+            print(f"  ! {label} failed to import: {err}")
     return 0
 
 
@@ -152,6 +159,25 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.output:
         args.output.write_text(text)
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SweepSpec, parse_grid, sweep
+
+    if "," in args.method:
+        raise ConfigError("sweep takes one --method at a time")
+    if not args.grid:
+        raise ConfigError("sweep needs at least one --grid KEY=V1,V2,...")
+    spec = _spec(args, (args.method,))
+    report = sweep(SweepSpec(run=spec, grid=parse_grid(args.grid, args.method), samples=args.samples))
+    print(f"{'tuning-split LDS':>16}  config")
+    for trial in report["trials"]:
+        print(f"{_fmt(trial['tune_lds']):>16}  {trial['config']}")
+    print(f"chosen on the tuning split: {report['chosen']}; held-out LDS {_fmt(report['heldout_lds'])} ± "
+          f"{_fmt(report['heldout_se'])} over {len(report['seeds'])} seed(s)  [{report['path']}]")
+    for failure in report["failures"]:
+        log.error("trial failed: %s", failure)
+    return 1 if report["failures"] else 0
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
@@ -171,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="[tdabench %(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     handlers = {"run": cmd_run, "ground-truth": cmd_ground_truth, "list": cmd_list,
-                "leaderboard": cmd_leaderboard, "regress": cmd_regress}
+                "leaderboard": cmd_leaderboard, "regress": cmd_regress, "sweep": cmd_sweep}
     try:
         return handlers[args.command](args)
     except (UnknownNameError, ConfigError, PermissionError, ImportError, FileNotFoundError, ValueError,

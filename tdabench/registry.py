@@ -11,7 +11,7 @@ import difflib
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -30,6 +30,8 @@ class Registry(Generic[T]):
         self.kind, self.package, self.group = kind, package, group
         self._classes: dict[str, type[T]] = {}
         self._loaded = False
+        #: Modules or entry points that failed to import: name → error (shown, never swallowed).
+        self.broken: dict[str, str] = {}
 
     def register(self, cls: type[T]) -> type[T]:
         """Class decorator: add ``cls`` under ``cls.name``."""
@@ -49,9 +51,16 @@ class Registry(Generic[T]):
         pkg = importlib.import_module(self.package)
         for info in pkgutil.iter_modules(pkg.__path__):
             if not info.name.startswith("_"):
-                importlib.import_module(f"{self.package}.{info.name}")
+                self._try(f"{self.package}.{info.name}", lambda n=info.name: importlib.import_module(f"{self.package}.{n}"))
         for ep in entry_points(group=self.group):
-            self.register(ep.load())
+            self._try(f"entry point {ep.name} ({ep.value})", lambda ep=ep: self.register(ep.load()))
+
+    def _try(self, label: str, load: "Callable[[], object]") -> None:
+        """One broken plug-in must not take down the others: record its error and go on."""
+        try:
+            load()
+        except Exception as err:  # reported by get(), names() callers and `tdabench list`
+            self.broken[label] = f"{type(err).__name__}: {err}"
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""
@@ -65,8 +74,9 @@ class Registry(Generic[T]):
             return self._classes[name]
         close = difflib.get_close_matches(name, self._classes, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        broken = "".join(f"\n  {label} failed to import: {err}" for label, err in self.broken.items())
         raise UnknownNameError(
-            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}"
+            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}{broken}"
         )
 
 

@@ -1,0 +1,147 @@
+"""Hyperparameter sweeps on Ray Tune with honest tuning.
+
+The subsets and the queries of each seed's ground truth are split (seeded) into a tuning half and a
+held-out half.  Trials are ranked on the tuning split only; the chosen configuration is reported on
+the disjoint held-out split, so the number a sweep reports is never a best-of-grid on its own test
+data.  Every trial reuses the one cached ground truth and reference model built before it starts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ConfigError, apply_overrides, content_hash
+from .groundtruth import GroundTruth, build_ground_truth, derive_seed
+from .lds import lds_per_query, mean_se
+from .runner import RunSpec, _LazyExecutor, make_context, make_method, validate
+
+log = logging.getLogger("tdabench")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep: the run settings (task, one method, seeds, overrides) and the grid of method settings."""
+
+    run: RunSpec
+    grid: dict[str, tuple[str, ...]] = field(default_factory=dict)   # method key → candidate values
+    samples: int = 0        # 0: the full grid; N > 0: N random draws from it
+
+
+def parse_grid(items: list[str], method: str) -> dict[str, tuple[str, ...]]:
+    """``["epsilon=1e-4,1e-3", "bif.nbeta=10,100"]`` → ``{"epsilon": ("1e-4", "1e-3"), ...}``."""
+    grid = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. proj_dim=64,256)")
+        key, values = item.split("=", 1)
+        key = key.removeprefix(f"{method}.")
+        grid[key] = tuple(v for v in values.split(",") if v)
+    return grid
+
+
+def split(n: int, seed: int, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded half/half split of ``range(n)``: (tuning indices, held-out indices)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, salt)))
+    return perm[: n // 2].sort().values, perm[n // 2 :].sort().values
+
+
+def split_lds(scores: torch.Tensor, truth: GroundTruth, seed: int) -> tuple[float, float]:
+    """LDS on (tuning subsets × tuning queries) and on (held-out subsets × held-out queries)."""
+    k_tune, k_held = split(truth.masks.shape[0], seed, 0x7E5)
+    q_tune, q_held = split(scores.shape[1], seed, 0x9E5)
+    out = []
+    for k, q in ((k_tune, q_tune), (k_held, q_held)):
+        per_query = lds_per_query(scores[:, q].float().cpu(), truth.masks[k], truth.targets[k][:, q])
+        out.append(float(torch.tensor(per_query).nanmean()))
+    return out[0], out[1]
+
+
+def _trial(config: dict[str, str], run: RunSpec, truths: dict[int, GroundTruth]) -> dict[str, float]:
+    """One trial: fit and score with ``config``'s method settings on every seed; split LDS."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    overrides = {**run.overrides, run.methods[0]: {**run.overrides.get(run.methods[0], {}), **config}}
+    task, (method,), _ = validate(RunSpec(**{**run.__dict__, "overrides": overrides}))
+    tune_lds, held_lds = [], []
+    for seed, truth in truths.items():
+        ctx = make_context(run, task, method, seed)
+        method.fit(ctx)
+        t, h = split_lds(method.score(ctx).detach(), truth, seed)
+        tune_lds.append(t)
+        held_lds.append(h)
+    return {"tune_lds": mean_se(tune_lds)[0], "heldout_lds": mean_se(held_lds)[0],
+            "heldout_se": mean_se(held_lds)[1] if len(held_lds) > 1 else float("nan"), "heldout_per_seed": held_lds}
+
+
+def _trainable(config: dict[str, str], run: RunSpec, truths: dict[int, GroundTruth]) -> None:
+    from ray import tune
+
+    tune.report(_trial(config, run, truths))
+
+
+def _prepare(spec: SweepSpec) -> dict[int, GroundTruth]:
+    """Validate every grid value, then build (or load) ground truth and reference models."""
+    run = spec.run
+    task, (method,), gt = validate(run)
+    for key, values in spec.grid.items():
+        for value in values:
+            apply_overrides(method.config, {key: value}, method.name)
+    executor = _LazyExecutor(run)
+    try:
+        truths = {s: build_ground_truth(task, gt, s, run.results_dir, executor) for s in run.seeds}
+    finally:
+        executor.close()
+    for s in run.seeds:
+        make_context(run, task, method, s)       # trains and caches the reference model once
+    return truths
+
+
+def sweep(spec: SweepSpec) -> dict[str, Any]:
+    """Run the sweep on Ray Tune; return (and write) its report."""
+    import ray
+    from ray import tune
+
+    truths = _prepare(spec)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=spec.run.ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 logging_level="ERROR")
+    space = {k: (tune.grid_search(list(v)) if spec.samples == 0 else tune.choice(list(v))) for k, v in spec.grid.items()}
+    run = RunSpec(**{**spec.run.__dict__, "results_dir": spec.run.results_dir.resolve()})  # trials chdir
+    trainable = tune.with_parameters(_trainable, run=run, truths=truths)
+    storage = (spec.run.results_dir / "tune").resolve()
+    tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space=space,
+                       tune_config=tune.TuneConfig(metric="tune_lds", mode="max", num_samples=max(1, spec.samples)),
+                       run_config=tune.RunConfig(name=f"{spec.run.task}-{spec.run.methods[0]}", storage_path=str(storage),
+                                                 verbose=0))
+    try:
+        return _report(spec, tuner.fit())
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _report(spec: SweepSpec, grid: Any) -> dict[str, Any]:
+    trials = [{"config": r.config, "tune_lds": r.metrics.get("tune_lds")} for r in grid if r.error is None]
+    failures = [f"{r.config}: {type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
+    if not trials:
+        raise RuntimeError("every trial failed:\n" + "\n".join(failures))
+    best = grid.get_best_result(metric="tune_lds", mode="max", filter_nan_and_inf=True)
+    report = {"task": spec.run.task, "method": spec.run.methods[0], "seeds": list(spec.run.seeds),
+              "grid": {k: list(v) for k, v in spec.grid.items()}, "samples": spec.samples,
+              "trials": sorted(trials, key=lambda t: -(t["tune_lds"] or -1)), "failures": failures,
+              "chosen": best.config, "chosen_tune_lds": best.metrics["tune_lds"],
+              "heldout_lds": best.metrics["heldout_lds"], "heldout_se": best.metrics["heldout_se"],
+              "heldout_per_seed": best.metrics["heldout_per_seed"]}
+    key = content_hash([spec.run.task, spec.run.methods, spec.run.overrides, report["grid"], spec.samples, report["seeds"]])
+    path = spec.run.results_dir / "sweeps" / spec.run.task / spec.run.methods[0] / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=lambda x: None))
+    report["path"] = str(path)
+    return report

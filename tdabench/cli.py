@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--method", required=True, help="one method name")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="candidate values of a setting")
     sw.add_argument("--samples", type=int, default=0, help="random search with N draws (default: the full grid)")
+    sc = sub.add_parser("scaling", help="fit/score seconds and peak memory as a setting grows; exponents and plot")
+    _common(sc)
+    sc.add_argument("--method", required=True, help="method name(s), comma-separated")
+    sc.add_argument("--vary", required=True, metavar="[SCOPE.]FIELD=V1,V2,V3", help="the setting to grow")
+    pl = sub.add_parser("plot", help="draw LDS, cost and per-query plots from the run records")
+    pl.add_argument("--task", default=None, help="only this task")
+    pl.add_argument("--results-dir", type=Path, default=Path("results"))
     reg = sub.add_parser("regress", help="CI check: rerun committed settings, compare with committed baselines")
     reg.add_argument("--baselines", type=Path, default=Path("results/baselines/regress.json"))
     reg.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -180,6 +187,38 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if report["failures"] else 0
 
 
+def cmd_scaling(args: argparse.Namespace) -> int:
+    from .scaling import scaling_study
+
+    study = scaling_study(_spec(args, tuple(m for m in args.method.split(",") if m)), args.vary)
+    print(f"{study['task']}: cost against {study['field']}")
+    for method, points in study["points"].items():
+        for p in points:
+            print(f"  {method:<10} {p['setting']:>14}  fit {p['fit_seconds']:8.3f} s  score {p['score_seconds']:8.3f} s"
+                  f"  peak {p['peak_rss_mb']:8.0f} MB")
+        e = study["exponents"][method]
+        print(f"  {method:<10} growth exponents: fit {e['fit_seconds']:.2f}, score {e['score_seconds']:.2f}, "
+              f"peak memory {e['peak_rss_mb']:.2f}")
+    print(f"wrote {study['json']}\nwrote {study['plot']}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import plots
+    from .leaderboard import group, load_records
+
+    records = load_records(args.results_dir, args.task)
+    if not records:
+        raise FileNotFoundError(f"no run records under {args.results_dir / 'runs'}; run `tdabench run` first")
+    rows, folder = group(records), args.results_dir / "plots"
+    for task in sorted({r.task for r in records}):
+        for path in (plots.lds_bars(rows, task, folder / f"{task}-lds.png"),
+                     plots.lds_vs_cost(rows, task, folder / f"{task}-lds-vs-cost.png"),
+                     plots.per_query(records, task, folder / f"{task}-per-query.png")):
+            print(f"wrote {path}")
+    return 0
+
+
 def cmd_regress(args: argparse.Namespace) -> int:
     from .regress import regress
 
@@ -197,7 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="[tdabench %(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     handlers = {"run": cmd_run, "ground-truth": cmd_ground_truth, "list": cmd_list,
-                "leaderboard": cmd_leaderboard, "regress": cmd_regress, "sweep": cmd_sweep}
+                "leaderboard": cmd_leaderboard, "regress": cmd_regress, "sweep": cmd_sweep,
+                "scaling": cmd_scaling, "plot": cmd_plot}
     try:
         return handlers[args.command](args)
     except (UnknownNameError, ConfigError, PermissionError, ImportError, FileNotFoundError, ValueError,

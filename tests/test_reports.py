@@ -65,3 +65,24 @@ def test_regress_passes_then_fails_when_a_baseline_is_raised_above_reach(results
     path.write_text(json.dumps(spec))
     _, failures = regress(path, results, executor="serial")
     assert len(failures) == 1 and "fit+score took" in failures[0]
+
+
+def test_growth_exponent_recovers_a_power_law():
+    from tdabench.scaling import exponent
+
+    x = [10.0, 20.0, 40.0, 80.0]
+    assert exponent(x, [3 * v**2 for v in x]) == pytest.approx(2.0)
+    assert exponent(x, [0.5 * v**0.5 for v in x]) == pytest.approx(0.5)
+
+
+def test_scaling_study_and_plots_write_their_files(results, tmp_path):
+    from tdabench.runner import RunSpec
+    from tdabench.scaling import scaling_study
+
+    run = RunSpec(task="regression", methods=("gradsim", "if"), seeds=(0,), results_dir=tmp_path, executor="serial")
+    study = scaling_study(run, "task.n_train=20,40,80")
+    assert [p["n_train"] for p in study["points"]["if"]] == [20, 40, 80]
+    assert set(study["exponents"]["if"]) == {"fit_seconds", "score_seconds", "peak_rss_mb"}
+    assert open(study["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["plot", "--results-dir", str(results)]) == 0
+    assert len(list((results / "plots").glob("regression-*.png"))) == 3

@@ -1,0 +1,89 @@
+"""Scaling studies: fit and score seconds and peak memory of methods as one setting grows.
+
+Cost only — no ground truth is built.  Each value of the varied field gets its own task (or method)
+configuration and reference model; the growth exponent is the least-squares slope in log-log.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ConfigError, content_hash
+from .measure import Meter
+from .runner import RunSpec, make_context, validate
+
+
+def parse_vary(item: str) -> tuple[str, str, tuple[str, ...]]:
+    """``"task.n_query=50,100,200"`` → ("task", "n_query", ("50", "100", "200")); no scope means task."""
+    if "=" not in item:
+        raise ConfigError(f"--vary {item!r}: expected [SCOPE.]FIELD=V1,V2,V3")
+    lhs, values = item.split("=", 1)
+    scope, key = lhs.split(".", 1) if "." in lhs else ("task", lhs)
+    vals = tuple(v for v in values.split(",") if v)
+    if len(vals) < 2:
+        raise ConfigError(f"--vary {item!r}: at least two values are needed to fit a growth exponent")
+    return scope, key, vals
+
+
+def exponent(x: list[float], y: list[float]) -> float:
+    """Slope of log y against log x (NaN when fewer than two measurable points)."""
+    pts = [(math.log(a), math.log(b)) for a, b in zip(x, y) if a > 0 and b > 1e-3]  # below 1 ms: timer noise
+    if len(pts) < 2:
+        return math.nan
+    lx, ly = np.array(pts).T
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def measure_point(run: RunSpec, seed: int) -> dict[str, dict[str, float]]:
+    """Cost of each method of ``run`` at one configuration (reference model from the cache)."""
+    task, methods, _ = validate(run)
+    out = {}
+    for method in methods:
+        ctx = make_context(run, task, method, seed)
+        with Meter(ctx.device) as fit:
+            method.fit(ctx)
+        with Meter(ctx.device) as sc:
+            method.score(ctx)
+        out[method.name] = {"fit_seconds": fit.usage.seconds, "score_seconds": sc.usage.seconds,
+                            "peak_rss_mb": max(fit.usage.peak_rss_mb, sc.usage.peak_rss_mb),
+                            "n_train": ctx.n_train, "n_query": ctx.n_query,
+                            "n_params": sum(p.numel() for p in ctx.model.parameters())}
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def scaling_study(run: RunSpec, vary: str) -> dict[str, Any]:
+    """Measure every value of ``vary``; write the study JSON and its plot under results/scaling."""
+    scope, key, values = parse_vary(vary)
+    points: dict[str, list[dict[str, Any]]] = {m: [] for m in run.methods}
+    for value in values:
+        overrides = {**run.overrides, scope: {**run.overrides.get(scope, {}), key: value}}
+        costs = measure_point(RunSpec(**{**run.__dict__, "overrides": overrides}), run.seeds[0])
+        for method, cost in costs.items():   # a non-numeric value (a model name) is placed by its size
+            x = float(value) if _is_number(value) else float(cost["n_params"])
+            points[method].append({"value": x, "setting": value, **cost})
+    exponents = {m: {k: exponent([p["value"] for p in pts], [p[k] for p in pts])
+                     for k in ("fit_seconds", "score_seconds", "peak_rss_mb")} for m, pts in points.items()}
+    numeric = all(_is_number(v) for v in values)
+    study = {"task": run.task, "field": f"{scope}.{key}" if numeric else f"parameters (varying {scope}.{key})", "values": list(values), "points": points,
+             "exponents": exponents, "overrides": run.overrides}
+    folder = Path(run.results_dir) / "scaling" / run.task
+    stem = f"{key}-{content_hash([run.methods, study['values'], run.overrides], 8)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(study, indent=1))
+    study["json"] = str(folder / f"{stem}.json")
+    from .plots import scaling as plot_scaling
+
+    study["plot"] = str(plot_scaling(study, folder / f"{stem}.png"))
+    return study

@@ -16,7 +16,7 @@ log = logging.getLogger("tdabench")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="task name (see `tdabench list`)")
+    p.add_argument("--task", required=p.prog.split()[-1] != "run", help="task name (see `tdabench list`)")
     p.add_argument("--seeds", default="3", help="number of seeds S (seeds 0..S-1), or a list like 0,4,7")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SCOPE.KEY=VALUE",
                    help="override a setting: task.KEY, gt.KEY (alpha, num_subsets, retrain_seeds) or METHOD.KEY")
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="score methods on a task: ground truth, reference model, fit, score, LDS")
     _common(run)
-    run.add_argument("--method", required=True, help="method name(s), comma-separated")
+    run.add_argument("--method", help="method name(s), comma-separated")
+    run.add_argument("--suite", help="run a named suite of the papers' experiments instead (see `tdabench list`)")
     run.add_argument("--json", action="store_true", help="print only a JSON array of summaries on stdout")
     run.add_argument("--force", action="store_true", help="recompute records that already exist")
     gt = sub.add_parser("ground-truth", help="build (or complete) the ground-truth caches only")
@@ -117,7 +118,12 @@ def _json_safe(obj: Any) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run
 
-    summaries, failures = run(_spec(args, tuple(m for m in args.method.split(",") if m)))
+    if args.suite:
+        summaries, failures = run_suite(args)
+    elif not (args.task and args.method):
+        raise ConfigError("run needs --task and --method (or --suite NAME)")
+    else:
+        summaries, failures = run(_spec(args, tuple(m for m in args.method.split(",") if m)))
     if args.json:
         print(json.dumps(_json_safe(summaries), indent=1))
     else:
@@ -125,6 +131,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     for failure in failures:
         log.error("failed: %s", failure)
     return 1 if failures else 0
+
+
+def run_suite(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every step of a suite; a failing step is collected and the next one still runs."""
+    from .presets import get_suite
+    from .runner import run
+    from .scaling import scaling_study
+
+    suite = get_suite(args.suite)
+    summaries: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for i, step in enumerate(suite.steps, 1):
+        log.info("suite %s step %d/%d: %s %s on %s", suite.name, i, len(suite.steps), step.kind,
+                 ",".join(step.methods), step.task)
+        ns = argparse.Namespace(**{**vars(args), "task": step.task, "seeds": str(step.seeds),
+                                   "sets": [*step.sets, *args.sets]})
+        try:
+            if step.kind == "run":
+                got, errors = run(_spec(ns, step.methods))
+                summaries += got
+                failures += errors
+            else:
+                study = scaling_study(_spec(ns, step.methods), step.vary)
+                log.info("scaling study written to %s and %s", study["json"], study["plot"])
+        except Exception as err:  # one bad step must not lose the others
+            failures.append(f"step {i} ({step.task}: {','.join(step.methods)}): {type(err).__name__}: {err}")
+    return summaries, failures
 
 
 def cmd_ground_truth(args: argparse.Namespace) -> int:
@@ -146,6 +179,8 @@ def cmd_ground_truth(args: argparse.Namespace) -> int:
 
 
 def cmd_list(_: argparse.Namespace) -> int:
+    from .presets import SUITES
+
     for title, registry in (("tasks", TASKS), ("methods", METHODS)):
         print(f"{title}:")
         for name in registry.names():
@@ -155,6 +190,12 @@ def cmd_list(_: argparse.Namespace) -> int:
                 print(f"      {field} ({tp}) = {default!r}")
         for label, err in registry.broken.items():
             print(f"  ! {label} failed to import: {err}")
+    print("suites (tdabench run --suite NAME):")
+    for suite in SUITES.values():
+        print(f"  {suite.name:<20} {suite.description}")
+        for step in suite.steps:
+            extra = f" vary {step.vary}" if step.vary else ""
+            print(f"      {step.kind} {step.task} [{','.join(step.methods)}] seeds={step.seeds} {' '.join(step.sets)}{extra}")
     return 0
 
 

@@ -72,12 +72,15 @@ class Registry(Generic[T]):
         self._load()
         if name in self._classes:
             return self._classes[name]
-        close = difflib.get_close_matches(name, self._classes, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         broken = "".join(f"\n  {label} failed to import: {err}" for label, err in self.broken.items())
-        raise UnknownNameError(
-            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}{broken}"
-        )
+        raise unknown_name(self.kind, name, self.names(), broken)
+
+
+def unknown_name(kind: str, name: str, known: list[str], extra: str = "") -> UnknownNameError:
+    """The error for an unknown name: the known names and the closest one."""
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(sorted(known))}{extra}")
 
 
 TASKS: Registry = Registry("task", "tdabench.tasks", "tdabench.tasks")

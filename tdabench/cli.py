@@ -24,6 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--serial", action="store_true", help="retrain in this process without Ray (debugging)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for fit and score in this process (tiny models run fastest on 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
 
 
@@ -257,6 +259,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
                      plots.lds_vs_cost(rows, task, folder / f"{task}-lds-vs-cost.png"),
                      plots.per_query(records, task, folder / f"{task}-per-query.png")):
             print(f"wrote {path}")
+    for rec in records:
+        if "train_loss_trace" in rec.extras:
+            print(f"wrote {plots.loss_traces(rec, folder / f'{rec.task}-{rec.method}-seed{rec.seed}-traces.png')}")
     return 0
 
 
@@ -276,6 +281,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="[tdabench %(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     handlers = {"run": cmd_run, "ground-truth": cmd_ground_truth, "list": cmd_list,
                 "leaderboard": cmd_leaderboard, "regress": cmd_regress, "sweep": cmd_sweep,
                 "scaling": cmd_scaling, "plot": cmd_plot}

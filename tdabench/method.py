@@ -93,6 +93,10 @@ class Method(ABC):
     def fit(self, ctx: Context) -> None:
         """Query-independent work (factors, features, samples); default: nothing."""
 
+    def extras(self) -> dict[str, Any]:
+        """Diagnostics of the last ``score`` call to keep in the run record (JSON-ready); default none."""
+        return {}
+
     def score(self, ctx: Context) -> Tensor:
         """Attribution scores, shape ``[n_train, n_query]``, float32, in the sign convention above."""
         raise NotImplementedError(f"{type(self).__name__} must implement score()")

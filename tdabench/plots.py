@@ -109,3 +109,21 @@ def scaling(study: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     fig.suptitle(f"{study['task']}: cost as {study['field']} grows")
     return _save(fig, path)
+
+
+def loss_traces(record: Any, path: Path) -> Path:
+    """Per-chain mean training and query loss over SGLD draws (a record with sampler traces)."""
+    plt = _setup()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    extras = record.extras
+    for ax, key, title in ((axes[0], "train_loss_trace", "mean training loss"), (axes[1], "query_loss_trace", "mean query loss")):
+        for c, trace in enumerate(extras[key]):
+            ax.plot(trace, lw=0.8, label=f"chain {c}")
+        if key == "train_loss_trace" and "train_loss_at_w_star" in extras:
+            ax.axhline(extras["train_loss_at_w_star"], ls="--", color="black", lw=1, label="at w*")
+        ax.set(xlabel="recorded draw", ylabel=title)
+    axes[0].legend(fontsize=8)
+    ess = extras.get("ess_train_loss")
+    fig.suptitle(f"{record.method} on {record.task}, seed {record.seed}: loss traces"
+                 + (f" (ESS of the training-loss trace: {ess:.0f})" if isinstance(ess, (int, float)) else ""))
+    return _save(fig, path)

@@ -72,6 +72,7 @@ class RunResult:
     peak_cuda_mb: Optional[float] = None
     noise_ceiling: Optional[float] = None
     environment: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)   # the method's own diagnostics (Method.extras)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,9 @@ def regress(baselines: Path = DEFAULT_BASELINES, results_dir: Path = Path("resul
         raise FileNotFoundError(f"no baseline file {baselines}; create one or pass --baselines PATH")
     spec = json.loads(Path(baselines).read_text())
     z, factor, slack = spec.get("z", 2.0), spec.get("time_factor", 4.0), spec.get("time_slack_seconds", 2.0)
+    import torch
+
+    torch.set_num_threads(spec.get("threads", 1))   # committed settings include the thread count
     report, failures = [], []
     for check in spec["checks"]:
         summaries, errors = run(_spec(check, results_dir, executor))

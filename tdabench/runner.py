@@ -121,7 +121,7 @@ def score_and_evaluate(method: Method, ctx: Context, truth: GroundTruth, task: T
         lds_per_query=[None if math.isnan(v) else float(v) for v in per_query],  # type: ignore[misc]
         fit_seconds=fit.usage.seconds, score_seconds=sc.usage.seconds,
         peak_rss_mb=max(fit.usage.peak_rss_mb, sc.usage.peak_rss_mb), peak_cuda_mb=max(cuda) if cuda else None,
-        noise_ceiling=truth.noise_ceiling, environment=environment(str(ctx.device)))
+        noise_ceiling=truth.noise_ceiling, environment=environment(str(ctx.device)), extras=method.extras())
 
 
 class _LazyExecutor:

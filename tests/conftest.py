@@ -11,7 +11,7 @@ from tdabench.reference import reference_model
 from tdabench.task import Task
 from tdabench.tasks.regression import Regression, RegressionConfig
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # the tiny models of the tests run fastest on one thread
 
 
 def make_context(task: Task, tmp_path: Path, seed: int = 0, n_checkpoints: int = 0, spacing: str = "even") -> Context:

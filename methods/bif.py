@@ -1,0 +1,175 @@
+"""bif: the local Bayesian influence function, score[i, j] = −Cov(ℓ_i(w), φ_j(w)) (or −Corr) over
+draws of (RMSprop-)SGLD from the localized tempered posterior
+    p(w) ∝ exp(−nβ·(mean_k ℓ_k(w) + R(w)) − γ/2·‖w − w*‖²)
+around the reference model w* (001 Sec. 2.3/3 and App. B.1; 002 App. B).  R is the task's
+regulariser (``include_regularizer``), so that w* — the optimum of the training objective — is a
+stationary point of the potential.  Chains are pooled; draws are recorded by no-grad forward
+passes over every attribution example and every query, separate from the SGLD minibatches.
+
+Sampling happens in ``score``: the expensive part, the chains, cannot be separated from recording
+the query observables without storing every draw's parameters (C·T model copies); recording the
+queries during sampling is what makes the BIF cost one sampling run for all queries.  Diagnostics
+(per-chain loss traces, ESS, the estimator's memory mode) land in ``self.diagnostics`` and in
+``ctx.cache_dir/bif-diagnostics-seed<seed>.json`` (+ a trace plot when matplotlib is installed).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from tdabench.grads import select_params
+from tdabench.method import Context, Method, MethodConfig
+from tdabench.registry import register_method
+from tdabench.sgld import (DivergenceGuard, LocalSGLD, SamplerSettings, correlation, covariance,
+                           effective_sample_size, estimator_bytes, make_estimator, minibatch, plot_traces,
+                           run_chains)
+from tdabench.task import Batch, Task, batches, take
+
+
+@dataclass(frozen=True)
+class BIFConfig(MethodConfig):
+    sampler: Literal["rmsprop", "sgld"] = "rmsprop"     # RMSprop-preconditioned or plain SGLD
+    epsilon: float = 3e-4            # step size ε (swept on digits; see the README)
+    nbeta: float = 100.0             # nβ, inverse temperature × effective dataset size
+    gamma: float = 100.0             # γ, localization strength around w*
+    chains: int = 4                  # C independent chains from w*, pooled
+    draws: int = 500                 # T recorded draws per chain
+    burn_in: int = 50                # SGLD steps discarded at the start of each chain
+    thin: int = 1                    # SGLD steps between recorded draws
+    batch_size: int = 64             # b, SGLD minibatch from task.fit_data()
+    rms_alpha: float = 0.99          # RMSprop decay
+    rms_delta: float = 0.1           # RMSprop stability constant
+    noise: float = 1.0               # Langevin noise scale (0: noiseless descent; limit tests)
+    estimator: Literal["covariance", "correlation"] = "covariance"   # BIF or normalized BIF
+    memory: Literal["auto", "trace", "streaming"] = "auto"            # auto: trace unless too large
+    aggregation: Literal["sequence", "token"] = "sequence"            # token: per-token φ, then mean
+    patterns: tuple[str, ...] = ()   # regexes of parameter names to sample (others frozen at w*)
+    include_regularizer: bool = True  # add the task's regulariser to the potential
+    record_batch_size: int = 1024    # examples per no-grad recording forward pass
+    diverge_factor: float = 100.0    # stop when the mean train loss exceeds this × its value at w*
+
+    def settings(self) -> SamplerSettings:
+        return SamplerSettings(nbeta=self.nbeta, gamma=self.gamma, epsilon=self.epsilon,
+                               preconditioner="rmsprop" if self.sampler == "rmsprop" else "identity",
+                               alpha=self.rms_alpha, delta=self.rms_delta, noise=self.noise)
+
+    def check(self, task: Task) -> None:
+        """Fail early on settings that cannot run, naming the key to change."""
+        self.settings().check("bif.")
+        for key in ("chains", "draws", "thin", "batch_size", "record_batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"bif.{key} must be >= 1, got {getattr(self, key)}")
+        if self.chains * self.draws < 2 or self.burn_in < 0:
+            raise ValueError("bif needs chains·draws >= 2 and burn_in >= 0")
+        if self.aggregation == "token" and not task.has_token_measurement:
+            raise ValueError(f"bif.aggregation=token needs a per-token measurement; task {task.name} has "
+                             "none: use bif.aggregation=sequence")
+
+
+def record(model: nn.Module, fn: Any, data: Batch, batch_size: int) -> Tensor:
+    """``fn(model, batch)`` over every row without gradients, flattened per row: shape ``[n·k]``."""
+    with torch.no_grad():
+        return torch.cat([fn(model, b).reshape(b[0].shape[0], -1) for b in batches(data, batch_size)]).reshape(-1)
+
+
+class _Recorder:
+    """Observes the current parameters: adds one draw to the estimator, keeps per-chain mean traces."""
+
+    def __init__(self, ctx: Context, cfg: BIFConfig, estimator: Any) -> None:
+        task = ctx.task
+        self.ctx, self.cfg, self.est = ctx, cfg, estimator
+        self.query_fn = task.token_measurement if cfg.aggregation == "token" else task.measurement
+        self.train_trace = torch.zeros(cfg.chains, cfg.draws, dtype=torch.float64)   # shape: [C, T]
+        self.query_trace = torch.zeros(cfg.chains, cfg.draws, dtype=torch.float64)   # shape: [C, T]
+        self.n_columns = 0                                                           # query observables
+
+    def observe(self) -> tuple[Tensor, Tensor]:
+        ctx, b = self.ctx, self.cfg.record_batch_size
+        x = record(ctx.model, ctx.task.loss, ctx.train_data, b)                     # shape: [n_train]
+        y = record(ctx.model, self.query_fn, ctx.query_data, b)                     # shape: [n_query·T]
+        return x, y
+
+    def __call__(self, chain: int, draw: int) -> float:
+        x, y = self.observe()
+        self.est.add(x, y)
+        self.train_trace[chain, draw], self.query_trace[chain, draw] = float(x.mean()), float(y.mean())
+        return float(self.train_trace[chain, draw])
+
+
+@register_method
+class BIF(Method):
+    name = "bif"
+    description = "local Bayesian influence function: −Cov(ℓ_i, φ_j) over (RMSprop-)SGLD draws around w*"
+    Config = BIFConfig
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.diagnostics: dict[str, Any] = {}
+
+    def extras(self) -> dict[str, Any]:
+        """The sampler diagnostics (ESS, memory mode, per-chain loss traces) for the run record."""
+        return {k: v for k, v in self.diagnostics.items() if k not in ("config", "plot")}
+
+    def _potential(self, ctx: Context, gen: torch.Generator) -> Any:
+        """U_B(w): the minibatch mean training loss (+ the task's regulariser)."""
+        task, cfg, data = ctx.task, self.config, ctx.task.fit_data()
+        n = int(data[0].shape[0])
+
+        def potential() -> Tensor:
+            idx = minibatch(n, cfg.batch_size, gen)
+            value = task.loss(ctx.model, data if idx is None else take(data, idx)).mean()
+            return value + task.regularizer(ctx.model) if cfg.include_regularizer else value
+
+        return potential
+
+    def score(self, ctx: Context) -> Tensor:
+        cfg = self.config
+        cfg.check(ctx.task)
+        params = select_params(ctx.model, cfg.patterns)
+        gen_noise = torch.Generator(device=ctx.device).manual_seed(1_000_003 * ctx.seed + 17)
+        gen_batch = torch.Generator().manual_seed(1_000_003 * ctx.seed + 29)
+        was_training = ctx.model.training
+        ctx.model.eval()                      # deterministic function of w: no dropout, BatchNorm frozen
+        try:
+            est, rec, start = self._sample(ctx, list(params.values()), gen_noise, gen_batch)
+        finally:
+            ctx.model.train(was_training)
+        scores = correlation(est) if cfg.estimator == "correlation" else covariance(est)
+        scores = -scores.reshape(ctx.n_train, ctx.n_query, -1).mean(-1)      # shape: [n_train, n_query]
+        self._diagnose(ctx, est, rec, start)
+        return scores.float()
+
+    def _sample(self, ctx: Context, params: list[Tensor], gen_noise: torch.Generator,
+                gen_batch: torch.Generator) -> tuple[Any, _Recorder, float]:
+        cfg = self.config
+        probe = _Recorder(ctx, cfg, None).observe()
+        est = make_estimator(cfg.memory, cfg.chains * cfg.draws, probe[0].numel(), probe[1].numel())
+        rec = _Recorder(ctx, cfg, est)
+        rec.n_columns = probe[1].numel()
+        start = float(probe[0].mean())
+        guard = DivergenceGuard(start, cfg.diverge_factor, cfg.settings(), prefix="bif.")
+        sampler = LocalSGLD(params, cfg.settings(), gen_noise)
+        run_chains(sampler, self._potential(ctx, gen_batch), rec, cfg.chains, cfg.draws, cfg.burn_in,
+                   cfg.thin, guard)
+        return est, rec, start
+
+    def _diagnose(self, ctx: Context, est: Any, rec: _Recorder, start: float) -> None:
+        cfg = self.config
+        need = estimator_bytes(cfg.chains * cfg.draws, ctx.n_train, rec.n_columns)
+        self.diagnostics = {
+            "memory_mode": est.mode, "expected_bytes": need, "train_loss_at_w_star": start,
+            "ess_train_loss": effective_sample_size(rec.train_trace),
+            "ess_query_loss": effective_sample_size(rec.query_trace),
+            "train_loss_trace": rec.train_trace.tolist(), "query_loss_trace": rec.query_trace.tolist(),
+            "config": asdict(cfg),
+        }
+        path = ctx.cache_dir / f"bif-diagnostics-seed{ctx.seed}.json"
+        try:
+            path.write_text(json.dumps(self.diagnostics, default=str))
+            self.diagnostics["plot"] = plot_traces(rec.train_trace, path.with_suffix(".png"))
+        except OSError:   # diagnostics are a by-product: a read-only cache must not lose the scores
+            pass

@@ -1,0 +1,205 @@
+"""The local BIF and its samplers against closed forms, limit cases and devinterp's optimizers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_context
+from tdabench.runner import make_method
+from tdabench.sgld import (LocalSGLD, SamplerDivergence, SamplerSettings, StreamingEstimator, TraceEstimator,
+                           correlation, covariance, effective_sample_size)
+from tdabench.tasks.regression import Regression, RegressionConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Thousands of tiny SGLD steps: one thread avoids oversubscription on the shared 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _potential_grads(task, model):
+    value = task.loss(model, task.train_data()).mean() + task.regularizer(model)
+    return torch.autograd.grad(value, list(model.parameters()))
+
+
+def test_noiseless_unlocalized_step_is_gradient_step_of_half_epsilon(tmp_path, small_regression):
+    ctx = make_context(small_regression, tmp_path)
+    model = ctx.model
+    with torch.no_grad():                      # move off the optimum so the gradient is not ~0
+        for p in model.parameters():
+            p.add_(0.3)
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = _potential_grads(small_regression, model)
+    settings = SamplerSettings(nbeta=40.0, gamma=0.0, epsilon=0.01, preconditioner="identity", noise=0.0)
+    LocalSGLD(list(model.parameters()), settings, torch.Generator()).step(grads)
+    for p, w, g in zip(model.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), w - 0.005 * 40.0 * g)
+
+
+def test_noiseless_full_batch_chain_stays_at_the_optimum_and_scores_vanish(tmp_path, small_regression):
+    ctx = make_context(small_regression, tmp_path)
+    w_star = [p.detach().clone() for p in ctx.model.parameters()]
+    bif = make_method("bif", small_regression, {"noise": "0", "batch_size": "1000", "draws": "20", "chains": "2"})
+    scores = bif.score(ctx)
+    assert scores.abs().max() < 1e-12          # w* is a fixed point of the noiseless potential flow
+    for p, w in zip(ctx.model.parameters(), w_star):   # and the reference model is left untouched
+        assert torch.equal(p.detach(), w)
+
+
+def _conjugate_truth(task, model, nbeta, gamma, eps):
+    """Exact law of full-batch SGLD on ridge linear regression: N(w*, Λ⁻¹(I − εΛ/4)⁻¹) with
+    Λ = nβ(AᵀA/n + l2·I) + γI (the Gaussian posterior, inflated by the Euler step's known bias).
+    For ℓ = ½(aᵀw − y)², w = w* + z: Cov(ℓ_i, ℓ_q) = r_i r_q s_iq + ½ s_iq², s = AΣAᵀ, r = Aw* − y."""
+    def design(x):
+        return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)       # shape: [n, dim+1]
+    (xt, yt), (xq, yq) = task.train_data(), task.query_data()
+    a, aq = design(xt), design(xq)
+    w = torch.cat([model.weight.detach().reshape(-1), model.bias.detach()])
+    eye = torch.eye(a.shape[1], dtype=a.dtype)
+    lam = nbeta * (a.T @ a / a.shape[0] + task.config.l2 * eye) + gamma * eye
+    sigma = torch.linalg.solve(lam, torch.linalg.inv(eye - eps * lam / 4))
+    s_tq, s_tt, s_qq = a @ sigma @ aq.T, (a @ sigma * a).sum(1), (aq @ sigma * aq).sum(1)
+    r, rq = a @ w - yt, aq @ w - yq
+    cov = torch.outer(r, rq) * s_tq + 0.5 * s_tq**2                              # shape: [n_train, n_query]
+    var_t, var_q = r**2 * s_tt + 0.5 * s_tt**2, rq**2 * s_qq + 0.5 * s_qq**2
+    return cov, var_t, var_q, torch.linalg.eigvalsh(lam)
+
+
+def test_conjugate_linear_regression_matches_the_closed_form(tmp_path):
+    task = Regression(RegressionConfig(n_train=20, n_query=5, dim=3, kind="linear", noise=0.5))
+    ctx = make_context(task, tmp_path)
+    nbeta, gamma, eps, chains, draws = 20.0, 20.0, 0.02, 4, 500
+    cov, var_t, var_q, eig = _conjugate_truth(task, ctx.model, nbeta, gamma, eps)
+    # Thin until the slowest mode's autocorrelation is < 0.05 per draw: draws ~independent.
+    thin = math.ceil(math.log(0.05) / math.log(1 - eps * float(eig.min()) / 2))
+    bif = make_method("bif", task, {"sampler": "sgld", "epsilon": str(eps), "nbeta": str(nbeta), "gamma": str(gamma),
+                                    "batch_size": "20", "chains": str(chains), "draws": str(draws),
+                                    "burn_in": str(5 * thin), "thin": str(thin)})
+    estimate = -bif.score(ctx).double()
+    # Monte-Carlo SD of a sample covariance from N independent draws: √((Var_i·Var_q + Cov²)/N).
+    sd = ((torch.outer(var_t, var_q) + cov**2) / (chains * draws)).sqrt()
+    z = (estimate - cov) / sd
+    assert z.abs().max() < 5, f"max |z| = {z.abs().max():.2f}"
+    assert (estimate - cov).norm() / cov.norm() < 0.15
+
+
+@pytest.mark.parametrize("sampler,eps", [("sgld", "1e-3"), ("rmsprop", "1e-4")])
+def test_bif_tracks_the_damped_influence_function_on_regression(tmp_path, sampler, eps):
+    """Laplace: −Cov(ℓ_i, φ_j) ≈ −∇ℓ_iᵀ(nβ(H + γ/nβ))⁻¹∇φ_j, the IF with damping γ/nβ (001 App. A.2)."""
+    task = Regression(RegressionConfig(n_train=60, n_query=6, dim=5))
+    ctx = make_context(task, tmp_path)
+    bif = make_method("bif", task, {"sampler": sampler, "epsilon": eps, "nbeta": "1000", "gamma": "1000", "draws": "200"})
+    scores = bif.score(ctx)
+    damped_if = make_method("if", task, {"damping": str(bif.config.gamma / bif.config.nbeta)}).score(ctx)
+    assert torch.corrcoef(torch.stack([scores.flatten(), damped_if.flatten()]))[0, 1] > 0.9
+
+
+def test_streaming_equals_trace_and_same_seed_gives_same_scores(tmp_path, small_regression):
+    ctx = make_context(small_regression, tmp_path)
+    small = {"chains": "2", "draws": "60"}
+    runs = {mode: make_method("bif", small_regression, {**small, "memory": mode}).score(ctx)
+            for mode in ("trace", "streaming")}
+    torch.testing.assert_close(runs["trace"], runs["streaming"], rtol=1e-5, atol=1e-9)
+    again = make_method("bif", small_regression, {**small, "memory": "trace"}).score(ctx)
+    assert torch.equal(again, runs["trace"])
+    ctx.seed = 1
+    assert not torch.equal(make_method("bif", small_regression, small).score(ctx), again)
+
+
+def test_streaming_estimator_agrees_with_torch_on_random_traces():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(203, 7, generator=gen) * 3 + 100          # a large mean stresses cancellation
+    y = x[:, :3] @ torch.randn(3, 4, generator=gen) + torch.randn(203, 4, generator=gen)
+    trace, stream = TraceEstimator(), StreamingEstimator(block=16)
+    for est in (trace, stream):
+        for xi, yi in zip(x, y):
+            est.add(xi, yi)
+    full = torch.cov(torch.cat([x, y], 1).T.double())[:7, 7:]
+    corr = torch.corrcoef(torch.cat([x, y], 1).T.double())[:7, 7:]
+    for est in (trace, stream):
+        torch.testing.assert_close(covariance(est), full, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(correlation(est), corr, rtol=1e-5, atol=1e-6)
+
+
+def test_divergence_stops_early_and_names_the_step_size(tmp_path, small_regression):
+    ctx = make_context(small_regression, tmp_path)
+    bif = make_method("bif", small_regression, {"sampler": "sgld", "epsilon": "10"})
+    with pytest.raises(SamplerDivergence, match=r"lower bif\.epsilon"):
+        bif.score(ctx)
+    assert all(torch.isfinite(p).all() for p in ctx.model.parameters())    # restored to w*
+
+
+class TokenRegression(Regression):
+    """Two 'tokens' per query: the loss and the loss of the doubled logit (mean = measurement)."""
+
+    def measurement(self, model, batch):
+        return self.token_measurement(model, batch).mean(1)
+
+    def token_measurement(self, model, batch):
+        out = self.outputs(model, batch)
+        return torch.stack([self.output_loss(out, batch), self.output_loss(2 * out, batch)], 1)  # shape: [B, 2]
+
+
+def test_token_aggregation_covariance_is_linear_and_correlation_averages_per_token(tmp_path):
+    task = TokenRegression(RegressionConfig(n_train=30, n_query=4, dim=3))
+    ctx = make_context(task, tmp_path)
+    base = {"chains": "2", "draws": "80", "memory": "trace"}
+    seq = make_method("bif", task, base).score(ctx)
+    tok = make_method("bif", task, {**base, "aggregation": "token"})
+    torch.testing.assert_close(tok.score(ctx), seq, rtol=1e-4, atol=1e-8)   # covariance is linear in φ
+    corr = make_method("bif", task, {**base, "aggregation": "token", "estimator": "correlation"})
+    scores = corr.score(ctx)
+    assert scores.abs().max() <= 1 + 1e-6 and not torch.allclose(scores, -seq)
+    plain = Regression(RegressionConfig(n_train=30, n_query=4, dim=3))
+    with pytest.raises(ValueError, match="aggregation=sequence"):
+        make_method("bif", plain, {"aggregation": "token"}).score(make_context(plain, tmp_path / "plain"))
+
+
+def test_weight_restriction_moves_only_matching_parameters(tmp_path, small_regression):
+    ctx = make_context(small_regression, tmp_path)
+    bif = make_method("bif", small_regression, {"patterns": "bias", "chains": "1", "draws": "30"})
+    scores = bif.score(ctx)
+    # Only the bias b moves (a little): ℓ_i ≈ ℓ_i(b*) + ℓ_i'(b*)·Δb, so the covariance is nearly
+    # rank one, outer(ℓ'_i, φ'_j)·Var(b); with every weight moving it is not.
+    sv = torch.linalg.svdvals(scores.double())
+    assert sv[1] / sv[0] < 0.05
+    everything = torch.linalg.svdvals(make_method("bif", small_regression, {"chains": "1", "draws": "30"}).score(ctx).double())
+    assert everything[1] / everything[0] > 0.05
+
+
+def test_effective_sample_size_of_ar1_matches_its_closed_form():
+    gen, rho, t = torch.Generator().manual_seed(0), 0.8, 20000
+    x = torch.zeros(4, t, dtype=torch.float64)
+    noise = torch.randn(4, t, generator=gen, dtype=torch.float64)
+    for k in range(1, t):
+        x[:, k] = rho * x[:, k - 1] + noise[:, k]
+    expected = 4 * t * (1 - rho) / (1 + rho)                         # τ = (1+ρ)/(1−ρ)
+    assert abs(effective_sample_size(x) / expected - 1) < 0.15
+
+
+def test_samplers_match_devinterp_step_for_step():
+    devinterp = pytest.importorskip("devinterp.optim.sgmcmc", reason="pip install devinterp==2.0.1 torch==2.13.0")
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for kind in ("sgld", "rmsprop"):
+        ours, theirs = (nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)) for _ in range(2))
+        theirs.load_state_dict(ours.state_dict())
+        settings = SamplerSettings(nbeta=50.0, gamma=30.0, epsilon=1e-3, preconditioner="identity" if kind == "sgld" else "rmsprop")
+        sampler = LocalSGLD(list(ours.parameters()), settings, torch.Generator().manual_seed(3))
+        factory = devinterp.SGMCMC.sgld if kind == "sgld" else devinterp.SGMCMC.rmsprop_sgld
+        extra = {} if kind == "sgld" else {"alpha": 0.99, "eps": 0.1}
+        opt = factory(theirs.parameters(), lr=1e-3, nbeta=50.0, localization=30.0, **extra)
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(20):
+            sampler.step(torch.autograd.grad(nn.functional.cross_entropy(ours(x), y), list(ours.parameters())))
+            opt.zero_grad()
+            nn.functional.cross_entropy(theirs(x), y).backward()
+            opt.step(noise_generator=gen)
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

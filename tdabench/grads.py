@@ -43,19 +43,22 @@ class _Apply(nn.Module):
 class Projector:
     """A seeded Gaussian random projection ``R^d → R^k`` (entries N(0, 1/k)).
 
-    The matrix is generated in row blocks from the seed, so it is identical on every call and every
-    device; it is kept in memory when ``d·k`` is at most ``cache_limit`` entries.
+    The matrix is generated in row blocks on ``device`` from the seed, so it is identical on every
+    call for a given seed and device type (CPU and CUDA draw different, equally random matrices);
+    it is kept in memory when ``d·k`` is at most ``cache_limit`` entries, else regenerated per call
+    block by block (cheap on a GPU).
     """
 
     def __init__(self, dim_in: int, dim_out: int, seed: int, device: torch.device,
-                 block: int = 4096, cache_limit: int = 2**26) -> None:
-        self.dim_in, self.dim_out, self.seed, self.device, self.block = dim_in, dim_out, seed, device, block
+                 block: int = 8192, cache_limit: int = 2**28) -> None:
+        self.dim_in, self.dim_out, self.seed, self.block = dim_in, dim_out, seed, block
+        self.device = torch.device(device)
         self._matrix = self._full() if dim_in * dim_out <= cache_limit else None
 
     def _rows(self, start: int) -> Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + start)
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + start)
         rows = min(self.block, self.dim_in - start)
-        return (torch.randn(rows, self.dim_out, generator=gen) / self.dim_out ** 0.5).to(self.device)
+        return torch.randn(rows, self.dim_out, generator=gen, device=self.device) / self.dim_out ** 0.5
 
     def _full(self) -> Tensor:
         return torch.cat([self._rows(s) for s in range(0, self.dim_in, self.block)])

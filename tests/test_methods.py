@@ -119,3 +119,15 @@ def test_random_is_seeded():
     from tdabench.methods.random import RandomScores
 
     assert RandomScores.informative is False
+
+
+def test_projector_blocks_equal_the_cached_matrix_and_preserve_dot_products():
+    from tdabench.grads import Projector
+
+    g = torch.randn(6, 3000, generator=torch.Generator().manual_seed(0))
+    cached = Projector(3000, 512, seed=5, device=torch.device("cpu"), block=700)
+    streamed = Projector(3000, 512, seed=5, device=torch.device("cpu"), block=700, cache_limit=0)
+    assert cached._matrix is not None and streamed._matrix is None
+    torch.testing.assert_close(cached(g), streamed(g), rtol=1e-5, atol=1e-5)
+    exact, approx = g @ g.T, cached(g) @ cached(g).T                       # JL: ≈ preserved
+    assert (approx.diag() / exact.diag() - 1).abs().max() < 0.25

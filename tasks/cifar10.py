@@ -1,0 +1,436 @@
+"""cifar10: a ResNet-9 in the fast-training style of Jordan (2024) on CIFAR-10 — the vision benchmark
+of 001 (Section 4.2, Appendix C.2, Table 4).
+
+Recipe (Table 4): Nesterov SGD, momentum 0.85, weight decay 0.0153, learning rate 10.0 in the
+decoupled ("per 1024 examples") parametrisation, batch 1024, label smoothing 0.2, 64× learning rate on
+the BatchNorm shifts, 1 epoch (8 as an option), and 100 steps on a held-out warmup set before every
+run to prime the optimiser state and BatchNorm statistics.  The first layer is a frozen 2×2
+convolution that whitens image patches (fit on the warmup set, so it is the same for every subset);
+its bias is not trained (Table 4), so it has none.  BatchNorm scales are fixed at 1; only shifts are
+learnt.  The learning rate follows a triangle over the run (0.2 → 1 at 23% → 0.07 of the peak); the
+warmup phase runs at the starting value.  Not taken from the fast recipe: lookahead/EMA, test-time
+augmentation, the alternating flip and the whitening-bias freezing schedule.  The default sizes
+(N = 10,000, warmup set 5,000) are this project's choice: 001's numbers were lost in conversion.
+
+Images stay one uint8 tensor on the training device; normalisation, random flip and random
+translation (reflect padding) are batched tensor operations there; on CUDA training runs in
+channels_last with bf16 autocast (config).  Losses and measurements are evaluated in float32.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tdabench.registry import register_task
+from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
+
+ENV_DIR = "TDABENCH_CIFAR10_DIR"
+FOLDER = "cifar-10-batches-py"
+ARCHIVE, ARCHIVE_MD5 = "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+#: The published md5 of every member of the archive (as listed by torchvision's CIFAR10 dataset).
+MD5 = {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+       "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+       "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+       "batches.meta": "5ff9c542aee3614f3951f8cda6e48888"}
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+MEAN = (125.31, 122.95, 113.87)    # per-channel pixel mean of the CIFAR-10 training set (0-255 scale)
+STD = (62.99, 62.09, 66.70)
+
+
+@dataclass(frozen=True)
+class Cifar10Config(TaskConfig):
+    data_dir: str = ""               # folder holding cifar-10-batches-py/ (or it, or the .tar.gz); empty: $TDABENCH_CIFAR10_DIR, else ~/.cache/tdabench/cifar10
+    download: bool = True            # fetch through torchvision when the files are missing (needs torchvision + network)
+    verify: bool = True              # check the files against the published md5 checksums
+    n_train: int = 10000             # attribution set size N (drawn from the 50,000 training images)
+    warmup_size: int = 5000          # held-out warmup set (fits the whitening layer, primes the optimiser)
+    n_query: int = 0                 # 0: the full test set (10,000); k: a seeded subset of k test images
+    data_seed: int = 0               # fixes the warmup/attribution split and the query subset
+    measurement: Literal["loss", "margin"] = "loss"  # loss: cross-entropy (unsmoothed); margin: logit_y − logsumexp(other logits)
+    fit_on_full: bool = True         # fit_data: every non-warmup training image (001) instead of the attribution set
+    image_size: int = 32             # images are area-downsampled when smaller (≥ 9; reduced CPU configurations)
+    widths: tuple[int, ...] = (64, 256, 256)  # channels of the three conv blocks
+    epochs: int = 1                  # 001 trains 1 (or 8) epochs
+    batch_size: int = 1024
+    lr: float = 10.0                 # per 1024 examples, momentum-decoupled
+    momentum: float = 0.85           # Nesterov
+    weight_decay: float = 0.0153     # per 1024 examples, decoupled from the learning rate
+    label_smoothing: float = 0.2
+    bias_scaler: float = 64.0        # learning-rate multiplier of the BatchNorm shifts
+    warmup_steps: int = 100          # steps on the warmup set before each run (0: none)
+    flip: bool = True
+    translate: int = 2               # random translation in pixels (reflect padding)
+    bn_momentum: float = 0.6         # running-statistics decay (torch momentum = 1 − this)
+    whiten_eps: float = 5e-4
+    channels_last: bool = True       # CUDA only
+    bf16: bool = True                # bf16 autocast for training on CUDA only
+    gpu_fraction: float = 0.25       # GPU share of one retrain under Ray
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != 3 or min(self.widths) < 1:
+            raise ValueError(f"task.widths={self.widths}: give three positive block widths, e.g. 64,256,256")
+        if not 9 <= self.image_size <= 32:
+            raise ValueError(f"task.image_size={self.image_size}: must lie in 9..32 (three 2× poolings after a 2×2 conv)")
+        for name in ("n_train", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"task.{name}={getattr(self, name)}: must be at least 1")
+        if min(self.warmup_size, self.warmup_steps, self.n_query, self.translate) < 0:
+            raise ValueError("task.warmup_size, warmup_steps, n_query and translate must be ≥ 0")
+
+
+# ----- data -----------------------------------------------------------------------------------
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def missing_message(root: Path) -> str:
+    return (f"CIFAR-10 not found under {root}. Put the 'cifar-10-python' files there as {root / FOLDER}/ "
+            f"(data_batch_1..5, test_batch, batches.meta) or the archive {root / ARCHIVE} (from {URL}, md5 "
+            f"{ARCHIVE_MD5}); or point task.data_dir=DIR / ${ENV_DIR} at the folder that holds them. "
+            f"Automatic download needs torchvision and network access (task.download=true).")
+
+
+def resolve_folder(data_dir: str, download: bool, verify: bool) -> Path:
+    """The cifar-10-batches-py folder: given directly, inside ``data_dir``, extracted from the archive
+    there, or downloaded by torchvision; otherwise a FileNotFoundError that says where to put it."""
+    root = Path(data_dir or os.environ.get(ENV_DIR) or Path.home() / ".cache" / "tdabench" / "cifar10").expanduser()
+    for folder in (root, root / FOLDER):
+        if (folder / "test_batch").exists():
+            return folder
+    if (root / ARCHIVE).exists():
+        if verify and md5(root / ARCHIVE) != ARCHIVE_MD5:
+            raise ValueError(f"{root / ARCHIVE}: md5 differs from the published {ARCHIVE_MD5}; download it again")
+        with tarfile.open(root / ARCHIVE) as tar:
+            tar.extractall(root, filter="data")
+        return root / FOLDER
+    if download:
+        try:
+            import torchvision  # noqa: F401  (optional: only used to download)
+            from torchvision.datasets import CIFAR10
+            CIFAR10(str(root), train=False, download=True)
+            return root / FOLDER
+        except Exception as err:  # no torchvision or no network: say what to do instead
+            raise FileNotFoundError(f"{missing_message(root)} (download failed: {type(err).__name__}: {err})") from None
+    raise FileNotFoundError(missing_message(root))
+
+
+def read_batches(folder: Path, names: tuple[str, ...], checksums: Optional[dict[str, str]]) -> tuple[Tensor, Tensor]:
+    """Images ``[n, 3, 32, 32]`` uint8 and labels ``[n]`` of the pickled batches ``names``, each file
+    checked against ``checksums`` first (None: no check)."""
+    xs, ys = [], []
+    for name in names + ("batches.meta",):
+        path = folder / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: {missing_message(folder.parent)}")
+        if checksums is not None and md5(path) != checksums[name]:
+            raise ValueError(f"{path}: md5 {md5(path)} differs from the published {checksums[name]}; the file is "
+                             f"corrupt or not CIFAR-10 — download it again (or set task.verify=false for your own data)")
+        if name == "batches.meta":
+            continue
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        xs.append(torch.as_tensor(batch[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
+        ys.append(torch.as_tensor(batch[b"labels"], dtype=torch.long))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def resize(x: Tensor, size: int) -> Tensor:
+    """Area-downsample uint8 images ``[n, 3, 32, 32]`` to ``[n, 3, size, size]`` (identity at 32)."""
+    if size == x.shape[-1]:
+        return x
+    return torch.cat([F.interpolate(part.float(), size=(size, size), mode="area").round().clamp(0, 255).to(torch.uint8)
+                      for part in x.split(4096)])
+
+
+def normalize(x: Tensor) -> Tensor:
+    """uint8 (or 0–255 float) images ``[B, 3, H, W]`` → per-channel standardised float32."""
+    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
+    return (x.float() - mean) / std
+
+
+def augment(x: Tensor, flip: bool, translate: int, gen: torch.Generator) -> Tensor:
+    """Random left-right flip and random translation by up to ``translate`` pixels (reflect padding)
+    of a whole batch ``[B, C, H, W]`` at once; the result is laid out channels-last in memory."""
+    n, _, h, w = x.shape
+    if flip:
+        coin = torch.rand(n, device=x.device, generator=gen) < 0.5
+        x = torch.where(coin.view(n, 1, 1, 1), x.flip(3), x)
+    if translate > 0:
+        padded = F.pad(x, (translate,) * 4, mode="reflect").permute(0, 2, 3, 1)   # shape: [B, H+2t, W+2t, C]
+        shift = torch.randint(0, 2 * translate + 1, (n, 2), device=x.device, generator=gen)
+        rows = shift[:, :1] + torch.arange(h, device=x.device)                    # shape: [B, H]
+        cols = shift[:, 1:] + torch.arange(w, device=x.device)                    # shape: [B, W]
+        batch = torch.arange(n, device=x.device).view(n, 1, 1)
+        x = padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # shape: [B, C, H, W]
+    return x
+
+
+# ----- model ----------------------------------------------------------------------------------
+class ShiftNorm(nn.Module):
+    """BatchNorm with its scale fixed at 1 and a learnt shift (the only trained normalisation tensor)."""
+
+    def __init__(self, channels: int, momentum: float) -> None:
+        super().__init__()
+        self.momentum = 1.0 - momentum
+        self.shift = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        self.register_buffer("unit", torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.unit, self.shift, self.training,
+                            self.momentum, 1e-12)
+
+
+def conv3(c_in: int, c_out: int) -> nn.Conv2d:
+    """3×3 conv without bias whose first ``c_in`` filters start as the identity (Dirac)."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:c_in])
+    return conv
+
+
+class Block(nn.Module):
+    """conv → 2× max-pool → norm → GELU → conv → norm → GELU."""
+
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float) -> None:
+        super().__init__()
+        self.conv1, self.norm1 = conv3(c_in, c_out), ShiftNorm(c_out, bn_momentum)
+        self.conv2, self.norm2 = conv3(c_out, c_out), ShiftNorm(c_out, bn_momentum)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class ResNet9(nn.Module):
+    """Frozen whitening conv (buffer ``whiten``, 24 filters of 2×2) → GELU → three blocks → global
+    max-pool → linear head (no bias) scaled by 1/9.  Input: standardised images ``[B, 3, H, W]``."""
+
+    def __init__(self, whiten: Tensor, widths: tuple[int, ...], bn_momentum: float) -> None:
+        super().__init__()
+        self.register_buffer("whiten", whiten.clone())               # shape: [24, 3, 2, 2]
+        chans = (whiten.shape[0], *widths)
+        self.blocks = nn.Sequential(*(Block(chans[i], chans[i + 1], bn_momentum) for i in range(3)))
+        self.head = nn.Linear(widths[-1], 10, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.blocks(F.gelu(F.conv2d(x, self.whiten)))
+        return self.head(x.amax(dim=(2, 3))) / 9.0                  # shape: [B, 10]
+
+
+def whitening_filters(images: Tensor, eps: float) -> Tensor:
+    """±eigenvectors / √(eigenvalue + eps) of the 2×2-patch covariance of standardised ``images``
+    ``[n, 3, H, W]``, as conv filters ``[24, 3, 2, 2]`` (largest eigenvalue first)."""
+    patches = F.unfold(normalize(images), kernel_size=2).transpose(1, 2).reshape(-1, 12)  # shape: [P, 12]
+    evals, evecs = torch.linalg.eigh((patches.T @ patches).double().cpu() / patches.shape[0])
+    filters = (evecs.T / (evals + eps).sqrt()[:, None]).flip(0).reshape(12, 3, 2, 2)
+    return torch.cat([filters, -filters]).float().to(images.device)
+
+
+# ----- task -----------------------------------------------------------------------------------
+def triangle(step: int, total: int, start: float = 0.2, peak: float = 0.23, end: float = 0.07) -> float:
+    """Learning-rate factor before update ``step`` of ``total``: linear start → 1 (at ``peak``·total) → end."""
+    top = max(1, int(peak * total))
+    if step <= top:
+        return start + (1.0 - start) * step / top
+    return 1.0 + (end - 1.0) * (step - top) / max(1, total - top)
+
+
+@register_task
+class Cifar10(Task):
+    name = "cifar10"
+    version = "1"
+    description = ("CIFAR-10, ResNet-9 in the fast (airbench) style, Nesterov SGD with warmup-set priming "
+                   f"(001 Table 4); files from task.data_dir or ${ENV_DIR}")
+    Config = Cifar10Config
+
+    def __init__(self, config: Optional[Cifar10Config] = None, device: str | torch.device = "cpu") -> None:
+        super().__init__(config, device)
+        self._cuda = self.device.type == "cuda"   # cuDNN autotuning stays off: subset sizes vary per retrain
+
+    @cached_property
+    def _data(self) -> dict[str, Tensor]:
+        """All tensors on the device: warmup/attribution/fit images (uint8) and labels, queries."""
+        c = self.config
+        folder = resolve_folder(c.data_dir, c.download, c.verify)
+        checksums = MD5 if c.verify else None
+        train_x, train_y = read_batches(folder, TRAIN_FILES, checksums)
+        test_x, test_y = read_batches(folder, ("test_batch",), checksums)
+        if c.warmup_size + c.n_train > len(train_y):
+            raise ValueError(f"task.warmup_size + task.n_train = {c.warmup_size + c.n_train} exceeds the "
+                             f"{len(train_y)} training images")
+        if c.n_query > len(test_y):
+            raise ValueError(f"task.n_query={c.n_query} exceeds the {len(test_y)} test images; 0 takes them all")
+        gen = torch.Generator().manual_seed(c.data_seed)
+        perm = torch.randperm(len(train_y), generator=gen)
+        warm, attr, rest = perm[: c.warmup_size], perm[c.warmup_size : c.warmup_size + c.n_train], perm[c.warmup_size:]
+        query = torch.randperm(len(test_y), generator=gen)[: c.n_query] if c.n_query else torch.arange(len(test_y))
+        train_x, test_x = resize(train_x, c.image_size), resize(test_x, c.image_size)
+        out = {"warm_x": train_x[warm], "warm_y": train_y[warm], "attr_x": train_x[attr], "attr_y": train_y[attr],
+               "query_x": test_x[query], "query_y": test_y[query]}
+        if c.fit_on_full:
+            out |= {"fit_x": train_x[rest], "fit_y": train_y[rest]}
+        return {k: v.to(self.device) for k, v in out.items()}
+
+    def train_data(self) -> Batch:
+        return self._data["attr_x"], self._data["attr_y"]   # shapes: [N, 3, S, S] uint8, [N]
+
+    def query_data(self) -> Batch:
+        return self._data["query_x"], self._data["query_y"]
+
+    def fit_data(self) -> Batch:
+        d = self._data
+        return (d["fit_x"], d["fit_y"]) if self.config.fit_on_full else self.train_data()
+
+    @cached_property
+    def _whiten(self) -> Tensor:
+        """Whitening filters from (at most 5,000 of) the warmup images, else the attribution images."""
+        d = self._data
+        source = d["warm_x"] if len(d["warm_x"]) else d["attr_x"]
+        return whitening_filters(source[:5000], self.config.whiten_eps)
+
+    def make_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = ResNet9(self._whiten.cpu(), self.config.widths, self.config.bn_momentum).to(self.device)
+        if self._cuda and self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    # ----- objective and measurement --------------------------------------------------------
+    def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        return model(normalize(batch[0])).float()   # shape: [B, 10] logits
+
+    def output_loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        return F.cross_entropy(outputs, batch[1], label_smoothing=self.config.label_smoothing, reduction="none")
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        return self.output_loss(self.outputs(model, batch), batch)   # shape: [B]
+
+    def measurement(self, model: nn.Module, batch: Batch) -> Tensor:
+        logits, labels = self.outputs(model, batch), batch[1]
+        if self.config.measurement == "loss":
+            return F.cross_entropy(logits, labels, reduction="none")  # shape: [B]
+        own = torch.arange(10, device=logits.device) == labels[:, None]
+        return logits.gather(1, labels[:, None]).squeeze(1) - logits.masked_fill(own, float("-inf")).logsumexp(1)
+
+    def _groups(self, model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(BatchNorm shifts, all other trained tensors)."""
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return [p for n, p in named if n.endswith("shift")], [p for n, p in named if not n.endswith("shift")]
+
+    def regularizer(self, model: nn.Module) -> Tensor:
+        """Weight decay as the L2 term of mean(loss) + R: coefficient weight_decay/lr per example
+        (÷ bias_scaler on the shifts, whose learning rate is that much larger)."""
+        c = self.config
+        shifts, others = self._groups(model)
+        lam = c.weight_decay / c.lr
+        return 0.5 * lam * (sum(p.square().sum() for p in others) + sum(p.square().sum() for p in shifts) / c.bias_scaler)
+
+    # ----- training ---------------------------------------------------------------------------
+    def total_steps(self, n_examples: int) -> int:
+        """Steps of the main phase (the warmup-set steps before step 0 are not counted)."""
+        return self.config.epochs * math.ceil(n_examples / self.config.batch_size)
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.SGD:
+        """SGD on the summed loss: the per-1024 lr and wd divided by the Nesterov step gain 1 + 1/(1−m)."""
+        c = self.config
+        scale = 1024 * (1 + 1 / (1 - c.momentum))
+        lr, wd = c.lr / scale, c.weight_decay * c.batch_size / scale
+        shifts, others = self._groups(model)
+        groups = [{"params": shifts, "lr": lr * c.bias_scaler, "weight_decay": wd / (lr * c.bias_scaler)},
+                  {"params": others, "lr": lr, "weight_decay": wd / lr}]
+        opt = torch.optim.SGD(groups, lr=lr, momentum=c.momentum, nesterov=True)
+        for g in opt.param_groups:
+            g["base_lr"] = g["lr"]
+        return opt
+
+    def _update(self, model: nn.Module, opt: torch.optim.SGD, x: Tensor, y: Tensor, gen: torch.Generator) -> None:
+        """One SGD step on the uint8 images ``x`` ``[B, 3, S, S]``: augment, forward, summed loss."""
+        c = self.config
+        x = augment(normalize(x), c.flip, c.translate, gen)
+        x = x.contiguous(memory_format=torch.channels_last if self._cuda and c.channels_last else torch.contiguous_format)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._cuda and c.bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing, reduction="sum")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def _set_lr(self, opt: torch.optim.SGD, factor: float) -> float:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        return opt.param_groups[1]["lr"]
+
+    def _warmup(self, model: nn.Module, opt: torch.optim.SGD, cpu_gen: torch.Generator, gen: torch.Generator) -> float:
+        """``warmup_steps`` steps on the warmup set at the schedule's starting learning rate."""
+        c, d = self.config, self._data
+        lr = self._set_lr(opt, triangle(0, 1))
+        n = len(d["warm_y"])
+        if n == 0 or c.warmup_steps == 0:
+            return lr
+        size = min(c.batch_size, n)
+        rounds = math.ceil(c.warmup_steps * size / n)
+        order = torch.cat([torch.randperm(n, generator=cpu_gen) for _ in range(rounds)]).to(self.device)
+        for s in range(c.warmup_steps):
+            idx = order[s * size : (s + 1) * size]
+            self._update(model, opt, d["warm_x"][idx], d["warm_y"][idx], gen)
+        return lr
+
+    def train(self, model: nn.Module, indices: Tensor, seed: int, on_checkpoint: Optional[CheckpointHook] = None,
+              checkpoint_steps: tuple[int, ...] = ()) -> nn.Module:
+        """Warmup phase, then ``epochs`` shuffled passes over ``indices`` in ⌈m/batch_size⌉ near-equal
+        batches (a tiny last batch would skew the fast-moving BatchNorm statistics); checkpoint hooks
+        receive the per-example step size of the weights (the loss is summed over each batch)."""
+        c = self.config
+        cpu_gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        opt = self._optimizer(model)
+        x, y = self.train_data()
+        total, wanted, step = self.total_steps(indices.numel()), set(checkpoint_steps), 0
+        model.train()
+        lr = self._warmup(model, opt, cpu_gen, gen)
+        if on_checkpoint is not None and 0 in wanted:
+            on_checkpoint(0, model, lr)
+        for _ in range(c.epochs):
+            order = indices.cpu()[torch.randperm(indices.numel(), generator=cpu_gen)].to(self.device)
+            for idx in torch.tensor_split(order, total // c.epochs):   # equal batches: no tiny last one
+                lr = self._set_lr(opt, triangle(step, total))
+                self._update(model, opt, x[idx], y[idx], gen)
+                step += 1
+                if on_checkpoint is not None and step in wanted:
+                    on_checkpoint(step, model, lr)
+        return model
+
+    def method_defaults(self, method: str) -> dict[str, object]:
+        """Exact per-example gradients of every weight (~2M at full width) do not fit in memory for
+        thousands of images: gradient methods then project to 512 dimensions (the shared projector
+        draws its matrix blocks on the device), in large batches on CUDA.  BIF takes 001 Table 3's
+        CIFAR-10 row (b=1024, C=4, T=100, no burn-in, nβ=200, γ=10⁴); the paper gives no step size, and
+        ε=1e-5 keeps ε·γ/(2δ) below 1 for RMSprop-SGLD (sweep it: `tdabench sweep ... --grid epsilon=...`)."""
+        c = self.config
+        chans = (24, *c.widths)
+        dim = sum(9 * (a * b + b * b) + 2 * b for a, b in zip(chans, chans[1:])) + 10 * c.widths[-1]
+        if method in ("gradsim", "tracin") and 4 * dim * (c.n_train + (c.n_query or 10000)) > 2**31:
+            return {"proj_dim": 512, "batch_size": 1024 if self._cuda else 64}
+        if method == "bif":
+            return {"batch_size": 1024, "chains": 4, "draws": 100, "burn_in": 0, "nbeta": 200.0,
+                    "gamma": 10000.0, "epsilon": 1e-5}
+        return {}

@@ -1,0 +1,248 @@
+"""ekfac: the classical influence function with kronfluence's Kronecker-factored curvature
+(Grosse et al. 2023; 001 Sections 3.3, A.3, B.3): EK-FAC (default), K-FAC, diagonal or identity.
+
+kronfluence's pairwise score is ∇φ_jᵀ (G + λI)⁻¹ ∇ℓ_i, with G its block-diagonal Gauss-Newton
+(Fisher) approximation of the *mean* training loss over the tracked Linear/Conv2d layers.  In
+tdabench's sign (change of φ_j when example i is included with weight 1/n) that is
+score[i, j] = −(1/n)·kronfluence[j, i], on the same scale as the ``if`` method.  The task's
+explicit regulariser is not part of G: pass it through ``damping`` where it matters (``l2`` on
+``regression``).
+
+Factors are query-independent: ``fit`` computes them on ``task.fit_data()`` (or the attribution
+set) and kronfluence stores them under the method's cache directory keyed by the reference model
+and the factor settings, so a second run on the same model only loads them.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import logging
+import re
+import shutil
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.func import hessian, vmap
+
+from tdabench.config import content_hash
+from tdabench.groundtruth import derive_seed
+from tdabench.method import Context, Method, MethodConfig
+from tdabench.registry import register_method
+from tdabench.task import Batch, Task
+
+log = logging.getLogger("tdabench")
+INSTALL_HINT = ("pip install 'tdabench[ekfac]' && pip install --no-deps kronfluence==1.0.1 (kronfluence declares a "
+                "torchvision dependency it never imports, and PyPI's torchvision breaks a CPU torch; see the README)")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EKFACConfig(MethodConfig):
+    strategy: Literal["ekfac", "kfac", "diagonal", "identity"] = "ekfac"
+    damping: Optional[float] = None          # λ; None: kronfluence's heuristic (0.1 × mean eigenvalue)
+    fisher: Literal["auto", "sampled", "empirical"] = "auto"   # auto: sampled where the task's outputs are small
+    fit_on: Literal["fit_data", "train"] = "fit_data"        # fit_data: task.fit_data() (001: the full training set)
+    patterns: tuple[str, ...] = ()           # regexes on parameter names: a Linear/Conv2d is tracked if one matches
+    cpu_max_width: int = 8192                # on CPU, leave out layers wider than this (vocabulary heads); 0: no limit
+    max_examples: Optional[int] = None       # examples used to fit covariances and eigenvalues (None: all)
+    batch_size: int = 64                     # training examples per batch when fitting and scoring
+    query_batch_size: int = 256              # queries whose preconditioned gradients are held at once
+    precision: Literal["auto", "float32", "float64", "bfloat16"] = "auto"   # factor/score dtype; auto: the model's
+    amp: Literal["off", "bfloat16", "float16"] = "off"      # autocast while fitting and scoring (CUDA only)
+
+    def __post_init__(self) -> None:
+        if self.damping is not None and self.damping < 0:
+            raise ValueError(f"ekfac.damping={self.damping}: must be non-negative (or None for the heuristic)")
+        if min(self.batch_size, self.query_batch_size) < 1:
+            raise ValueError("ekfac.batch_size and ekfac.query_batch_size must be at least 1")
+
+
+class _Root(nn.Module):
+    """Holds a model that is itself a single Linear/Conv2d (kronfluence replaces tracked modules
+    inside their parent, so the root needs one)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner(*args, **kwargs)
+
+
+def tracked_modules(model: nn.Module, patterns: tuple[str, ...], max_width: int) -> list[str]:
+    """Names of the Linear/Conv2d modules to track: one of their parameter names matches
+    ``patterns`` (any when empty) and no width exceeds ``max_width`` (0: no limit)."""
+    names = []
+    for name, module in model.named_modules():
+        if type(module) not in (nn.Linear, nn.Conv2d):          # kronfluence wraps these exact types
+            continue
+        params = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
+        if patterns and not any(re.search(pat, p) for pat in patterns for p in params):
+            continue
+        width = max(getattr(module, a, 0) for a in ("in_features", "out_features", "in_channels", "out_channels"))
+        if max_width and width > max_width:
+            log.info("ekfac: leaving out %s (width %d > ekfac.cpu_max_width=%d)", name, width, max_width)
+            continue
+        names.append(name)
+    return names
+
+
+def output_noise(task: Task, outputs: Tensor, batch: Batch, gen: torch.Generator) -> Tensor:
+    """Per example a random ``v`` with E[v vᵀ] = ∇²_out ℓ (Hessian square root times a Rademacher
+    vector): the gradients of ``(outputs·v).sum()`` then have the Gauss-Newton matrix as second
+    moment — the sampled Fisher, for any convex output loss.  Same shape as ``outputs``."""
+    flat = outputs.detach().reshape(outputs.shape[0], -1)                            # shape: [B, C]
+
+    def one(o: Tensor, *example: Tensor) -> Tensor:
+        return task.output_loss(o.reshape(outputs.shape[1:])[None], tuple(e[None] for e in example)).sum()
+
+    evals, evecs = torch.linalg.eigh(vmap(hessian(one))(flat, *batch).double())     # shape: [B, C], [B, C, C]
+    root = evecs * evals.clamp(min=0).sqrt()[:, None, :]
+    z = torch.randint(0, 2, flat.shape, generator=gen).to(root) * 2 - 1              # shape: [B, C]
+    return (root @ z[..., None]).squeeze(-1).to(outputs.dtype).reshape(outputs.shape)
+
+
+def sampled_fisher(task: Task, model: nn.Module, data: Batch, choice: str, limit: int = 256) -> bool:
+    """Resolve ``fisher``: sampled needs ``outputs``/``output_loss`` and at most ``limit`` outputs
+    per example (their Hessian is formed explicitly); ``auto`` falls back to the empirical Fisher."""
+    if choice == "empirical":
+        return False
+    size = None
+    if type(task).outputs is not Task.outputs and type(task).output_loss is not Task.output_loss:
+        with torch.no_grad():
+            size = task.outputs(model, tuple(t[:1] for t in data))[0].numel()
+    if size is not None and size <= limit:
+        return True
+    why = "exposes no outputs/output_loss" if size is None else f"has {size} outputs per example (limit {limit})"
+    if choice == "sampled":
+        raise ValueError(f"ekfac.fisher=sampled: task {task.name} {why}; use ekfac.fisher=empirical")
+    log.info("ekfac: task %s %s, using the empirical Fisher", task.name, why)
+    return False
+
+
+def kronfluence_task(task: Task, modules: list[str], seed: int) -> Any:
+    """kronfluence's Task for a tdabench task: summed training loss (or its sampled-Fisher
+    surrogate), summed measurement, the chosen modules."""
+    from kronfluence.task import Task as KronTask
+
+    gen = torch.Generator().manual_seed(seed)
+
+    class Adapter(KronTask):
+        def compute_train_loss(self, batch: Any, model: nn.Module, sample: bool = False) -> Tensor:
+            batch = tuple(batch)
+            if not sample:
+                return task.loss(model, batch).sum()
+            out = task.outputs(model, batch)
+            return (out * output_noise(task, out, batch, gen)).sum()
+
+        def compute_measurement(self, batch: Any, model: nn.Module) -> Tensor:
+            return task.measurement(model, tuple(batch)).sum()
+
+        def get_influence_tracked_modules(self) -> list[str]:
+            return modules
+
+    return Adapter()
+
+
+@contextlib.contextmanager
+def kronfluence_call() -> Iterator[None]:
+    """Around kronfluence's fit/score calls: its FutureWarning about GradScaler silenced, and the
+    objects that exist already frozen for the garbage collector — kronfluence calls gc.collect()
+    after every stage, which otherwise walks the whole heap (about 0.5-1 s each on this machine)."""
+    gc.freeze()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*GradScaler", category=FutureWarning)
+            yield
+    finally:
+        gc.unfreeze()
+
+
+def require_kronfluence() -> None:
+    try:
+        import kronfluence  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"ekfac needs kronfluence: {INSTALL_HINT}") from err
+
+
+@register_method
+class EKFAC(Method):
+    name = "ekfac"
+    description = "influence function with kronfluence's EK-FAC / K-FAC / diagonal / identity curvature"
+    Config = EKFACConfig
+    requires = ("kronfluence",)
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self._state: Optional[tuple[Any, str, dict]] = None
+
+    def _dtypes(self, model: nn.Module) -> tuple[torch.dtype, Optional[torch.dtype]]:
+        cfg = self.config
+        dtype = next(model.parameters()).dtype if cfg.precision == "auto" else _DTYPES[cfg.precision]
+        return dtype, None if cfg.amp == "off" else _DTYPES[cfg.amp]
+
+    def fit(self, ctx: Context) -> None:
+        """Fit (or load) the factors; keep the analyzer for ``score``."""
+        require_kronfluence()
+        from kronfluence.analyzer import Analyzer, prepare_model
+        from kronfluence.arguments import FactorArguments
+
+        cfg = self.config
+        if cfg.amp != "off" and ctx.device.type != "cuda":
+            raise ValueError(f"ekfac.amp={cfg.amp} needs a CUDA device; use ekfac.amp=off on {ctx.device}")
+        width = cfg.cpu_max_width if ctx.device.type == "cpu" else 0
+        modules = tracked_modules(ctx.model, cfg.patterns, width)
+        model = copy.deepcopy(ctx.model)
+        if modules == [""]:                                       # the model is one Linear/Conv2d
+            model, modules = _Root(model), ["inner"]
+        if not modules:
+            raise ValueError(f"ekfac: no Linear/Conv2d layer matches ekfac.patterns={list(cfg.patterns)} within "
+                             f"ekfac.cpu_max_width={cfg.cpu_max_width}; widen the patterns or the limit")
+        data = ctx.task.fit_data() if cfg.fit_on == "fit_data" else ctx.train_data
+        sampled = sampled_fisher(ctx.task, ctx.model, data, cfg.fisher)
+        dtype, amp = self._dtypes(ctx.model)
+        factor_args = FactorArguments(
+            strategy=cfg.strategy, use_empirical_fisher=not sampled, amp_dtype=amp,
+            covariance_max_examples=cfg.max_examples, lambda_max_examples=cfg.max_examples,
+            activation_covariance_dtype=dtype, gradient_covariance_dtype=dtype,
+            per_sample_gradient_dtype=dtype, lambda_dtype=dtype)
+        adapter = kronfluence_task(ctx.task, modules, derive_seed(ctx.seed, 0xEFAC))
+        model = prepare_model(model, adapter)
+        analyzer = Analyzer(analysis_name=ctx.model_key or f"unkeyed-{uuid.uuid4().hex}", model=model,
+                            task=adapter, cpu=ctx.device.type == "cpu", disable_tqdm=True,
+                            log_level=logging.WARNING, output_dir=str(ctx.cache_dir / "kronfluence"))
+        factors = content_hash([cfg.strategy, sampled, cfg.fit_on, modules, cfg.max_examples, str(dtype), str(amp),
+                                int(data[0].shape[0])])
+        with kronfluence_call():
+            analyzer.fit_all_factors(factors_name=factors, dataset=torch.utils.data.TensorDataset(*data),
+                                     per_device_batch_size=cfg.batch_size, factor_args=factor_args)
+        self._state = (analyzer, factors, {"dtype": dtype, "amp": amp})
+
+    def score(self, ctx: Context) -> Tensor:
+        from kronfluence.arguments import ScoreArguments
+
+        if self._state is None:
+            self.fit(ctx)
+        analyzer, factors, kinds = self._state  # type: ignore[misc]
+        cfg = self.config
+        score_args = ScoreArguments(damping_factor=cfg.damping, amp_dtype=kinds["amp"],
+                                    per_sample_gradient_dtype=kinds["dtype"], precondition_dtype=kinds["dtype"],
+                                    score_dtype=kinds["dtype"])
+        name = f"tdabench-{uuid.uuid4().hex}"      # scores depend on the queries: never reused
+        try:
+            with kronfluence_call():
+                analyzer.compute_pairwise_scores(
+                    scores_name=name, factors_name=factors, score_args=score_args,
+                    query_dataset=torch.utils.data.TensorDataset(*ctx.query_data),
+                    train_dataset=torch.utils.data.TensorDataset(*ctx.train_data),
+                    per_device_query_batch_size=min(cfg.query_batch_size, ctx.n_query),
+                    per_device_train_batch_size=cfg.batch_size)
+            raw = analyzer.load_pairwise_scores(name)["all_modules"].to(ctx.device)   # shape: [n_query, n_train]
+        finally:
+            shutil.rmtree(analyzer.scores_output_dir(name), ignore_errors=True)
+        return (-raw.T.double() / ctx.n_train).float()                               # shape: [n_train, n_query]

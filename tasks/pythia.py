@@ -1,0 +1,260 @@
+"""pythia: finetune a pretrained Pythia model (transformers GPT-NeoX) for one epoch on packed text.
+
+The language benchmark of the local-BIF paper (001, Appendix C.3): Pythia-14M at step 45,000,
+finetuned with AdamW (one epoch, linear learning-rate decay, batch 256, weight decay 0.01) on 4,096
+attribution sequences of 1,024 tokens; the measurement is the mean token loss of 256 query
+sequences.  The model and tokenizer come from a local directory (``save_pretrained``) or the Hugging
+Face cache; the text from a local directory / JSON-lines file or a ``datasets`` name.  Tokenized,
+packed data are cached under ``task.cache_dir`` keyed by their content.  ``tasks/tinylm.py`` runs
+this same code path on a tiny model for the CPU.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tdabench.config import content_hash
+from tdabench.registry import METHODS, register_task
+from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
+from tdabench.tasks._lm_data import (DATASET_MARKERS, INSTALL, MissingResource, Shuffled, dataset_documents,
+                                     fingerprint, load_pretrained, local_documents, pack, token_stream)
+
+ATTENTION_WEIGHTS = r"attention\.(query_key_value|dense)\.weight"   # BIF's parameters on LMs (001 B.1)
+BLOCK_PARAMS = r"^gpt_neox\.layers\."                               # everything but embeddings/output layer
+
+
+@dataclass(frozen=True)
+class PythiaConfig(TaskConfig):
+    model_name: str = "EleutherAI/pythia-14m"   # Hub id or a directory written by save_pretrained
+    revision: str = "step45000"            # Hub revision (ignored for directories)
+    tokenizer: str = ""                    # Hub id or directory; empty: the model's
+    data: str = "Salesforce/wikitext"      # dir of .txt/.jsonl, a .jsonl file, a save_to_disk dir, or a datasets name
+    data_config: str = "wikitext-103-raw-v1"
+    data_split: str = "train"
+    query_split: str = "validation"        # datasets only: the split the query text comes from ("" → held-out docs)
+    text_field: str = "text"
+    context_length: int = 1024             # tokens per packed sequence
+    n_train: int = 4096                    # attribution sequences
+    n_query: int = 256                     # query sequences (documents disjoint from the attribution set)
+    data_seed: int = 0                     # document order
+    epochs: int = 1
+    batch_size: int = 256                  # sequences per optimiser step
+    micro_batch: int = 8                   # sequences per forward pass (gradient accumulation)
+    lr: float = 1e-4                       # peak AdamW learning rate (blank in 001 Table 4; our choice)
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    bf16: bool = True                      # bf16 autocast when training on CUDA
+    attn_implementation: str = "sdpa"      # transformers attention kernel ("eager" is faster for tiny models on CPU)
+    cache_dir: str = ""                    # prepared data; empty: $TDABENCH_CACHE or ~/.cache/tdabench
+    gpu_fraction: float = 1.0
+
+
+# ----- per-token loss and the training loop ---------------------------------------------------------
+def token_losses(model: nn.Module, ids: Tensor) -> Tensor:
+    """Next-token cross-entropy of every position, shape ``[B, T-1]`` (float32)."""
+    logits = model(input_ids=ids).logits[:, :-1]                      # shape: [B, T-1, V]
+    return F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+
+
+def linear_schedule(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor of ``step`` (0-based): linear warmup over ``warmup`` steps, then linear
+    decay that reaches 0 one step after the last."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_lm(model: nn.Module, data: Batch, indices: Tensor, seed: int, cfg: PythiaConfig,
+             loss: Callable[[nn.Module, Batch], Tensor], on_checkpoint: Optional[CheckpointHook] = None,
+             checkpoint_steps: tuple[int, ...] = ()) -> nn.Module:
+    """AdamW with linear warmup then linear decay to 0, ``cfg.epochs`` seeded passes, batches of
+    ``cfg.batch_size`` accumulated over micro-batches; bf16 autocast on CUDA when ``cfg.bf16``."""
+    steps = cfg.epochs * math.ceil(indices.numel() / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, steps, cfg.warmup_steps))
+    device = next(model.parameters()).device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    gen, wanted, step = torch.Generator().manual_seed(seed), set(checkpoint_steps), 0
+    model.train()
+    if on_checkpoint is not None and 0 in wanted:
+        on_checkpoint(0, model, opt.param_groups[0]["lr"])
+    for _ in range(cfg.epochs):
+        order = indices.cpu()[torch.randperm(indices.numel(), generator=gen)]
+        for start in range(0, order.numel(), cfg.batch_size):
+            batch = order[start : start + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            for micro in batch.split(cfg.micro_batch):
+                with autocast:
+                    (loss(model, take(data, micro)).sum() / batch.numel()).backward()
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            step += 1
+            if on_checkpoint is not None and step in wanted:
+                on_checkpoint(step, model, lr)
+    return model.eval()
+
+
+@register_task
+class Pythia(Task):
+    name = "pythia"
+    version = "1"
+    description = "finetune pretrained Pythia (GPT-NeoX, transformers) one epoch on packed text; mean token loss"
+    Config = PythiaConfig
+
+    # ----- where model, tokenizer and text come from (tinylm overrides these) -----
+    def model_source(self) -> tuple[str, str]:
+        """(name or directory, revision) of the starting model."""
+        return self.config.model_name, self.config.revision
+
+    def tokenizer_source(self) -> tuple[str, str]:
+        c = self.config
+        return (c.tokenizer, "") if c.tokenizer else self.model_source()
+
+    def _local_text(self) -> Optional[Path]:
+        """The path of ``task.data`` when it is local .txt/.jsonl text (None for a datasets source)."""
+        c = self.config
+        if not c.data:
+            raise MissingResource("task.data is empty: give a directory of .txt/.jsonl files, a .jsonl file, "
+                                  "a save_to_disk directory, or a datasets name")
+        path = Path(c.data).expanduser()
+        if path.is_file() or (path.is_dir() and not any((path / f).exists() for f in DATASET_MARKERS)):
+            return path
+        if c.data.startswith((".", "/", "~")) and not path.exists():
+            raise MissingResource(f"task.data={c.data!r} does not exist; give a directory of .txt/.jsonl files, "
+                                  "a .jsonl file, a save_to_disk directory, or a datasets name")
+        return None
+
+    def documents(self, split: str) -> Sequence[str]:
+        """Documents of ``split``: "train", or "query" (used when ``query_split`` names a datasets split)."""
+        c, path = self.config, self._local_text()
+        if path is not None:
+            return local_documents(path, c.text_field)
+        return dataset_documents(str(Path(c.data).expanduser()) if Path(c.data).expanduser().is_dir() else c.data,
+                                  c.data_config, c.query_split if split == "query" else c.data_split, c.text_field)
+
+    @property
+    def separate_query(self) -> bool:
+        """True when the query text is its own datasets split rather than held-out documents."""
+        path = Path(self.config.data).expanduser()
+        one_split = path.is_dir() and not (path / "dataset_dict.json").exists()     # a saved single Dataset
+        return bool(self.config.query_split) and self._local_text() is None and not one_split
+
+    def data_identity(self) -> Any:
+        """What the prepared tokens depend on besides the tokenizer (a content hash for local files)."""
+        c, path = self.config, Path(self.config.data).expanduser()
+        source = fingerprint(path) if path.exists() else [c.data, c.data_config, c.data_split]
+        return [source, c.query_split if self.separate_query else "", c.text_field]
+
+    # ----- cached pieces -----
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.config.cache_dir or os.environ.get("TDABENCH_CACHE", "~/.cache/tdabench")).expanduser()
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+        name, rev = self.tokenizer_source()
+        fetch = f"python -c \"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('{name}', revision='{rev or 'main'}')\""
+        return load_pretrained(AutoTokenizer.from_pretrained, name, rev, "tokenizer", "tokenizer", fetch)
+
+    @cached_property
+    def base_model(self) -> nn.Module:
+        """The starting model on the CPU in float32 (copied for every run)."""
+        try:
+            from transformers import GPTNeoXForCausalLM
+        except ImportError:
+            raise ImportError(f"the {self.name} task needs transformers: {INSTALL}") from None
+        name, rev = self.model_source()
+        fetch = f"python -c \"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('{name}', revision='{rev or 'main'}')\""
+        model = load_pretrained(GPTNeoXForCausalLM.from_pretrained, name, rev, "model", "model_name", fetch,
+                                attn_implementation=self.config.attn_implementation)
+        return model.float().eval()   # Hub checkpoints may be stored in float16
+
+    @cached_property
+    def _split(self) -> tuple[Tensor, Tensor]:
+        c = self.config
+        tok = self.tokenizer
+        tok_id = hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()[:16] if tok.is_fast else repr(self.tokenizer_source())
+        key = content_hash([self.data_identity(), tok_id, c.context_length, c.n_train, c.n_query, c.data_seed, "pack-v3"])
+        path = self.cache_root / "lm_data" / f"{self.name}-{key}.pt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.prepare(), path.with_suffix(f".tmp{os.getpid()}"))
+            os.replace(path.with_suffix(f".tmp{os.getpid()}"), path)
+        train, query = torch.load(path)
+        return train.to(self.device), query.to(self.device)
+
+    def prepare(self) -> tuple[Tensor, Tensor]:
+        """Tokenize and pack: attribution ``[n_train, context]`` and query ``[n_query, context]`` ids.
+
+        Query documents come from ``query_split`` when it names one (datasets), else they are the
+        first documents in seeded order; the attribution set is packed from the documents after them,
+        so no document contributes to both sets.
+        """
+        c = self.config
+        docs = Shuffled(self.documents("train"), c.data_seed)
+        query_docs = Shuffled(self.documents("query"), c.data_seed) if self.separate_query else docs
+        stream, used = token_stream(self.tokenizer, query_docs, c.n_query * c.context_length)
+        query = pack(stream, c.n_query, c.context_length, "query")
+        stream, _ = token_stream(self.tokenizer, docs, c.n_train * c.context_length, start=0 if self.separate_query else used)
+        train = pack(stream, c.n_train, c.context_length, "train")
+        return train, query
+
+    # ----- the Task interface -----
+    def train_data(self) -> Batch:
+        return (self._split[0],)   # shape: [n_train, context]
+
+    def query_data(self) -> Batch:
+        return (self._split[1],)   # shape: [n_query, context]
+
+    def make_model(self, seed: int) -> nn.Module:
+        """A copy of the pretrained model (finetuning starts from the same weights for every seed)."""
+        return copy.deepcopy(self.base_model).to(self.device)
+
+    def token_measurement(self, model: nn.Module, batch: Batch) -> Tensor:
+        return token_losses(model, batch[0])   # shape: [B, context-1]
+
+    def loss(self, model: nn.Module, batch: Batch) -> Tensor:
+        return self.token_measurement(model, batch).mean(1)   # shape: [B] mean token loss
+
+    def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Next-token logits, shape ``[B, T-1, V]`` (per position, not ``[B, C]``)."""
+        return model(input_ids=batch[0]).logits[:, :-1].float()
+
+    def output_loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        return F.cross_entropy(outputs.transpose(1, 2), batch[0][:, 1:], reduction="none").mean(1)
+
+    def total_steps(self, n_examples: int) -> int:
+        return self.config.epochs * math.ceil(n_examples / self.config.batch_size)
+
+    def train(self, model: nn.Module, indices: Tensor, seed: int, on_checkpoint: Optional[CheckpointHook] = None,
+              checkpoint_steps: tuple[int, ...] = ()) -> nn.Module:
+        return train_lm(model, self.train_data(), indices, seed, self.config, self.loss, on_checkpoint, checkpoint_steps)
+
+    def method_defaults(self, method: str) -> dict[str, Any]:
+        """BIF on the attention weights (001 B.1); EK-FAC without embeddings/output layer on the CPU.
+        Only keys that the method's config has are returned."""
+        wanted: dict[str, Any] = {}
+        if method == "bif":
+            wanted = {"patterns": (ATTENTION_WEIGHTS,)}
+        elif method == "ekfac" and self.device.type == "cpu":
+            wanted = {"patterns": (BLOCK_PARAMS,)}
+        if not wanted:
+            return {}
+        try:
+            fields = {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
+        except KeyError:
+            return {}
+        return {k: v for k, v in wanted.items() if k in fields}

@@ -1,0 +1,204 @@
+"""tinylm: the pythia task's code path on a tiny GPT-NeoX that trains in seconds on a CPU.
+
+Mirrors the Pythia protocol: a base model is *pretrained* once (fixed seed, cached) on generated
+text, saved with ``save_pretrained`` together with a byte-level BPE tokenizer trained here with
+``tokenizers``; every retrain then *finetunes* that base for one epoch on its subset of the
+attribution sequences, through ``tasks/pythia.py`` unchanged (loading, packing, AdamW + linear
+schedule, per-token losses).  Finetuning from a fixed base rather than training from scratch keeps
+one retrain to one short epoch and removes initialisation noise from the ground truth, as in 001 C.3.
+
+The text is a small probabilistic grammar of made-up words.  Each document has a topic whose
+nouns, verbs and adjectives it prefers (Zipf weights); a fraction of documents repeat their first
+half (induction structure, 002 D.2).  The finetuning text re-draws each topic's word preferences,
+so what a finetuning example teaches is mostly about its own topic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from tdabench.config import content_hash
+from tdabench.registry import register_task
+from tdabench.tasks._lm_data import INSTALL, pack, token_stream
+from tdabench.tasks.pythia import Pythia, PythiaConfig, token_losses, train_lm
+
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class TinyLMConfig(PythiaConfig):
+    model_name: str = ""            # empty: the base pretrained here (cached); or a save_pretrained directory
+    revision: str = ""
+    data: str = ""                  # empty: generated text; or local text as for the pythia task
+    data_config: str = ""
+    query_split: str = ""
+    context_length: int = 64
+    n_train: int = 1000
+    n_query: int = 100
+    batch_size: int = 32
+    micro_batch: int = 32
+    lr: float = 1e-3
+    bf16: bool = False
+    attn_implementation: str = "eager"
+    vocab_size: int = 512           # BPE vocabulary (≤ 1024)
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    topics: int = 8
+    repeat_fraction: float = 0.3    # documents whose second half repeats the first
+    text_seed: int = 0              # the grammar's lexicon and word preferences
+    pretrain_sequences: int = 4000
+    pretrain_epochs: int = 2
+    pretrain_lr: float = 3e-3
+    pretrain_seed: int = 0
+
+
+# ----- the generated text -------------------------------------------------------------------------
+def _lexicon(seed: int, topics: int) -> dict[str, Any]:
+    """Made-up words: per topic nouns/verbs/adjectives, plus shared function words and common words."""
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    seen: set[str] = set()
+
+    def words(n: int, lengths: tuple[int, ...]) -> list[str]:
+        out = []
+        while len(out) < n:
+            w = "".join(rng.choice(syllables) for _ in range(rng.choice(lengths)))
+            if w not in seen:
+                seen.add(w)
+                out.append(w)
+        return out
+
+    topic = [{"noun": words(16, (2, 3)), "verb": words(10, (2, 3)), "adj": words(8, (2, 3))} for _ in range(topics)]
+    return {"det": words(4, (1,)), "prep": words(5, (1,)), "conj": words(3, (1,)),
+            "common": {"noun": words(12, (2,)), "verb": words(8, (2,)), "adj": words(6, (2,))}, "topic": topic}
+
+
+def _preferences(lex: dict[str, Any], seed: int) -> list[dict[str, list[float]]]:
+    """Per topic and part of speech, Zipf weights over that topic's words in a seeded order."""
+    rng = random.Random(seed)
+    prefs = []
+    for words in lex["topic"]:
+        ranks = {pos: rng.sample(range(len(ws)), len(ws)) for pos, ws in words.items()}
+        prefs.append({pos: [1.0 / (1 + r) for r in rs] for pos, rs in ranks.items()})
+    return prefs
+
+
+def _word(rng: random.Random, lex: dict[str, Any], prefs: dict[str, list[float]], t: int, pos: str) -> str:
+    if rng.random() < 0.15:
+        return rng.choice(lex["common"][pos])
+    return rng.choices(lex["topic"][t][pos], weights=prefs[pos])[0]
+
+
+def _sentence(rng: random.Random, lex: dict[str, Any], prefs: dict[str, list[float]], t: int) -> str:
+    """S → NP V [NP] [prep NP] [conj S]; NP → det [adj] noun."""
+    def np() -> list[str]:
+        adj = [_word(rng, lex, prefs, t, "adj")] if rng.random() < 0.4 else []
+        return [rng.choice(lex["det"]), *adj, _word(rng, lex, prefs, t, "noun")]
+    out = [*np(), _word(rng, lex, prefs, t, "verb")]
+    out += np() if rng.random() < 0.7 else []
+    out += [rng.choice(lex["prep"]), *np()] if rng.random() < 0.3 else []
+    if rng.random() < 0.15:
+        return " ".join(out) + " " + rng.choice(lex["conj"]) + " " + _sentence(rng, lex, prefs, t)
+    return " ".join(out) + "."
+
+
+def generate_documents(cfg: TinyLMConfig, n: int, phase: str) -> list[str]:
+    """``n`` documents of the ``phase`` ("pretrain" or "finetune") distribution, reproducible."""
+    lex = _lexicon(cfg.text_seed, cfg.topics)
+    prefs = _preferences(lex, cfg.text_seed * 7919 + (0 if phase == "pretrain" else 1))
+    rng = random.Random(f"{phase}-{cfg.text_seed}")
+    docs = []
+    for _ in range(n):
+        t = rng.randrange(cfg.topics)
+        body = " ".join(_sentence(rng, lex, prefs[t], t) for _ in range(rng.randint(2, 4)))
+        docs.append(f"{body} {body}" if rng.random() < cfg.repeat_fraction else body)
+    return docs
+
+
+# ----- the pretrained base ------------------------------------------------------------------------
+def train_tokenizer(docs: Sequence[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer trained on ``docs`` (GPT-NeoX style), as a transformers tokenizer."""
+    try:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+    except ImportError:
+        raise ImportError(f"the tinylm task needs tokenizers and transformers: {INSTALL}") from None
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(docs, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
+
+
+def pretrain_base(cfg: TinyLMConfig, out: Path) -> None:
+    """Pretrain the base model from ``cfg.pretrain_seed`` and write it and its tokenizer to ``out``."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    n_docs = cfg.pretrain_sequences * cfg.context_length // 8       # a document has ≥ 8 tokens: always enough text
+    docs = generate_documents(cfg, n_docs, "pretrain")
+    tokenizer = train_tokenizer(docs, cfg.vocab_size)
+    stream, _ = token_stream(tokenizer, docs, cfg.pretrain_sequences * cfg.context_length)
+    ids = pack(stream, cfg.pretrain_sequences, cfg.context_length, "pretrain")   # shape: [pretrain_sequences, context]
+    torch.manual_seed(cfg.pretrain_seed)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads, intermediate_size=4 * cfg.hidden, max_position_embeddings=cfg.context_length,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        attn_implementation=cfg.attn_implementation))
+    recipe = dataclasses.replace(cfg, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, warmup_steps=10)
+    train_lm(model, (ids,), torch.arange(ids.shape[0]), cfg.pretrain_seed, recipe,
+             lambda m, b: token_losses(m, b[0]).mean(1))     # the pythia task's loss
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)
+    except OSError:                                          # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@register_task
+class TinyLM(Pythia):
+    name = "tinylm"
+    version = "1"
+    description = "tiny GPT-NeoX (CPU): pretrained on a generated grammar, finetuned one epoch; pythia's code path"
+    Config = TinyLMConfig
+
+    def model_source(self) -> tuple[str, str]:
+        c = self.config
+        if c.model_name:
+            return c.model_name, c.revision
+        keys = ("vocab_size", "hidden", "layers", "heads", "context_length", "topics", "repeat_fraction", "text_seed",
+                "pretrain_sequences", "pretrain_epochs", "pretrain_lr", "pretrain_seed", "attn_implementation")
+        key = content_hash([self.version, {k: getattr(c, k) for k in keys}])
+        out = self.cache_root / "tinylm_base" / key
+        if not (out / "config.json").exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            pretrain_base(c, out)
+        return str(out), ""
+
+    def documents(self, split: str) -> Sequence[str]:
+        c = self.config
+        if c.data:
+            return super().documents(split)
+        return generate_documents(c, (c.n_train + c.n_query) * c.context_length // 8, "finetune")
+
+    @property
+    def separate_query(self) -> bool:
+        return bool(self.config.data) and super().separate_query
+
+    def data_identity(self) -> Any:
+        c = self.config
+        if c.data:
+            return super().data_identity()
+        return ["generated", c.topics, c.repeat_fraction, c.text_seed]

@@ -21,7 +21,7 @@ from tdabench.task import Batch, Task, batches
 @dataclass(frozen=True)
 class ExactIFConfig(MethodConfig):
     damping: float = 1e-3                               # λ added to the curvature's diagonal
-    curvature: Literal["hessian", "gauss_newton"] = "hessian"
+    curvature: Literal["hessian", "gauss_newton"] = "hessian"   # the objective's Hessian, or its Gauss-Newton part
     max_params: int = 10_000                            # the d×d matrix is held in float64
     batch_size: int = 64                                # examples per curvature / gradient batch
     patterns: tuple[str, ...] = ()                      # regexes of parameter names (empty: all)

@@ -63,17 +63,17 @@ class Cifar10Config(TaskConfig):
     image_size: int = 32             # images are area-downsampled when smaller (≥ 9; reduced CPU configurations)
     widths: tuple[int, ...] = (64, 256, 256)  # channels of the three conv blocks
     epochs: int = 1                  # 001 trains 1 (or 8) epochs
-    batch_size: int = 1024
+    batch_size: int = 1024           # images per SGD step
     lr: float = 10.0                 # per 1024 examples, momentum-decoupled
     momentum: float = 0.85           # Nesterov
     weight_decay: float = 0.0153     # per 1024 examples, decoupled from the learning rate
-    label_smoothing: float = 0.2
+    label_smoothing: float = 0.2     # of the training loss only (the measurement is unsmoothed)
     bias_scaler: float = 64.0        # learning-rate multiplier of the BatchNorm shifts
     warmup_steps: int = 100          # steps on the warmup set before each run (0: none)
-    flip: bool = True
+    flip: bool = True                # random horizontal flips
     translate: int = 2               # random translation in pixels (reflect padding)
     bn_momentum: float = 0.6         # running-statistics decay (torch momentum = 1 − this)
-    whiten_eps: float = 5e-4
+    whiten_eps: float = 5e-4         # eigenvalue floor of the whitening layer's patch covariance
     channels_last: bool = True       # CUDA only
     bf16: bool = True                # bf16 autocast for training on CUDA only
     gpu_fraction: float = 0.25       # GPU share of one retrain under Ray

@@ -19,10 +19,10 @@ class DigitsConfig(TaskConfig):
     n_train: int = 1000        # attribution set size (of 1,797 images)
     n_query: int = 200         # query set size, disjoint from the attribution set
     hidden: int = 32           # MLP width: 64 → hidden → 10
-    epochs: int = 20
-    batch_size: int = 64
+    epochs: int = 20           # passes over the training subset
+    batch_size: int = 64       # examples per Adam step
     lr: float = 0.01           # Adam
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4 # Adam's L2 penalty
     data_seed: int = 0         # fixes the split, not the training randomness
 
 

@@ -22,16 +22,16 @@ from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
 
 @dataclass(frozen=True)
 class RegressionConfig(TaskConfig):
-    n_train: int = 200
-    n_query: int = 50
-    dim: int = 10
+    n_train: int = 200          # attribution examples
+    n_query: int = 50           # query examples
+    dim: int = 10               # input features (the model has dim + 1 parameters)
     kind: Literal["logistic", "linear"] = "logistic"   # logistic: labels in {0,1}; linear: squared loss
     noise: float = 0.5          # label noise (logit noise for logistic, Gaussian for linear)
     l2: float = 0.01            # ridge strength (makes the optimum unique)
     optimizer: Literal["lbfgs", "gd"] = "lbfgs"          # lbfgs: to the optimum; gd: fixed-step full batch
     steps: int = 200            # L-BFGS iterations or GD steps
     lr: float = 0.5             # GD step size (unused by L-BFGS)
-    data_seed: int = 0
+    data_seed: int = 0          # the generated data set
 
 
 @register_task

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .config import ConfigError, field_summary, parse_set_args
+from .config import ConfigError, field_docs, field_summary, parse_set_args
 from .registry import METHODS, TASKS, UnknownNameError
 
 log = logging.getLogger("tdabench")
@@ -188,8 +188,10 @@ def cmd_list(_: argparse.Namespace) -> int:
         for name in registry.names():
             cls = registry.get(name)
             print(f"  {name:<12} {cls.description}")
+            docs = field_docs(cls.Config)
             for field, tp, default in field_summary(cls.Config):
-                print(f"      {field} ({tp}) = {default!r}")
+                doc = f"  # {docs[field]}" if docs.get(field) else ""
+                print(f"      {field} ({tp}) = {default!r}{doc}")
         for label, err in registry.broken.items():
             print(f"  ! {label} failed to import: {err}")
     print("suites (tdabench run --suite NAME):")

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
+import io
 import json
+import re
+import tokenize
 import types
 import typing
 from typing import Any, Literal, Union
@@ -32,6 +36,27 @@ def field_summary(config_cls: type) -> list[tuple[str, str, Any]]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         out.append((f.name, _type_name(hints[f.name]), default))
     return out
+
+
+def field_docs(config_cls: type) -> dict[str, str]:
+    """The trailing ``# comment`` of each field's line in the config's source (and its bases'),
+    which is where every config documents its fields; ``{}`` when the source is not available."""
+    docs: dict[str, str] = {}
+    for cls in reversed(config_cls.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            continue
+        lines = source.splitlines()
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            match = re.match(r"\s+(\w+)\s*:", lines[tok.start[0] - 1])
+            if match:
+                docs[match.group(1)] = tok.string.lstrip("#").strip()
+    return docs
 
 
 def _type_name(tp: Any) -> str:

@@ -10,7 +10,9 @@ explicit regulariser is not part of G: pass it through ``damping`` where it matt
 
 Factors are query-independent: ``fit`` computes them on ``task.fit_data()`` (or the attribution
 set) and kronfluence stores them under the method's cache directory keyed by the reference model
-and the factor settings, so a second run on the same model only loads them.
+and the factor settings, so a second run on the same model only loads them.  ``fit_factors`` (any
+model state, e.g. a checkpoint) and ``eigen_factors`` (the stored eigenbases and eigenvalues) are
+shared with ``source``.
 """
 from __future__ import annotations
 
@@ -170,6 +172,85 @@ def require_kronfluence() -> None:
         raise ImportError(f"ekfac needs kronfluence: {INSTALL_HINT}") from err
 
 
+@dataclass
+class Factors:
+    """kronfluence factors fitted (or loaded) for one model state."""
+
+    analyzer: Any                   # kronfluence Analyzer over a prepared copy of the model
+    name: str                       # kronfluence's factors_name (a hash of the factor settings)
+    modules: list[str]              # tracked modules, named as in the caller's model ("": the model itself)
+    kron_modules: list[str]         # the same modules as kronfluence names them
+    dtype: torch.dtype              # factor and score dtype
+    amp: Optional[torch.dtype]      # autocast dtype (CUDA), None when off
+
+
+def factor_dtypes(cfg: EKFACConfig, model: nn.Module) -> tuple[torch.dtype, Optional[torch.dtype]]:
+    """The factor dtype (``precision``; auto: the model's) and the autocast dtype (None: off)."""
+    dtype = next(model.parameters()).dtype if cfg.precision == "auto" else _DTYPES[cfg.precision]
+    return dtype, None if cfg.amp == "off" else _DTYPES[cfg.amp]
+
+
+def fit_factors(ctx: Context, model: nn.Module, cfg: EKFACConfig, analysis: str) -> Factors:
+    """Fit kronfluence's ``cfg.strategy`` factors of ``model`` (left untouched) on the task's fit data
+    (or the attribution set), stored under ``ctx.cache_dir/kronfluence/analysis`` keyed by the factor
+    settings: a second call with the same ``analysis`` (the model's key) and settings only loads them."""
+    require_kronfluence()
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments
+
+    if cfg.amp != "off" and ctx.device.type != "cuda":
+        raise ValueError(f"ekfac.amp={cfg.amp} needs a CUDA device; use ekfac.amp=off on {ctx.device}")
+    modules = tracked_modules(model, cfg.patterns, cfg.cpu_max_width if ctx.device.type == "cpu" else 0)
+    if not modules:
+        raise ValueError(f"ekfac: no Linear/Conv2d layer matches ekfac.patterns={list(cfg.patterns)} within "
+                         f"ekfac.cpu_max_width={cfg.cpu_max_width}; widen the patterns or the limit")
+    copied = copy.deepcopy(model)
+    copied, kron_modules = (_Root(copied), ["inner"]) if modules == [""] else (copied, modules)
+    data = ctx.task.fit_data() if cfg.fit_on == "fit_data" else ctx.train_data
+    sampled = sampled_fisher(ctx.task, model, data, cfg.fisher)
+    dtype, amp = factor_dtypes(cfg, model)
+    factor_args = FactorArguments(
+        strategy=cfg.strategy, use_empirical_fisher=not sampled, amp_dtype=amp,
+        covariance_max_examples=cfg.max_examples, lambda_max_examples=cfg.max_examples,
+        activation_covariance_dtype=dtype, gradient_covariance_dtype=dtype,
+        per_sample_gradient_dtype=dtype, lambda_dtype=dtype)
+    adapter = kronfluence_task(ctx.task, kron_modules, derive_seed(ctx.seed, 0xEFAC))
+    analyzer = Analyzer(analysis_name=analysis, model=prepare_model(copied, adapter), task=adapter,
+                        cpu=ctx.device.type == "cpu", disable_tqdm=True, log_level=logging.WARNING,
+                        output_dir=str(ctx.cache_dir / "kronfluence"))
+    name = content_hash([cfg.strategy, sampled, cfg.fit_on, kron_modules, cfg.max_examples, str(dtype), str(amp),
+                         int(data[0].shape[0])])
+    with kronfluence_call():
+        analyzer.fit_all_factors(factors_name=name, dataset=torch.utils.data.TensorDataset(*data),
+                                 per_device_batch_size=cfg.batch_size, factor_args=factor_args)
+    return Factors(analyzer, name, modules, kron_modules, dtype, amp)
+
+
+def eigen_factors(factors: Factors) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    """Per tracked module (caller's names) the stored eigenbasis and curvature eigenvalues, read from
+    kronfluence's files: ``(Q_G [out, out], Q_A [a, a], σ [out, a])`` with ``a`` = input width (+1 for
+    the bias column kronfluence appends), so that the block's curvature is
+    ``(Q_A ⊗ Q_G) diag(σ) (Q_A ⊗ Q_G)ᵀ`` on gradients laid out as ``[out, a]``.  σ: EK-FAC's corrected
+    eigenvalues (lambda_matrix / num_lambda_processed) or K-FAC's products of eigenvalues."""
+    from kronfluence.utils import constants as k
+
+    strategy = factors.analyzer.load_factor_args(factors.name).strategy
+    if strategy not in ("ekfac", "kfac"):
+        raise ValueError(f"eigen_factors needs ekfac or kfac factors, these are {strategy}")
+    eig = factors.analyzer.load_eigendecomposition(factors.name)
+    lam = factors.analyzer.load_lambda_matrices(factors.name) if strategy == "ekfac" else None
+    out = {}
+    for mine, theirs in zip(factors.modules, factors.kron_modules):
+        if lam is not None:
+            sigma = lam[k.LAMBDA_MATRIX_NAME][theirs].double() / lam[k.NUM_LAMBDA_PROCESSED][theirs].double()
+        else:
+            sigma = torch.outer(eig[k.GRADIENT_EIGENVALUES_NAME][theirs].double(),
+                                eig[k.ACTIVATION_EIGENVALUES_NAME][theirs].double())
+        out[mine] = (eig[k.GRADIENT_EIGENVECTORS_NAME][theirs], eig[k.ACTIVATION_EIGENVECTORS_NAME][theirs],
+                     sigma.clamp(min=0))                                   # shapes: [out, out], [a, a], [out, a]
+    return out
+
+
 @register_method
 class EKFAC(Method):
     name = "ekfac"
@@ -179,65 +260,27 @@ class EKFAC(Method):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self._state: Optional[tuple[Any, str, dict]] = None
-
-    def _dtypes(self, model: nn.Module) -> tuple[torch.dtype, Optional[torch.dtype]]:
-        cfg = self.config
-        dtype = next(model.parameters()).dtype if cfg.precision == "auto" else _DTYPES[cfg.precision]
-        return dtype, None if cfg.amp == "off" else _DTYPES[cfg.amp]
+        self._factors: Optional[Factors] = None
 
     def fit(self, ctx: Context) -> None:
-        """Fit (or load) the factors; keep the analyzer for ``score``."""
-        require_kronfluence()
-        from kronfluence.analyzer import Analyzer, prepare_model
-        from kronfluence.arguments import FactorArguments
-
-        cfg = self.config
-        if cfg.amp != "off" and ctx.device.type != "cuda":
-            raise ValueError(f"ekfac.amp={cfg.amp} needs a CUDA device; use ekfac.amp=off on {ctx.device}")
-        width = cfg.cpu_max_width if ctx.device.type == "cpu" else 0
-        modules = tracked_modules(ctx.model, cfg.patterns, width)
-        model = copy.deepcopy(ctx.model)
-        if modules == [""]:                                       # the model is one Linear/Conv2d
-            model, modules = _Root(model), ["inner"]
-        if not modules:
-            raise ValueError(f"ekfac: no Linear/Conv2d layer matches ekfac.patterns={list(cfg.patterns)} within "
-                             f"ekfac.cpu_max_width={cfg.cpu_max_width}; widen the patterns or the limit")
-        data = ctx.task.fit_data() if cfg.fit_on == "fit_data" else ctx.train_data
-        sampled = sampled_fisher(ctx.task, ctx.model, data, cfg.fisher)
-        dtype, amp = self._dtypes(ctx.model)
-        factor_args = FactorArguments(
-            strategy=cfg.strategy, use_empirical_fisher=not sampled, amp_dtype=amp,
-            covariance_max_examples=cfg.max_examples, lambda_max_examples=cfg.max_examples,
-            activation_covariance_dtype=dtype, gradient_covariance_dtype=dtype,
-            per_sample_gradient_dtype=dtype, lambda_dtype=dtype)
-        adapter = kronfluence_task(ctx.task, modules, derive_seed(ctx.seed, 0xEFAC))
-        model = prepare_model(model, adapter)
-        analyzer = Analyzer(analysis_name=ctx.model_key or f"unkeyed-{uuid.uuid4().hex}", model=model,
-                            task=adapter, cpu=ctx.device.type == "cpu", disable_tqdm=True,
-                            log_level=logging.WARNING, output_dir=str(ctx.cache_dir / "kronfluence"))
-        factors = content_hash([cfg.strategy, sampled, cfg.fit_on, modules, cfg.max_examples, str(dtype), str(amp),
-                                int(data[0].shape[0])])
-        with kronfluence_call():
-            analyzer.fit_all_factors(factors_name=factors, dataset=torch.utils.data.TensorDataset(*data),
-                                     per_device_batch_size=cfg.batch_size, factor_args=factor_args)
-        self._state = (analyzer, factors, {"dtype": dtype, "amp": amp})
+        """Fit (or load) the factors of the reference model; keep them for ``score``."""
+        self._factors = fit_factors(ctx, ctx.model, self.config, ctx.model_key or f"unkeyed-{uuid.uuid4().hex}")
 
     def score(self, ctx: Context) -> Tensor:
         from kronfluence.arguments import ScoreArguments
 
-        if self._state is None:
+        if self._factors is None:
             self.fit(ctx)
-        analyzer, factors, kinds = self._state  # type: ignore[misc]
-        cfg = self.config
-        score_args = ScoreArguments(damping_factor=cfg.damping, amp_dtype=kinds["amp"],
-                                    per_sample_gradient_dtype=kinds["dtype"], precondition_dtype=kinds["dtype"],
-                                    score_dtype=kinds["dtype"])
+        f = self._factors
+        assert f is not None
+        cfg, analyzer = self.config, f.analyzer
+        score_args = ScoreArguments(damping_factor=cfg.damping, amp_dtype=f.amp, per_sample_gradient_dtype=f.dtype,
+                                    precondition_dtype=f.dtype, score_dtype=f.dtype)
         name = f"tdabench-{uuid.uuid4().hex}"      # scores depend on the queries: never reused
         try:
             with kronfluence_call():
                 analyzer.compute_pairwise_scores(
-                    scores_name=name, factors_name=factors, score_args=score_args,
+                    scores_name=name, factors_name=f.name, score_args=score_args,
                     query_dataset=torch.utils.data.TensorDataset(*ctx.query_data),
                     train_dataset=torch.utils.data.TensorDataset(*ctx.train_data),
                     per_device_query_batch_size=min(cfg.query_batch_size, ctx.n_query),

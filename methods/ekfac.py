@@ -13,6 +13,13 @@ set) and kronfluence stores them under the method's cache directory keyed by the
 and the factor settings, so a second run on the same model only loads them.  ``fit_factors`` (any
 model state, e.g. a checkpoint) and ``eigen_factors`` (the stored eigenbases and eigenvalues) are
 shared with ``source``.
+
+``per_token`` (tasks with a per-token measurement): kronfluence's per-token scores split each
+training example's score over its T input positions — the effect of each *training* token on the
+whole query (001 Appendix B.4), the query side summed.  They decompose the gradient of the task's
+per-example loss, so they sum over T to the sequence score exactly.  The tensor
+``[n_train, T, n_query]`` (tdabench sign and scale) is written to the cache directory, its path is
+in the run record's extras, and the score is its token sum.
 """
 from __future__ import annotations
 
@@ -56,6 +63,7 @@ class EKFACConfig(MethodConfig):
     query_batch_size: int = 256              # queries whose preconditioned gradients are held at once
     precision: Literal["auto", "float32", "float64", "bfloat16"] = "auto"   # factor/score dtype; auto: the model's
     amp: Literal["off", "bfloat16", "float16"] = "off"      # autocast while fitting and scoring (CUDA only)
+    per_token: bool = False                  # save per-training-token scores [n_train, T, n_query] (token tasks)
 
     def __post_init__(self) -> None:
         if self.damping is not None and self.damping < 0:
@@ -261,31 +269,55 @@ class EKFAC(Method):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self._factors: Optional[Factors] = None
+        self._extras: dict[str, Any] = {}
+
+    def extras(self) -> dict[str, Any]:
+        return dict(self._extras)
 
     def fit(self, ctx: Context) -> None:
         """Fit (or load) the factors of the reference model; keep them for ``score``."""
         self._factors = fit_factors(ctx, ctx.model, self.config, ctx.model_key or f"unkeyed-{uuid.uuid4().hex}")
 
     def score(self, ctx: Context) -> Tensor:
-        from kronfluence.arguments import ScoreArguments
-
+        """−(1/n)·kronfluence's pairwise scores, shape ``[n_train, n_query]``; with ``per_token`` the
+        token sum of the per-token scores, which are saved to the cache directory."""
+        cfg = self.config
+        if cfg.per_token and not ctx.task.has_token_measurement:
+            raise ValueError(f"ekfac.per_token=true needs a task with a per-token measurement; {ctx.task.name} has "
+                             f"none (use ekfac.per_token=false)")
         if self._factors is None:
             self.fit(ctx)
-        f = self._factors
+        raw = self._pairwise(ctx)                      # shape: [n_query, n_train] or [n_query, n_train, T]
+        scores = -raw.double().movedim(0, -1) / ctx.n_train        # shape: [n_train, n_query] or [n_train, T, n_query]
+        if not cfg.per_token:
+            return scores.float()
+        if scores.dim() != 3:
+            raise RuntimeError("kronfluence returned no per-token scores (it disables them for models with shared "
+                               "parameters or tracked layers that see no token dimension); use ekfac.per_token=false")
+        path = ctx.cache_dir / "per_token" / f"{content_hash([ctx.model_key, self._factors.name, str(cfg)])}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(scores.float().cpu(), path)
+        self._extras = {"per_token_scores": str(path), "per_token_shape": list(scores.shape)}
+        return scores.sum(1).float()                                # shape: [n_train, n_query]
+
+    def _pairwise(self, ctx: Context) -> Tensor:
+        """kronfluence's raw pairwise scores ``∇φ_jᵀ(G + λI)⁻¹∇ℓ_i`` (per training token with ``per_token``)."""
+        from kronfluence.arguments import ScoreArguments
+
+        cfg, f = self.config, self._factors
         assert f is not None
-        cfg, analyzer = self.config, f.analyzer
         score_args = ScoreArguments(damping_factor=cfg.damping, amp_dtype=f.amp, per_sample_gradient_dtype=f.dtype,
-                                    precondition_dtype=f.dtype, score_dtype=f.dtype)
+                                    precondition_dtype=f.dtype, score_dtype=f.dtype,
+                                    compute_per_token_scores=cfg.per_token)
         name = f"tdabench-{uuid.uuid4().hex}"      # scores depend on the queries: never reused
         try:
             with kronfluence_call():
-                analyzer.compute_pairwise_scores(
+                f.analyzer.compute_pairwise_scores(
                     scores_name=name, factors_name=f.name, score_args=score_args,
                     query_dataset=torch.utils.data.TensorDataset(*ctx.query_data),
                     train_dataset=torch.utils.data.TensorDataset(*ctx.train_data),
                     per_device_query_batch_size=min(cfg.query_batch_size, ctx.n_query),
                     per_device_train_batch_size=cfg.batch_size)
-            raw = analyzer.load_pairwise_scores(name)["all_modules"].to(ctx.device)   # shape: [n_query, n_train]
+            return f.analyzer.load_pairwise_scores(name)["all_modules"].to(ctx.device)
         finally:
-            shutil.rmtree(analyzer.scores_output_dir(name), ignore_errors=True)
-        return (-raw.T.double() / ctx.n_train).float()                               # shape: [n_train, n_query]
+            shutil.rmtree(f.analyzer.scores_output_dir(name), ignore_errors=True)

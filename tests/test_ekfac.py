@@ -83,3 +83,53 @@ def test_fisher_choice_needs_outputs_for_sampling(small_regression):
     assert not sampled_fisher(LossOnly(small_regression.config), model, data, "auto")
     with pytest.raises(ValueError, match="fisher=empirical"):
         sampled_fisher(LossOnly(small_regression.config), model, data, "sampled")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A pythia task on a tiny random GPT-NeoX and a tokenizer trained here (no download)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    import json
+
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from tdabench.tasks.pythia import Pythia, PythiaConfig
+    from tdabench.tasks.tinylm import train_tokenizer
+
+    root = tmp_path_factory.mktemp("lm")
+    gen = torch.Generator().manual_seed(0)
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    docs = [" ".join(words[j] for j in torch.randint(len(words), (6 + i % 5,), generator=gen).tolist()) + "."
+            for i in range(80)]
+    tokenizer = train_tokenizer(docs, 280)
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32,
+                                     max_position_embeddings=16)).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    (root / "text.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    return Pythia(PythiaConfig(model_name=str(root / "model"), revision="", data=str(root / "text.jsonl"),
+                               context_length=12, n_train=16, n_query=3, batch_size=8, micro_batch=8,
+                               attn_implementation="eager", cache_dir=str(root)))
+
+
+def test_per_token_scores_sum_to_the_sequence_scores(tmp_path, tiny_lm):
+    """001 B.4: EK-FAC's per-token influence is each training token's effect on the whole query; the
+    saved [n_train, T, n_query] tensor sums over T to the returned scores, equal to per_token=false."""
+    ctx = make_context(tiny_lm, tmp_path)
+    sequence = _ekfac(tiny_lm, ctx, damping=0.01)
+    method = make_method("ekfac", tiny_lm, {"per_token": "true", "damping": "0.01"})
+    method.fit(ctx)
+    scores = method.score(ctx).double()
+    tokens = torch.load(method.extras()["per_token_scores"]).double()
+    assert tokens.shape == (16, 12, 3) and method.extras()["per_token_shape"] == [16, 12, 3]
+    torch.testing.assert_close(tokens.sum(1), scores, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(scores, sequence, rtol=1e-4, atol=1e-7)
+    assert (tokens.abs().amax(dim=(0, 2)) > 0).sum() > 6                       # spread over the positions
+
+
+def test_per_token_needs_a_token_measurement(tmp_path, small_regression):
+    ctx = make_context(small_regression, tmp_path)
+    with pytest.raises(ValueError, match="per-token measurement"):
+        _ekfac(small_regression, ctx, per_token=True)

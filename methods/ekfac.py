@@ -52,7 +52,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 
 @dataclass(frozen=True)
 class EKFACConfig(MethodConfig):
-    strategy: Literal["ekfac", "kfac", "diagonal", "identity"] = "ekfac"
+    strategy: Literal["ekfac", "kfac", "diagonal", "identity"] = "ekfac"   # kronfluence's curvature approximation
     damping: Optional[float] = None          # λ; None: kronfluence's heuristic (0.1 × mean eigenvalue)
     fisher: Literal["auto", "sampled", "empirical"] = "auto"   # auto: sampled where the task's outputs are small
     fit_on: Literal["fit_data", "train"] = "fit_data"        # fit_data: task.fit_data() (001: the full training set)

@@ -22,7 +22,7 @@ class TracInConfig(MethodConfig):
     spacing: Literal["even", "log"] = "even"   # log: denser early in training
     weight: Literal["lr", "lr_x_steps"] = "lr"  # lr_x_steps: η_t times steps since the previous checkpoint
     proj_dim: int = 0                          # 0: exact gradients; k > 0: seeded Gaussian projection
-    batch_size: int = 64
+    batch_size: int = 64                       # examples per per-example-gradient batch
     patterns: tuple[str, ...] = ()             # regexes of parameter names (empty: all)
 
     def __post_init__(self) -> None:

@@ -44,7 +44,7 @@ PYTHIA_SIZES = ("EleutherAI/pythia-14m", "EleutherAI/pythia-70m", "EleutherAI/py
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("cpu", "every CPU task × method at the committed leaderboard settings (3 seeds)", (
-        Step("run", "digits", ("random", "gradsim", "if", "tracin", "bif", "ekfac", "trak"), 3),
+        Step("run", "digits", ("random", "gradsim", "if", "tracin", "source", "bif", "ekfac", "trak"), 3),
         Step("run", "regression", ("random", "gradsim", "if", "tracin", "bif", "ekfac", "trak"), 3),
         Step("run", "tinylm", ("random", "gradsim", "tracin", "bif", "ekfac"), 3),
     )),

@@ -49,7 +49,7 @@ class BIFConfig(MethodConfig):
     aggregation: Literal["sequence", "token"] = "sequence"            # token: per-token φ, then mean
     patterns: tuple[str, ...] = ()   # regexes of parameter names to sample (others frozen at w*)
     include_regularizer: bool = True  # add the task's regulariser to the potential
-    record_batch_size: int = 1024    # examples per no-grad recording forward pass
+    record_batch_size: int = 1024    # examples per recording forward pass (and per backward pass of a larger minibatch)
     diverge_factor: float = 100.0    # stop when the mean train loss exceeds this × its value at w*
 
     def settings(self) -> SamplerSettings:
@@ -114,15 +114,36 @@ class BIF(Method):
         """The sampler diagnostics (ESS, memory mode, per-chain loss traces) for the run record."""
         return {k: v for k, v in self.diagnostics.items() if k not in ("config", "plot")}
 
-    def _potential(self, ctx: Context, gen: torch.Generator) -> Any:
-        """U_B(w): the minibatch mean training loss (+ the task's regulariser)."""
+    def _potential(self, ctx: Context, gen: torch.Generator, params: list[Tensor]) -> Any:
+        """U_B(w): the minibatch mean training loss (+ the task's regulariser).  A minibatch larger than
+        ``record_batch_size`` is run in pieces of that size, each backpropagated at once, and the
+        potential is returned with its accumulated gradient (a language model's logits over a full
+        minibatch of long sequences need not fit in memory)."""
         task, cfg, data = ctx.task, self.config, ctx.task.fit_data()
         n = int(data[0].shape[0])
 
-        def potential() -> Tensor:
+        def regularizer() -> Tensor:
+            return task.regularizer(ctx.model) if cfg.include_regularizer else torch.zeros((), device=ctx.device)
+
+        def potential() -> Tensor | tuple[Tensor, list[Tensor]]:
             idx = minibatch(n, cfg.batch_size, gen)
-            value = task.loss(ctx.model, data if idx is None else take(data, idx)).mean()
-            return value + task.regularizer(ctx.model) if cfg.include_regularizer else value
+            batch = data if idx is None else take(data, idx)
+            size = int(batch[0].shape[0])
+            if size <= cfg.record_batch_size:
+                return task.loss(ctx.model, batch).mean() + regularizer()
+            grads = [torch.zeros_like(p) for p in params]
+            value = torch.zeros((), device=ctx.device)
+            for piece in batches(batch, cfg.record_batch_size):
+                part = task.loss(ctx.model, piece).sum() / size
+                for g, d in zip(grads, torch.autograd.grad(part, params)):
+                    g.add_(d)
+                value += part.detach()
+            reg = regularizer()
+            if reg.requires_grad:
+                for g, d in zip(grads, torch.autograd.grad(reg, params, allow_unused=True)):
+                    if d is not None:
+                        g.add_(d)
+            return value + reg.detach(), grads
 
         return potential
 
@@ -153,7 +174,7 @@ class BIF(Method):
         start = float(probe[0].mean())
         guard = DivergenceGuard(start, cfg.diverge_factor, cfg.settings(), prefix="bif.")
         sampler = LocalSGLD(params, cfg.settings(), gen_noise)
-        run_chains(sampler, self._potential(ctx, gen_batch), rec, cfg.chains, cfg.draws, cfg.burn_in,
+        run_chains(sampler, self._potential(ctx, gen_batch, params), rec, cfg.chains, cfg.draws, cfg.burn_in,
                    cfg.thin, guard)
         return est, rec, start
 

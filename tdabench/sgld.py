@@ -102,21 +102,23 @@ class DivergenceGuard:
             f"or lower {p}nbeta (now {s.nbeta:g})")
 
 
-def run_chains(sampler: LocalSGLD, potential: Callable[[], Tensor], record: Callable[[int, int], float],
-               chains: int, draws: int, burn_in: int = 0, thin: int = 1,
+def run_chains(sampler: LocalSGLD, potential: Callable[[], Tensor | tuple[Tensor, Sequence[Tensor]]],
+               record: Callable[[int, int], float], chains: int, draws: int, burn_in: int = 0, thin: int = 1,
                guard: Optional[DivergenceGuard] = None, check_every: int = 50) -> None:
     """Run ``chains`` chains from w*: ``burn_in`` steps, then ``draws`` draws ``thin`` steps apart.
 
     ``potential()`` returns the scalar minibatch potential U_B at the current parameters (it draws
-    its own minibatch); ``record(chain, draw)`` observes the current parameters and returns a mean
-    loss for the divergence guard.  The parameters are back at w* when this returns.
+    its own minibatch), or ``(U_B, ∇U_B)`` when it computes the gradient itself (accumulated over
+    pieces of a minibatch too large for one backward pass); ``record(chain, draw)`` observes the
+    current parameters and returns a mean loss for the divergence guard.  The parameters are back
+    at w* when this returns.
     """
     try:
         for c in range(chains):
             sampler.reset()
             for step in range(1, burn_in + draws * thin + 1):
-                value = potential()
-                grads = torch.autograd.grad(value, sampler.params)
+                out = potential()
+                value, grads = out if isinstance(out, tuple) else (out, torch.autograd.grad(out, sampler.params))
                 sampler.step(grads)
                 if guard is not None and step % check_every == 0:
                     guard(float(value.detach()), c, step)
@@ -177,19 +179,22 @@ class StreamingEstimator:
             self._flush()
 
     def _flush(self) -> None:
+        """Merge the buffered block; the [p, q] updates are made in place (peak ≈ the state plus the block)."""
         if not self.buffer.xs:
             return
-        nb, cxy, vx, vy = self.buffer.moments()
-        x, y = (t.double() for t in self.buffer.traces())
-        mx, my = x.mean(0), y.mean(0)
+        x, y = (t.double() for t in self.buffer.traces())           # shape: [nb, p], [nb, q]
         self.buffer = TraceEstimator()
+        nb = x.shape[0]
+        mx, my = x.mean(0), y.mean(0)
+        x, y = x - mx, y - my
+        vx, vy = (x * x).sum(0), (y * y).sum(0)
         if self.n == 0:
-            self.n, self.mx, self.my, self.cxy, self.vx, self.vy = nb, mx, my, cxy, vx, vy
+            self.n, self.mx, self.my, self.cxy, self.vx, self.vy = nb, mx, my, x.T @ y, vx, vy
             return
         n = self.n + nb
         dx, dy = mx - self.mx, my - self.my
         w = self.n * nb / n
-        self.cxy += cxy + w * torch.outer(dx, dy)
+        self.cxy.addmm_(x.T, y).addr_(dx, dy, alpha=w)
         self.vx += vx + w * dx * dx
         self.vy += vy + w * dy * dy
         self.mx, self.my, self.n = self.mx + dx * nb / n, self.my + dy * nb / n, n

@@ -265,6 +265,7 @@ class EKFAC(Method):
     description = "influence function with kronfluence's EK-FAC / K-FAC / diagonal / identity curvature"
     Config = EKFACConfig
     requires = ("kronfluence",)
+    install_hint = INSTALL_HINT
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

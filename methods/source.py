@@ -37,7 +37,7 @@ from tdabench.method import Context, Method, MethodConfig
 from tdabench.registry import register_method
 from tdabench.task import Batch, Checkpoint, batches
 
-from .ekfac import EKFACConfig, eigen_factors, fit_factors
+from .ekfac import INSTALL_HINT, EKFACConfig, eigen_factors, fit_factors
 
 #: Per module ``(Q_G [out, out], Q_A [a, a], σ [out, a])``: one segment's eigenbasis and eigenvalues.
 Eigen = dict[str, tuple[Tensor, Tensor, Tensor]]
@@ -159,6 +159,7 @@ class Source(Method):
     description = "SOURCE: unrolled influence over L segments, EK-FAC filter (1−e^{−ηKσ})/σ per segment"
     Config = SourceConfig
     requires = ("kronfluence",)
+    install_hint = INSTALL_HINT
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

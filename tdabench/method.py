@@ -67,6 +67,8 @@ class Method(ABC):
     informative: ClassVar[bool] = True
     #: Importable modules the method needs beyond the core (e.g. ``("kronfluence",)``).
     requires: ClassVar[tuple[str, ...]] = ()
+    #: The command that installs ``requires``.
+    install_hint: ClassVar[str] = "pip install 'tdabench[all]'"
 
     @classmethod
     def missing_requirements(cls) -> list[str]:

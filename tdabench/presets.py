@@ -45,7 +45,9 @@ PYTHIA_SIZES = ("EleutherAI/pythia-14m", "EleutherAI/pythia-70m", "EleutherAI/py
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("cpu", "every CPU task × method at the committed leaderboard settings (3 seeds)", (
         Step("run", "digits", ("random", "gradsim", "if", "tracin", "source", "bif", "ekfac", "trak"), 3),
-        Step("run", "regression", ("random", "gradsim", "if", "tracin", "bif", "ekfac", "trak"), 3),
+        # full-batch GD (not L-BFGS) so that the trajectory methods have a step-by-step run to follow
+        Step("run", "regression", ("random", "gradsim", "if", "tracin", "source", "bif", "ekfac", "trak"), 3,
+             ("task.optimizer=gd", "task.steps=300", "task.lr=1.0")),
         Step("run", "tinylm", ("random", "gradsim", "tracin", "bif", "ekfac"), 3),
     )),
     Suite("kreer2025-cifar10", "001 C.2: ResNet-9 / CIFAR-10 LDS of BIF, EK-FAC, TRAK, GradSim over attribution "

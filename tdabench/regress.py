@@ -3,12 +3,14 @@
 A check fails when a method's LDS falls below its baseline by more than ``z`` combined standard
 errors (√(SE_baseline² + SE_now²)), or when its fit + score time exceeds ``time_factor`` × the
 baseline plus ``time_slack_seconds``.  Scores are recomputed every time (ground truth and reference
-models come from the cache when present).  ``--update-baselines`` rewrites the numbers on purpose.
+models come from the cache when present; the methods' own caches start empty, so fit is timed
+cold).  ``--update-baselines`` rewrites the numbers on purpose.
 """
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ from .runner import RunSpec, run
 DEFAULT_BASELINES = Path("results/baselines/regress.json")
 
 
-def _spec(check: dict[str, Any], results_dir: Path, executor: str) -> RunSpec:
+def _spec(check: dict[str, Any], results_dir: Path, executor: str, method_cache: Path) -> RunSpec:
+    """The run of one check: scores recomputed, methods' caches empty (fit is timed cold every time)."""
     return RunSpec(task=check["task"], methods=tuple(check["methods"]), seeds=tuple(range(check["seeds"])),
                    overrides=parse_set_args(check.get("set", [])), results_dir=results_dir, device="cpu",
-                   executor=executor, force=True)
+                   executor=executor, force=True, method_cache=method_cache)
 
 
 def compare(name: str, now: dict[str, Any], base: dict[str, Any], z: float, factor: float, slack: float) -> list[str]:
@@ -52,7 +55,8 @@ def regress(baselines: Path = DEFAULT_BASELINES, results_dir: Path = Path("resul
     torch.set_num_threads(spec.get("threads", 1))   # committed settings include the thread count
     report, failures = [], []
     for check in spec["checks"]:
-        summaries, errors = run(_spec(check, results_dir, executor))
+        with tempfile.TemporaryDirectory(prefix="tdabench-regress-") as cache:
+            summaries, errors = run(_spec(check, results_dir, executor, Path(cache)))
         failures += [f"{check['task']}: {e}" for e in errors]
         stored = check.setdefault("baselines", {})
         for s in summaries:

@@ -40,6 +40,7 @@ class RunSpec:
     executor: str = "ray"               # "ray" or "serial"
     ray_address: Optional[str] = None
     force: bool = False                 # recompute records that exist
+    method_cache: Optional[Path] = None  # methods' private state (factors, features); None: results_dir/cache
 
 
 def pick_device(device: str) -> torch.device:
@@ -62,7 +63,7 @@ def make_method(name: str, task: Task, overrides: dict[str, str]) -> Method:
     missing = cls.missing_requirements()
     if missing:
         raise ImportError(f"method {name!r} needs {', '.join(missing)}, which is not installed: "
-                          f"pip install 'tdabench[all]' (see the README)")
+                          f"{cls.install_hint} (see the README)")
     config = dataclasses.replace(cls.Config(), **task.method_defaults(name))
     return cls(apply_overrides(config, overrides, name))
 
@@ -174,7 +175,7 @@ def run(spec: RunSpec) -> tuple[list[dict[str, Any]], list[str]]:
 def make_context(spec: RunSpec, task: Task, method: Method, seed: int) -> Context:
     model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints,
                                              method.checkpoint_spacing)
-    cache = spec.results_dir / "cache" / method.name / task.name
+    cache = (spec.method_cache or spec.results_dir / "cache") / method.name / task.name
     cache.mkdir(parents=True, exist_ok=True)
     return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),
                    device=task.device, seed=seed, cache_dir=cache, checkpoints=checkpoints, model_key=key)

@@ -1,6 +1,7 @@
 """The runner and CLI end to end: LDS on digits, records, reuse, and early failures."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -77,8 +78,19 @@ def test_unwritable_results_dir_fails_before_any_work(tmp_path, capsys):
 def test_list_shows_tasks_methods_and_defaults(capsys):
     code, out, _ = _cli(["list"], capsys)
     assert code == 0
-    for needle in ("digits", "regression", "gradsim", "random", "if", "damping (float) = 0.001"):
+    for needle in ("digits", "regression", "gradsim", "random", "if", "damping (float) = 0.001  # λ added"):
         assert needle in out
+
+
+def test_every_registered_config_field_is_documented():
+    """`tdabench list` shows each field's comment: a field added without one fails here."""
+    from tdabench.config import field_docs
+    from tdabench.registry import METHODS, TASKS
+
+    undocumented = [f"{reg.kind} {name}: {field.name}" for reg in (TASKS, METHODS) for name in reg.names()
+                    for field in dataclasses.fields(reg.get(name).Config)
+                    if not field_docs(reg.get(name).Config).get(field.name)]
+    assert not undocumented, f"fields without a trailing # comment: {undocumented}"
 
 
 def test_third_party_entry_points_are_discovered(tmp_path, monkeypatch):

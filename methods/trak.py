@@ -23,6 +23,7 @@ tdabench's adapters around traker:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -129,6 +130,20 @@ def gradient_computer(patterns: tuple[str, ...]) -> Callable[..., Any]:
     return TaskGradients
 
 
+@contextlib.contextmanager
+def no_traker_bars() -> Any:
+    """traker's finalize steps draw tqdm bars on stderr that no setting turns off; tdabench reports
+    progress itself, so the bars are swapped for the plain iterable while they run."""
+    import trak.traker as module
+
+    original = module.tqdm
+    module.tqdm = lambda iterable, **_: iterable
+    try:
+        yield
+    finally:
+        module.tqdm = original
+
+
 def require_traker() -> None:
     try:
         import trak  # noqa: F401
@@ -232,7 +247,8 @@ class TRAK(Method):
         for model_id in todo:                   # after featurizing: finalize frees the projection matrix
             self._traker.saver.load_current_store(model_id)
             self._traker.score_computer.lambda_reg = self._lambda_reg(self._traker.saver.current_store["grads"], d)
-            self._traker.finalize_features(model_ids=[model_id])
+            with no_traker_bars():
+                self._traker.finalize_features(model_ids=[model_id])
 
     def _lambda_reg(self, features: np.ndarray, d: int) -> float:
         """traker's ridge for damping λ: ΦᵀΦ ≈ (n/d)·F, so lambda_reg = λ·n/d; the heuristic λ is
@@ -262,7 +278,8 @@ class TRAK(Method):
                 traker.start_scoring_checkpoint(experiment, state, model_id=model_id, num_targets=ctx.n_query)
                 for b in batches(ctx.query_data, cfg.batch_size):
                     traker.score(batch=b, num_samples=b[0].shape[0])
-            raw = torch.from_numpy(np.array(traker.finalize_scores(experiment), dtype=np.float64))
+            with no_traker_bars():
+                raw = torch.from_numpy(np.array(traker.finalize_scores(experiment), dtype=np.float64))
         finally:
             traker.task.fn = ctx.task.loss
             self._forget(experiment)

@@ -178,9 +178,7 @@ class Source(Method):
     def fit(self, ctx: Context) -> None:
         """Fit (or load) one set of factors per segment, at its last checkpoint."""
         cfg = self.config
-        if len(ctx.checkpoints) != self.needs_checkpoints:
-            raise ValueError(f"source needs {self.needs_checkpoints} checkpoints (segments × checkpoints_per_segment),"
-                             f" the context holds {len(ctx.checkpoints)}")
+        self.check_checkpoints(ctx)   # L·c of them: segments × checkpoints_per_segment
         model, self._segments = copy.deepcopy(ctx.model), []
         for group, effort in segment_checkpoints(ctx.checkpoints, cfg.segments):
             last = group[-1][0]

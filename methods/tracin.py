@@ -46,8 +46,7 @@ class TracIn(Method):
 
     def score(self, ctx: Context) -> Tensor:
         cfg = self.config
-        if len(ctx.checkpoints) != cfg.checkpoints:
-            raise ValueError(f"tracin needs {cfg.checkpoints} checkpoints, the context holds {len(ctx.checkpoints)}")
+        self.check_checkpoints(ctx)
         grads = GradSimConfig(proj_dim=cfg.proj_dim, batch_size=cfg.batch_size, patterns=cfg.patterns)
         model = copy.deepcopy(ctx.model)
         total = torch.zeros(ctx.n_train, ctx.n_query, device=ctx.device, dtype=torch.float64)

@@ -191,6 +191,7 @@ class TRAK(Method):
         """Every (member, checkpoint) state of the ensemble; trained members are cached."""
         cfg = self.config
         states: list[State] = []
+        self.check_checkpoints(ctx)
         if cfg.use_reference:
             states += [c.state for c in ctx.checkpoints] if cfg.checkpoints > 1 else [_cpu_state(ctx.model)]
         for member in range(1 if cfg.use_reference else 0, cfg.models):

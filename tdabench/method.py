@@ -92,6 +92,12 @@ class Method(ABC):
         """``"even"`` (default) or ``"log"`` (denser early in training) spacing of the checkpoints."""
         return "even"
 
+    def check_checkpoints(self, ctx: Context) -> None:
+        """Fail unless ``ctx`` holds exactly the ``needs_checkpoints`` checkpoints this method asked for."""
+        if len(ctx.checkpoints) != self.needs_checkpoints:
+            raise ValueError(f"{self.name} needs {self.needs_checkpoints} checkpoints, "
+                             f"the context holds {len(ctx.checkpoints)}")
+
     def fit(self, ctx: Context) -> None:
         """Query-independent work (factors, features, samples); default: nothing."""
 

@@ -50,6 +50,7 @@ def test_ekfac_tracks_the_exact_if_on_logistic_regression(tmp_path):
     exact = make_method("if", task, {"curvature": "gauss_newton", "damping": "0"}).score(ctx).double()
     ekfac = _ekfac(task, ctx, damping=task.config.l2)
     diagonal = _ekfac(task, ctx, strategy="diagonal", damping=task.config.l2)
+    # the issue's acceptance bar for a one-layer model; EK-FAC's own eigenvalue correction is the only approximation left
     assert torch.corrcoef(torch.stack([ekfac.flatten(), exact.flatten()]))[0, 1] > 0.95
     assert (ekfac - exact).norm() < (diagonal - exact).norm()       # EK-FAC keeps more of the curvature
 

@@ -45,6 +45,8 @@ def test_trak_correlates_with_the_exact_gauss_newton_if(tmp_path):
     task = Regression(RegressionConfig(n_train=200, n_query=30))
     ctx = make_context(task, tmp_path)
     exact = make_method("if", task, {"curvature": "gauss_newton", "damping": "0"}).score(ctx)
+    # proj_dim = d = 11: no projection. TRAK then weights by the empirical Fisher, the exact IF by the
+    # Gauss-Newton matrix; the issue's acceptance bar for that gap is a correlation above 0.9.
     assert _corr(_trak(task, ctx, models=1, proj_dim=11, damping=task.config.l2), exact) > 0.9
 
 
@@ -66,7 +68,9 @@ def test_projected_ensemble_scores_track_the_unprojected_ones(tmp_path):
     ctx = make_context(task, tmp_path)                                               # d = 610 parameters
     full = _trak(task, ctx, models=2, proj_dim=10_000, damping=1e-3)
     projected = _trak(task, ctx, models=2, proj_dim=400, damping=1e-3)
+    coarse = _trak(task, ctx, models=2, proj_dim=50, damping=1e-3)
     assert _corr(full, projected) > 0.8
+    assert _corr(full, projected) > _corr(full, coarse)       # the error shrinks as k grows toward d
 
 
 class CountingRegression(Regression):

@@ -20,11 +20,12 @@ from .runner import RunSpec, run
 DEFAULT_BASELINES = Path("results/baselines/regress.json")
 
 
-def _spec(check: dict[str, Any], results_dir: Path, executor: str, method_cache: Path) -> RunSpec:
-    """The run of one check: scores recomputed, methods' caches empty (fit is timed cold every time)."""
+def _spec(check: dict[str, Any], results_dir: Path, executor: str, scratch: Path) -> RunSpec:
+    """The run of one check: scores recomputed, methods' caches empty (fit is timed cold every time),
+    records written to ``scratch`` so the committed board's records stay as they are."""
     return RunSpec(task=check["task"], methods=tuple(check["methods"]), seeds=tuple(range(check["seeds"])),
                    overrides=parse_set_args(check.get("set", [])), results_dir=results_dir, device="cpu",
-                   executor=executor, force=True, method_cache=method_cache)
+                   executor=executor, force=True, method_cache=scratch / "cache", records_dir=scratch / "runs")
 
 
 def compare(name: str, now: dict[str, Any], base: dict[str, Any], z: float, factor: float, slack: float) -> list[str]:
@@ -55,8 +56,8 @@ def regress(baselines: Path = DEFAULT_BASELINES, results_dir: Path = Path("resul
     torch.set_num_threads(spec.get("threads", 1))   # committed settings include the thread count
     report, failures = [], []
     for check in spec["checks"]:
-        with tempfile.TemporaryDirectory(prefix="tdabench-regress-") as cache:
-            summaries, errors = run(_spec(check, results_dir, executor, Path(cache)))
+        with tempfile.TemporaryDirectory(prefix="tdabench-regress-") as scratch:
+            summaries, errors = run(_spec(check, results_dir, executor, Path(scratch)))
         failures += [f"{check['task']}: {e}" for e in errors]
         stored = check.setdefault("baselines", {})
         for s in summaries:

@@ -41,6 +41,7 @@ class RunSpec:
     ray_address: Optional[str] = None
     force: bool = False                 # recompute records that exist
     method_cache: Optional[Path] = None  # methods' private state (factors, features); None: results_dir/cache
+    records_dir: Optional[Path] = None   # run records; None: results_dir/runs
 
 
 def pick_device(device: str) -> torch.device:
@@ -99,7 +100,7 @@ def validate(spec: RunSpec) -> tuple[Task, list[Method], GroundTruthConfig]:
 
 def record_path(spec: RunSpec, task: Task, method: Method, gt: GroundTruthConfig, seed: int) -> Path:
     key = content_hash([task.describe(), dataclasses.asdict(gt), method.name, config_dict(method.config)])
-    return spec.results_dir / "runs" / task.name / method.name / key / f"seed{seed}.json"
+    return (spec.records_dir or spec.results_dir / "runs") / task.name / method.name / key / f"seed{seed}.json"
 
 
 def score_and_evaluate(method: Method, ctx: Context, truth: GroundTruth, task: Task, gt: GroundTruthConfig) -> RunResult:

@@ -14,16 +14,18 @@ from pathlib import Path
 import torch
 
 from tdabench.distributed import RayExecutor
-from tdabench.groundtruth import GroundTruthConfig, build_ground_truth, derive_seed, make_masks, train_and_measure
+from tdabench.groundtruth import GroundTruthConfig, build_ground_truth, make_masks
+from tdabench.retrain import train_and_measure
+from tdabench.seeds import derive_seed
 from tdabench.lds import lds_per_query
-from tdabench.measure import Meter
+from tdabench.meter import Meter
 from tdabench.tasks.digits import Digits
 
 
 def bare_loop(task: Digits, cfg: GroundTruthConfig) -> float:
     """Retrains per second of a plain loop: one process, one torch thread, no caching."""
     torch.set_num_threads(1)
-    masks = make_masks(task.n_train, cfg, 0)
+    masks, _ = make_masks(task.n_train, cfg, 0)
     start = time.perf_counter()
     for k in range(cfg.num_subsets):
         train_and_measure(task, masks[k], derive_seed(0, k, 0))

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from tdabench.groundtruth import GroundTruthConfig, build_ground_truth, derive_seed, make_masks, train_and_measure
+from tdabench.groundtruth import GroundTruthConfig, build_ground_truth, make_masks
+from tdabench.retrain import train_and_measure
+from tdabench.seeds import derive_seed
 from tdabench.tasks.tinylm import TinyLM, TinyLMConfig
 
 
@@ -33,7 +35,7 @@ def main() -> None:
     start = time.perf_counter()
     n_train = task.n_train                                   # pretrains the base (if not cached) and packs the text
     prepare = time.perf_counter() - start
-    masks = make_masks(n_train, GroundTruthConfig(), 0)
+    masks, _ = make_masks(n_train, GroundTruthConfig(), 0)
     train_and_measure(task, masks[0], 0)                     # warm-up
     start = time.perf_counter()
     for k in range(args.retrains):

@@ -29,6 +29,8 @@ from tdabench.sgld import (DivergenceGuard, LocalSGLD, SamplerSettings, correlat
                            run_chains)
 from tdabench.task import Batch, Task, batches, take
 
+from tdabench.checks import choices_and_patterns, fail, integer, number
+
 
 @dataclass(frozen=True)
 class BIFConfig(MethodConfig):
@@ -52,19 +54,36 @@ class BIFConfig(MethodConfig):
     record_batch_size: int = 1024    # examples per recording forward pass (and per backward pass of a larger minibatch)
     diverge_factor: float = 100.0    # stop when the mean train loss exceeds this × its value at w*
 
+    def __post_init__(self) -> None:
+        """Reject settings that cannot define a sampler or an estimator, naming the key and the fix."""
+        choices_and_patterns(self, "bif")
+        number(self, "bif", "epsilon", "the SGLD step size", above=0)
+        number(self, "bif", "nbeta", "nβ, the inverse temperature × effective dataset size", above=0)
+        number(self, "bif", "gamma", "γ, the localization strength; 0: no localization", at_least=0)
+        integer(self, "bif", "chains", "the number of SGLD chains", minimum=1)
+        integer(self, "bif", "draws", "recorded draws per chain", minimum=1)
+        integer(self, "bif", "burn_in", "SGLD steps discarded per chain; 0: none", minimum=0)
+        integer(self, "bif", "thin", "SGLD steps between recorded draws", minimum=1)
+        integer(self, "bif", "batch_size", "the SGLD minibatch size", minimum=1)
+        number(self, "bif", "rms_alpha", "the RMSprop decay", at_least=0, below=1)
+        number(self, "bif", "rms_delta", "the RMSprop stability constant, divides the gradient scale", above=0)
+        number(self, "bif", "noise", "the Langevin noise scale; 0: noiseless descent", at_least=0)
+        integer(self, "bif", "record_batch_size", "examples per recording forward pass", minimum=1)
+        # A factor ≤ 1 stops every chain at its first noisy step; inf turns the guard off.
+        number(self, "bif", "diverge_factor", "the loss multiple of w*'s loss that stops a chain; inf: never",
+               above=1, finite=False)
+        if self.chains * self.draws < 2:   # a covariance needs two draws
+            fail("bif", "draws", self.draws, f"≥ 2 with bif.chains={self.chains}", "a covariance needs at least "
+                 "two draws in all", 500)
+
     def settings(self) -> SamplerSettings:
         return SamplerSettings(nbeta=self.nbeta, gamma=self.gamma, epsilon=self.epsilon,
                                preconditioner="rmsprop" if self.sampler == "rmsprop" else "identity",
                                alpha=self.rms_alpha, delta=self.rms_delta, noise=self.noise)
 
     def check(self, task: Task) -> None:
-        """Fail early on settings that cannot run, naming the key to change."""
-        self.settings().check("bif.")
-        for key in ("chains", "draws", "thin", "batch_size", "record_batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"bif.{key} must be >= 1, got {getattr(self, key)}")
-        if self.chains * self.draws < 2 or self.burn_in < 0:
-            raise ValueError("bif needs chains·draws >= 2 and burn_in >= 0")
+        """Fail early on settings that cannot run on ``task`` (the task-independent ones failed in
+        ``__post_init__``), naming the key to change."""
         if self.aggregation == "token" and not task.has_token_measurement:
             raise ValueError(f"bif.aggregation=token needs a per-token measurement; task {task.name} has "
                              "none: use bif.aggregation=sequence")

@@ -39,10 +39,12 @@ from torch import Tensor, nn
 from torch.func import hessian, vmap
 
 from tdabench.config import content_hash
-from tdabench.groundtruth import derive_seed
 from tdabench.method import Context, Method, MethodConfig
 from tdabench.registry import register_method
+from tdabench.seeds import derive_seed
 from tdabench.task import Batch, Task
+
+from tdabench.checks import choices_and_patterns, integer, number
 
 log = logging.getLogger("tdabench")
 INSTALL_HINT = ("pip install 'tdabench[ekfac]' && pip install --no-deps kronfluence==1.0.1 (kronfluence declares a "
@@ -66,10 +68,13 @@ class EKFACConfig(MethodConfig):
     per_token: bool = False                  # save per-training-token scores [n_train, T, n_query] (token tasks)
 
     def __post_init__(self) -> None:
-        if self.damping is not None and self.damping < 0:
-            raise ValueError(f"ekfac.damping={self.damping}: must be non-negative (or None for the heuristic)")
-        if min(self.batch_size, self.query_batch_size) < 1:
-            raise ValueError("ekfac.batch_size and ekfac.query_batch_size must be at least 1")
+        choices_and_patterns(self, "ekfac")
+        number(self, "ekfac", "damping", "λ added to the curvature; none: kronfluence's 0.1 × mean eigenvalue",
+               at_least=0, optional=True)
+        integer(self, "ekfac", "cpu_max_width", "the widest layer tracked on CPU; 0: no limit", minimum=0)
+        integer(self, "ekfac", "max_examples", "examples per factor fit; none: all", minimum=1, optional=True)
+        integer(self, "ekfac", "batch_size", "training examples per batch", minimum=1)
+        integer(self, "ekfac", "query_batch_size", "queries preconditioned at once", minimum=1)
 
 
 class _Root(nn.Module):
@@ -259,6 +264,30 @@ def eigen_factors(factors: Factors) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     return out
 
 
+def heuristic_damping(factors: Factors) -> dict[str, float]:
+    """Per tracked module (caller's names; ``<model>`` for a model that is one layer) the λ that
+    kronfluence's heuristic resolves to when ``damping_factor`` is None: 0.1 × the mean of the
+    module's curvature eigenvalues, as its ``FactorConfig.prepare`` computes it (EK-FAC / diagonal:
+    the corrected eigenvalues, K-FAC: the products of the factor eigenvalues, whose mean is the
+    product of the means).  Empty for the ``identity`` strategy, which applies no damping."""
+    from kronfluence.utils import constants as k
+
+    strategy = factors.analyzer.load_factor_args(factors.name).strategy
+    out: dict[str, float] = {}
+    if strategy in ("ekfac", "diagonal"):
+        lam = factors.analyzer.load_lambda_matrices(factors.name)
+        for mine, theirs in zip(factors.modules, factors.kron_modules):
+            mean = lam[k.LAMBDA_MATRIX_NAME][theirs].double().mean() / lam[k.NUM_LAMBDA_PROCESSED][theirs].double()
+            out[mine or "<model>"] = float(k.HEURISTIC_DAMPING_SCALE * mean)
+    elif strategy == "kfac":
+        eig = factors.analyzer.load_eigendecomposition(factors.name)
+        for mine, theirs in zip(factors.modules, factors.kron_modules):
+            mean = (eig[k.GRADIENT_EIGENVALUES_NAME][theirs].double().mean()
+                    * eig[k.ACTIVATION_EIGENVALUES_NAME][theirs].double().mean())
+            out[mine or "<model>"] = float(k.HEURISTIC_DAMPING_SCALE * mean)
+    return out
+
+
 @register_method
 class EKFAC(Method):
     name = "ekfac"
@@ -270,14 +299,25 @@ class EKFAC(Method):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self._factors: Optional[Factors] = None
+        self._damping: dict[str, Any] = {}
         self._extras: dict[str, Any] = {}
 
     def extras(self) -> dict[str, Any]:
-        return dict(self._extras)
+        """The damping as used (configured λ, or the heuristic and the λ it resolved to per tracked
+        module) and, with ``per_token``, where the per-token scores are."""
+        return {**self._damping, **self._extras}
 
     def fit(self, ctx: Context) -> None:
         """Fit (or load) the factors of the reference model; keep them for ``score``."""
-        self._factors = fit_factors(ctx, ctx.model, self.config, ctx.model_key or f"unkeyed-{uuid.uuid4().hex}")
+        cfg = self.config
+        self._factors = fit_factors(ctx, ctx.model, cfg, ctx.model_key or f"unkeyed-{uuid.uuid4().hex}")
+        if cfg.strategy == "identity":
+            self._damping = {"damping": cfg.damping, "damping_applied": False}   # kronfluence ignores it
+        elif cfg.damping is not None:
+            self._damping = {"damping": cfg.damping, "damping_applied": True}
+        else:
+            self._damping = {"damping": "kronfluence heuristic (0.1 × mean eigenvalue)", "damping_applied": True,
+                             "damping_used": heuristic_damping(self._factors)}   # per tracked module
 
     def score(self, ctx: Context) -> Tensor:
         """−(1/n)·kronfluence's pairwise scores, shape ``[n_train, n_query]``; with ``per_token`` the
@@ -288,6 +328,7 @@ class EKFAC(Method):
                              f"none (use ekfac.per_token=false)")
         if self._factors is None:
             self.fit(ctx)
+        self._extras = {}
         raw = self._pairwise(ctx)                      # shape: [n_query, n_train] or [n_query, n_train, T]
         scores = -raw.double().movedim(0, -1) / ctx.n_train        # shape: [n_train, n_query] or [n_train, T, n_query]
         if not cfg.per_token:

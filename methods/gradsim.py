@@ -11,6 +11,8 @@ from tdabench.grads import Projector, num_params, per_example_grads, select_para
 from tdabench.method import Context, Method, MethodConfig
 from tdabench.registry import register_method
 
+from tdabench.checks import choices_and_patterns, integer
+
 
 @dataclass(frozen=True)
 class GradSimConfig(MethodConfig):
@@ -18,6 +20,11 @@ class GradSimConfig(MethodConfig):
     normalize: bool = False          # cosine similarity instead of the dot product
     batch_size: int = 64             # examples per vmapped gradient batch (bounds memory)
     patterns: tuple[str, ...] = ()   # regexes of parameter names to use (empty: all)
+
+    def __post_init__(self) -> None:
+        choices_and_patterns(self, "gradsim")
+        integer(self, "gradsim", "proj_dim", "0: exact gradients, k > 0: project to k dimensions", minimum=0)
+        integer(self, "gradsim", "batch_size", "examples per gradient batch", minimum=1)
 
 
 def gradient_features(ctx: Context, cfg: GradSimConfig, model: torch.nn.Module | None = None) -> tuple[Tensor, Tensor]:

@@ -6,14 +6,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tdabench.groundtruth import derive_seed
 from tdabench.method import Context, Method, MethodConfig
 from tdabench.registry import register_method
+from tdabench.seeds import derive_seed
+
+from tdabench.checks import integer
 
 
 @dataclass(frozen=True)
 class RandomConfig(MethodConfig):
     salt: int = 0   # change to draw another random baseline for the same seed
+
+    def __post_init__(self) -> None:
+        # Any integer is a valid salt; a float or string would hash to a different, surprising seed.
+        integer(self, "random", "salt", "any integer, mixed into the seed")
 
 
 @register_method

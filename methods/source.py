@@ -37,6 +37,7 @@ from tdabench.method import Context, Method, MethodConfig
 from tdabench.registry import register_method
 from tdabench.task import Batch, Checkpoint, batches
 
+from tdabench.checks import choices_and_patterns, integer, number
 from .ekfac import INSTALL_HINT, EKFACConfig, eigen_factors, fit_factors
 
 #: Per module ``(Q_G [out, out], Q_A [a, a], σ [out, a])``: one segment's eigenbasis and eigenvalues.
@@ -63,13 +64,13 @@ class SourceConfig(MethodConfig):
     precision: Literal["auto", "float32", "float64"] = "auto"  # factor/gradient dtype; auto: the model's
 
     def __post_init__(self) -> None:
-        if self.segments < 1 or self.checkpoints_per_segment < 1:
-            raise ValueError(f"source.segments={self.segments}, source.checkpoints_per_segment="
-                             f"{self.checkpoints_per_segment}: both must be at least 1")
-        if self.damping < 0:
-            raise ValueError(f"source.damping={self.damping}: must be non-negative")
-        if self.batch_size < 1:
-            raise ValueError(f"source.batch_size={self.batch_size}: must be at least 1")
+        choices_and_patterns(self, "source")
+        integer(self, "source", "segments", "L, the stationary segments the run is cut into", minimum=1)
+        integer(self, "source", "checkpoints_per_segment", "c, checkpoints averaged per segment", minimum=1)
+        number(self, "source", "damping", "λ added to every eigenvalue; 0: none", at_least=0)
+        integer(self, "source", "cpu_max_width", "the widest layer tracked on CPU; 0: no limit", minimum=0)
+        integer(self, "source", "max_examples", "examples per factor fit; none: all", minimum=1, optional=True)
+        integer(self, "source", "batch_size", "examples per factor and gradient batch", minimum=1)
 
     def factor_config(self) -> EKFACConfig:
         """The ekfac settings that fit this method's factors (shared fitting and caching)."""

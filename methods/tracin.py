@@ -13,6 +13,7 @@ from torch import Tensor
 from tdabench.method import Context, Method, MethodConfig
 from tdabench.registry import register_method
 
+from tdabench.checks import choices_and_patterns, integer
 from .gradsim import GradSimConfig, gradient_features
 
 
@@ -26,8 +27,10 @@ class TracInConfig(MethodConfig):
     patterns: tuple[str, ...] = ()             # regexes of parameter names (empty: all)
 
     def __post_init__(self) -> None:
-        if self.checkpoints < 1:
-            raise ValueError(f"tracin.checkpoints={self.checkpoints}: at least one checkpoint is needed")
+        choices_and_patterns(self, "tracin")
+        integer(self, "tracin", "checkpoints", "the checkpoints |C| the gradients are summed over", minimum=1)
+        integer(self, "tracin", "proj_dim", "0: exact gradients, k > 0: project to k dimensions", minimum=0)
+        integer(self, "tracin", "batch_size", "examples per gradient batch", minimum=1)
 
 
 @register_method

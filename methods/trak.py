@@ -37,13 +37,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tdabench.checkpoints import checkpoint_steps
 from tdabench.config import content_hash
 from tdabench.grads import ExampleFn, Projector, num_params, per_example_grads, select_params
-from tdabench.groundtruth import derive_seed
 from tdabench.method import Context, Method, MethodConfig
-from tdabench.reference import checkpoint_steps
 from tdabench.registry import register_method
+from tdabench.seeds import derive_seed
 from tdabench.task import Batch, batches
+
+from tdabench.checks import choices_and_patterns, integer, number
 
 log = logging.getLogger("tdabench")
 State = dict[str, Tensor]
@@ -63,12 +65,17 @@ class TRAKConfig(MethodConfig):
     projector_memory_mb: int = 4096      # hold the d×k projection matrix up to this size, else regenerate in blocks
 
     def __post_init__(self) -> None:
-        if self.damping is not None and self.damping < 0:
-            raise ValueError(f"trak.damping={self.damping}: must be non-negative")
-        if self.models < 1 or self.checkpoints < 1 or self.proj_dim < 1:
-            raise ValueError("trak.models, trak.checkpoints and trak.proj_dim must be at least 1")
-        if not 0.0 < self.subset_fraction <= 1.0:
-            raise ValueError(f"trak.subset_fraction={self.subset_fraction}: must lie in (0, 1]")
+        choices_and_patterns(self, "trak")
+        integer(self, "trak", "proj_dim", "k, the projected gradient dimension", minimum=1)
+        integer(self, "trak", "models", "ensemble members", minimum=1)
+        number(self, "trak", "subset_fraction", "the share of the attribution set each trained member sees",
+               above=0, at_most=1)
+        integer(self, "trak", "checkpoints", "checkpoints per member", minimum=1)
+        number(self, "trak", "damping", "λ on the mean empirical Fisher; none: 0.1 × its mean eigenvalue", at_least=0,
+               optional=True)
+        integer(self, "trak", "batch_size", "examples per featurize / score batch", minimum=1)
+        integer(self, "trak", "projector_memory_mb", "the largest projection matrix held in memory; 0: regenerate "
+                "it in blocks", minimum=0)
 
 
 class SeededProjector:
@@ -182,6 +189,14 @@ class TRAK(Method):
         self._dir: Path = Path()
         self._temporary = False
         self._states: list[State] = []
+        self._lambda_regs: list[float] = []      # traker's lambda_reg per (member, checkpoint) state
+        self._scale = 1.0                        # d/n: λ = lambda_reg·d/n
+        self._extras: dict[str, Any] = {}
+
+    def extras(self) -> dict[str, Any]:
+        """The damping as used: λ per ensemble state (resolved when the heuristic is on) and traker's
+        lambda_reg = λ·n/d."""
+        return dict(self._extras)
 
     @property
     def needs_checkpoints(self) -> int:
@@ -245,18 +260,24 @@ class TRAK(Method):
             self._traker.load_checkpoint(self._states[model_id], model_id=model_id)
             for b in batches(ctx.train_data, cfg.batch_size):
                 self._traker.featurize(batch=b, num_samples=b[0].shape[0])
-        for model_id in todo:                   # after featurizing: finalize frees the projection matrix
-            self._traker.saver.load_current_store(model_id)
-            self._traker.score_computer.lambda_reg = self._lambda_reg(self._traker.saver.current_store["grads"], d)
-            with no_traker_bars():
-                self._traker.finalize_features(model_ids=[model_id])
+        self._scale, self._lambda_regs = d / ctx.n_train, []
+        for model_id in range(len(self._states)):   # after featurizing: finalize frees the projection matrix
+            if model_id in todo or cfg.damping is None:
+                self._traker.saver.load_current_store(model_id)
+            reg = self._lambda_reg(self._traker.saver.current_store["grads"] if cfg.damping is None else None,
+                                   ctx.n_train, d)
+            self._lambda_regs.append(reg)        # stored features were finalized with this same value
+            if model_id in todo:
+                self._traker.score_computer.lambda_reg = reg
+                with no_traker_bars():
+                    self._traker.finalize_features(model_ids=[model_id])
 
-    def _lambda_reg(self, features: np.ndarray, d: int) -> float:
+    def _lambda_reg(self, features: Optional[np.ndarray], n: int, d: int) -> float:
         """traker's ridge for damping λ: ΦᵀΦ ≈ (n/d)·F, so lambda_reg = λ·n/d; the heuristic λ is
-        0.1·tr(F)/d, i.e. lambda_reg = 0.1·tr(ΦᵀΦ)/d (features: Φ, shape [n, k])."""
-        n = features.shape[0]
+        0.1·tr(F)/d, i.e. lambda_reg = 0.1·tr(ΦᵀΦ)/d (features: Φ, shape [n, k]; only read for it)."""
         if self.config.damping is not None:
             return self.config.damping * n / d
+        assert features is not None
         return 0.1 * float((torch.as_tensor(np.asarray(features), dtype=torch.float64) ** 2).sum()) / d
 
     def _forget(self, experiment: str) -> None:
@@ -287,4 +308,9 @@ class TRAK(Method):
             if self._temporary:
                 shutil.rmtree(self._dir, ignore_errors=True)
             self._traker = None
+        self._extras = {
+            "damping": cfg.damping if cfg.damping is not None else "heuristic: 0.1 × mean eigenvalue of F per state",
+            "damping_used": [reg * self._scale for reg in self._lambda_regs],     # λ per (member, checkpoint)
+            "lambda_reg": list(self._lambda_regs),                                 # traker's ridge, λ·n/d
+        }
         return (-raw).float().to(ctx.device)                           # shape: [n_train, n_query]

@@ -419,7 +419,7 @@ class Cifar10(Task):
                     on_checkpoint(step, model, lr)
         return model
 
-    def method_defaults(self, method: str) -> dict[str, object]:
+    def recommendations(self) -> dict[str, dict[str, object]]:
         """Exact per-example gradients of every weight (~2M at full width) do not fit in memory for
         thousands of images: gradient methods then project to 512 dimensions (the shared projector
         draws its matrix blocks on the device), in large batches on CUDA.  BIF takes 001 Table 3's
@@ -428,9 +428,10 @@ class Cifar10(Task):
         c = self.config
         chans = (24, *c.widths)
         dim = sum(9 * (a * b + b * b) + 2 * b for a, b in zip(chans, chans[1:])) + 10 * c.widths[-1]
-        if method in ("gradsim", "tracin") and 4 * dim * (c.n_train + (c.n_query or 10000)) > 2**31:
-            return {"proj_dim": 512, "batch_size": 1024 if self._cuda else 64}
-        if method == "bif":
-            return {"batch_size": 1024, "chains": 4, "draws": 100, "burn_in": 0, "nbeta": 200.0,
-                    "gamma": 10000.0, "epsilon": 1e-5}
-        return {}
+        recs: dict[str, dict[str, object]] = {
+            "bif": {"batch_size": 1024, "chains": 4, "draws": 100, "burn_in": 0, "nbeta": 200.0,
+                    "gamma": 10000.0, "epsilon": 1e-5}}
+        if 4 * dim * (c.n_train + (c.n_query or 10000)) > 2**31:   # float32 gradients above 2 GiB
+            projected = {"proj_dim": 512, "batch_size": 1024 if self._cuda else 64}
+            recs |= {"gradsim": projected, "tracin": dict(projected)}
+        return recs

@@ -11,7 +11,6 @@ this same code path on a tiny model for the CPU.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import math
 import os
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tdabench.config import content_hash
-from tdabench.registry import METHODS, register_task
+from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
 from tdabench.tasks._lm_data import (DATASET_MARKERS, INSTALL, MissingResource, Shuffled, dataset_documents,
                                      fingerprint, load_pretrained, local_documents, pack, token_stream)
@@ -267,18 +266,9 @@ class Pythia(Task):
         return {"patterns": (ATTENTION_WEIGHTS,), "batch_size": 128, "chains": 4, "draws": 300, "burn_in": 150,
                 "nbeta": 800.0, "gamma": 50000.0, "epsilon": 2e-6, "record_batch_size": 32}
 
-    def method_defaults(self, method: str) -> dict[str, Any]:
-        """BIF: ``bif_defaults``; EK-FAC without embeddings/output layer on the CPU.  Only keys that the
-        method's config has are returned."""
-        wanted: dict[str, Any] = {}
-        if method == "bif":
-            wanted = self.bif_defaults()
-        elif method == "ekfac" and self.device.type == "cpu":
-            wanted = {"patterns": (BLOCK_PARAMS,)}
-        if not wanted:
-            return {}
-        try:
-            fields = {f.name for f in dataclasses.fields(METHODS.get(method).Config)}
-        except KeyError:
-            return {}
-        return {k: v for k, v in wanted.items() if k in fields}
+    def recommendations(self) -> dict[str, dict[str, Any]]:
+        """BIF: ``bif_defaults``; on the CPU, EK-FAC without the embeddings and output layer."""
+        recs: dict[str, dict[str, Any]] = {"bif": self.bif_defaults()}
+        if self.device.type == "cpu":
+            recs["ekfac"] = {"patterns": (BLOCK_PARAMS,)}
+        return recs

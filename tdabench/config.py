@@ -104,20 +104,27 @@ def coerce(value: str, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: fields of type {_type_name(tp)} cannot be set from the command line")
 
 
+def coerce_known(config: Any, key: str, value: str, scope: str) -> Any:
+    """``value`` parsed as the type of ``config``'s field ``key`` (unknown keys: the list of valid ones)."""
+    hints = typing.get_type_hints(type(config))
+    if key not in hints:
+        listing = ", ".join(f"{scope}.{f.name}" for f in dataclasses.fields(config)) or "(none)"
+        raise ConfigError(f"unknown setting {scope}.{key}; valid keys: {listing}")
+    return coerce(value, hints[key], f"{scope}.{key}")
+
+
 def apply_overrides(config: Any, overrides: dict[str, str], scope: str) -> Any:
     """A copy of ``config`` with string overrides parsed against its field types.
 
     Unknown keys fail with the list of valid keys for ``scope`` (e.g. ``task.n_train``).
     """
-    hints = typing.get_type_hints(type(config))
-    valid = [f.name for f in dataclasses.fields(config)]
-    parsed = {}
-    for key, value in overrides.items():
-        if key not in valid:
-            listing = ", ".join(f"{scope}.{v}" for v in valid) or "(none)"
-            raise ConfigError(f"unknown setting {scope}.{key}; valid keys: {listing}")
-        parsed[key] = coerce(value, hints[key], f"{scope}.{key}")
-    return dataclasses.replace(config, **parsed)
+    parsed = {key: coerce_known(config, key, value, scope) for key, value in overrides.items()}
+    try:
+        return dataclasses.replace(config, **parsed)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:   # a config's own check that is not yet a ConfigError
+        raise ConfigError(f"{scope}: {err}") from None
 
 
 def with_values(config_cls: type, values: dict[str, Any] | None) -> Any:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .config import config_dict, with_values
-from .groundtruth import train_and_measure
+from .retrain import train_and_measure
 from .registry import TASKS
 from .task import Task
 

@@ -1,20 +1,27 @@
-"""LDS ground truth: random α-subsets of the attribution set, retrained and measured, cached and
-resumable.  ``train_and_measure`` is the unit of work; executors (serial or Ray) run it."""
+"""Ground truth: regimes (α-subsets, leave-one-out), their cache, and the build that resumes.
+
+A ground truth is named by its kind and settings (``GroundTruthConfig.label``) and keyed by those
+settings plus the task's description; its directory also records the code fingerprint of the task's
+recipe and of ``retrain.py``.  A cache built by other code is moved aside (never deleted) and rebuilt,
+with the reason in the log.  One file per finished retrain, so a killed build resumes.
+"""
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 from torch import Tensor
 
-from .config import config_dict, content_hash
-from .lds import noise_ceiling
+from . import retrain
+from .config import ConfigError, config_dict, content_hash
+from .files import save_tensor, write_json
+from .fingerprint import changes, fingerprint
 from .progress import Progress
+from .retrain import train_and_measure  # noqa: F401  (re-exported: the unit of work)
 from .task import Task
 
 if TYPE_CHECKING:
@@ -25,124 +32,168 @@ log = logging.getLogger("tdabench")
 
 @dataclass(frozen=True)
 class GroundTruthConfig:
-    """How the ground truth is drawn: K subsets, each example in with probability α, R seeds each."""
+    """Which ground truth: its kind and settings (``--set gt.KEY=VALUE``)."""
 
-    alpha: float = 0.5
-    num_subsets: int = 100
-    retrain_seeds: int = 1
+    kind: Literal["subsets", "loo"] = "subsets"   # subsets: α-subsets (LDS); loo: one retrain per removed example
+    alpha: float = 0.5          # subsets: each example kept with probability α (0.5 papers; 0.99 = leave 1 % out)
+    num_subsets: int = 100      # subsets: K retrained subsets
+    retrain_seeds: int = 1      # R retraining seeds per subset (R ≥ 2 gives the noise ceiling)
+    loo_examples: int = 0       # loo: examples removed, a seeded sample (0: every example)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"gt.alpha={self.alpha}: must lie strictly between 0 and 1")
+            raise ConfigError(f"gt.alpha={self.alpha}: must lie strictly between 0 and 1 (0.5 is the papers' setting)")
         if self.num_subsets < 3:
-            raise ValueError(f"gt.num_subsets={self.num_subsets}: a rank correlation needs at least 3 subsets")
+            raise ConfigError(f"gt.num_subsets={self.num_subsets}: a rank correlation needs at least 3 subsets; "
+                              f"set gt.num_subsets=100")
         if self.retrain_seeds < 1:
-            raise ValueError(f"gt.retrain_seeds={self.retrain_seeds}: must be at least 1")
+            raise ConfigError(f"gt.retrain_seeds={self.retrain_seeds}: must be at least 1")
+        if self.loo_examples < 0 or self.loo_examples in (1, 2):
+            raise ConfigError(f"gt.loo_examples={self.loo_examples}: use 0 (every example) or at least 3 "
+                              f"(a correlation over removed examples needs 3)")
+
+    @property
+    def label(self) -> str:
+        """The regime's name on every number measured against it, e.g. ``α=0.5 K=100 R=1``."""
+        if self.kind == "loo":
+            return f"LOO {self.loo_examples or 'all'} R={self.retrain_seeds}"
+        return f"α={self.alpha:g} K={self.num_subsets} R={self.retrain_seeds}"
+
+    def settings(self) -> dict:
+        """Only the settings this kind uses (so an unused knob does not split the cache)."""
+        if self.kind == "loo":
+            return {"kind": "loo", "loo_examples": self.loo_examples, "retrain_seeds": self.retrain_seeds}
+        return {"kind": "subsets", "alpha": self.alpha, "num_subsets": self.num_subsets,
+                "retrain_seeds": self.retrain_seeds}
+
+    def check(self, task: Task) -> None:
+        """Checks that need the task (run at validation, before any training)."""
+        if self.kind == "loo" and self.loo_examples > task.n_train:
+            raise ConfigError(f"gt.loo_examples={self.loo_examples}: the task has only {task.n_train} attribution "
+                              f"examples; use at most that many, or 0 for all")
 
 
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed determined by ``parts`` (stable across runs, platforms and Python versions)."""
-    return int(content_hash(list(parts), 8), 16) & 0x7FFFFFFF
-
-
-def make_masks(n_train: int, cfg: GroundTruthConfig, seed: int) -> Tensor:
-    """Subset masks, shape ``[K, n_train]`` bool: each example included i.i.d. with probability α
-    (001, Appendix C.1).  Reproducible in ``seed``; an empty subset is redrawn."""
-    gen = torch.Generator().manual_seed(derive_seed(seed, 0xA1FA))
-    masks = torch.rand(cfg.num_subsets, n_train, generator=gen) < cfg.alpha
-    while (empty := ~masks.any(1)).any():
-        masks[empty] = torch.rand(int(empty.sum()), n_train, generator=gen) < cfg.alpha
-    return masks
-
-
-def train_and_measure(task: Task, mask: Tensor, seed: int) -> Tensor:
-    """Train a fresh model on the examples in ``mask`` (shape ``[n_train]``) and return the query
-    measurements, shape ``[n_query]`` float32 on the CPU.  Plain function: no Ray, no caching."""
-    indices = mask.nonzero().squeeze(1)
-    model = task.make_model(seed)
-    task.train(model, indices, seed)
-    return task.measure(model, task.query_data()).cpu()
+def make_masks(n_train: int, cfg: GroundTruthConfig, seed: int) -> tuple[Tensor, Optional[Tensor]]:
+    """The retrained masks ``[K, n_train]`` of ``cfg`` and, for leave-one-out, the removed examples ``[m]``."""
+    if cfg.kind == "loo":
+        removed = retrain.loo_removed(n_train, cfg.loo_examples, seed)
+        return retrain.loo_masks(n_train, removed), removed
+    return retrain.subset_masks(n_train, cfg.alpha, cfg.num_subsets, seed), None
 
 
 @dataclass
 class GroundTruth:
-    """Masks ``[K, n_train]`` and measurements ``[R, K, n_query]`` of one seed's retrains."""
+    """Masks ``[K, n_train]``, measurements ``[R, K, n_query]``; ``removed`` ``[K-1]`` for leave-one-out
+    (row 0 is then the model trained on every example)."""
 
     masks: Tensor
     replicas: Tensor
     key: str
+    kind: str = "subsets"
+    label: str = ""
+    removed: Optional[Tensor] = None
 
     @property
     def targets(self) -> Tensor:
         """The mean over retraining seeds, shape ``[K, n_query]``."""
         return self.replicas.mean(0)
 
-    @property
-    def noise_ceiling(self) -> Optional[float]:
-        return noise_ceiling(self.replicas) if self.replicas.shape[0] >= 2 else None
+
+def code_fingerprint(task: Task) -> dict[str, str]:
+    """The code a ground truth depends on: the task's recipe (and what it imports) and ``retrain.py``."""
+    return fingerprint(type(task), retrain)
 
 
 class GroundTruthStore:
-    """One cache directory per content key; one file per finished retrain, written atomically."""
+    """One cache directory per settings key; one file per finished retrain, written atomically."""
 
     def __init__(self, task: Task, cfg: GroundTruthConfig, seed: int, results_dir: Path) -> None:
         self.task, self.cfg, self.seed = task, cfg, seed
         self.meta = {"task": task.name, "task_version": task.version, "task_config": config_dict(task.config),
-                     "alpha": cfg.alpha, "num_subsets": cfg.num_subsets, "retrain_seeds": cfg.retrain_seeds,
-                     "seed": seed}
+                     **cfg.settings(), "seed": seed}
         self.key = content_hash(self.meta)
+        self.code = code_fingerprint(task)
         self.dir = Path(results_dir) / "ground_truth" / task.name / self.key
-        self._check_meta()
 
-    def _check_meta(self) -> None:
+    def stale_reason(self) -> Optional[str]:
+        """Why the cache on disk may not be reused (None: it may, or there is none)."""
         meta_file = self.dir / "meta.json"
-        if meta_file.exists():
-            found = json.loads(meta_file.read_text())
-            if found != self.meta:
-                raise RuntimeError(f"ground-truth cache {self.dir} was written for different settings "
-                                   f"({found}); it is never reused under another key. Delete that directory.")
+        if not meta_file.exists():
+            return None
+        found = json.loads(meta_file.read_text())
+        if found.get("code") != self.code:
+            return changes(found.get("code"), self.code)
+        return None
+
+    def set_aside(self, reason: str) -> None:
+        """Move a cache made by other code out of the way (kept, never deleted) and say why."""
+        n = 0
+        while (target := self.dir.with_name(f"{self.dir.name}.stale{n}")).exists():
+            n += 1
+        self.dir.rename(target)
+        log.warning("ground truth %s seed %d was built by other code (%s): kept at %s, rebuilding",
+                    self.task.name, self.seed, reason, target)
 
     def piece(self, k: int, r: int) -> Path:
         return self.dir / "pieces" / f"k{k:05d}_r{r:03d}.pt"
 
+    @property
+    def rows(self) -> int:
+        return self.masks.shape[0]
+
     def missing(self) -> list[tuple[int, int]]:
-        """The (subset, retrain seed) pairs not yet on disk."""
-        return [(k, r) for k in range(self.cfg.num_subsets) for r in range(self.cfg.retrain_seeds)
-                if not self.piece(k, r).exists()]
+        """The (row, retrain seed) pairs not yet on disk."""
+        return [(k, r) for k in range(self.rows) for r in range(self.cfg.retrain_seeds) if not self.piece(k, r).exists()]
 
     def save(self, k: int, r: int, targets: Tensor) -> None:
-        """Write one retrain's measurements the moment it is known (tmp file, then rename)."""
-        path = self.piece(k, r)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(targets.clone(), tmp)
-        os.replace(tmp, path)
+        """Write one retrain's measurements the moment it is known."""
+        save_tensor(self.piece(k, r), targets.clone())
 
-    def prepare(self) -> Tensor:
-        """Create the directory, write meta and masks (or load them); return the masks."""
+    def prepare(self) -> None:
+        """Set a stale cache aside; create the directory, write meta and masks."""
+        reason = self.stale_reason()
+        if reason:
+            self.set_aside(reason)
+        self.masks, self.removed = make_masks(self.task.n_train, self.cfg, self.seed)
         (self.dir / "pieces").mkdir(parents=True, exist_ok=True)
-        (self.dir / "meta.json").write_text(json.dumps(self.meta, indent=1, sort_keys=True))
-        masks = make_masks(self.task.n_train, self.cfg, self.seed)
-        torch.save(masks, self.dir / "masks.pt")
-        return masks
+        write_json(self.dir / "meta.json", {**self.meta, "code": self.code})
+        save_tensor(self.dir / "masks.pt", self.masks)
 
-    def load(self, masks: Tensor) -> GroundTruth:
-        rows = [torch.stack([torch.load(self.piece(k, r)) for k in range(self.cfg.num_subsets)])
+    def load(self) -> GroundTruth:
+        rows = [torch.stack([torch.load(self.piece(k, r)) for k in range(self.rows)])
                 for r in range(self.cfg.retrain_seeds)]
-        return GroundTruth(masks=masks, replicas=torch.stack(rows), key=self.key)  # shape: [R, K, Q]
+        return GroundTruth(masks=self.masks, replicas=torch.stack(rows), key=self.key, kind=self.cfg.kind,
+                           label=self.cfg.label, removed=self.removed)  # replicas shape: [R, K, Q]
 
 
 def build_ground_truth(task: Task, cfg: GroundTruthConfig, seed: int, results_dir: Path,
                        executor: "Executor") -> GroundTruth:
     """Load the cached ground truth of (task, cfg, seed), training only the missing retrains."""
     store = GroundTruthStore(task, cfg, seed, results_dir)
-    masks = store.prepare()
+    store.prepare()
     todo = store.missing()
     if todo:
-        log.info("ground truth %s seed %d: %d of %d retrains to do (%s)", task.name, seed, len(todo),
-                 cfg.num_subsets * cfg.retrain_seeds, store.dir)
-        jobs = [(k, r, masks[k], derive_seed(seed, k, r)) for k, r in todo]
+        log.info("ground truth %s [%s] seed %d: %d of %d retrains to do (%s)", task.name, cfg.label, seed,
+                 len(todo), store.rows * cfg.retrain_seeds, store.dir)
+        common = cfg.kind == "loo"
+        jobs = [(k, r, store.masks[k], retrain.retrain_seed(seed, k, r, common)) for k, r in todo]
         with Progress(len(jobs), f"retrain {task.name} seed {seed}") as bar:
             for k, r, targets in executor.run(task, jobs):
                 store.save(k, r, targets)
                 bar.update()
-    return store.load(masks)
+    return store.load()
+
+
+def load_ground_truth(task: Task, cfg: GroundTruthConfig, seed: int, results_dir: Path) -> GroundTruth:
+    """The complete, current cached ground truth, or an error saying what is missing (no training)."""
+    store = GroundTruthStore(task, cfg, seed, results_dir)
+    reason = store.stale_reason()
+    if not (store.dir / "meta.json").exists() or reason:
+        raise FileNotFoundError(f"no current ground truth for {task.name} [{cfg.label}] seed {seed} under "
+                                f"{store.dir}" + (f" (built by other code: {reason})" if reason else "")
+                                + "; build it with `tdabench ground-truth` or `tdabench run`")
+    store.masks, store.removed = make_masks(task.n_train, cfg, seed)
+    if store.missing():
+        raise FileNotFoundError(f"ground truth {store.dir} is incomplete ({len(store.missing())} retrains "
+                                f"missing); complete it with `tdabench ground-truth`")
+    return store.load()

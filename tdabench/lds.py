@@ -17,15 +17,7 @@ def spearman_columns(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     A constant target column has no defined correlation: NaN.  A constant prediction against a
     varying target carries no information: 0.
     """
-    rp = rankdata(pred, axis=0, method="average")
-    rt = rankdata(target, axis=0, method="average")
-    rp = rp - rp.mean(0)
-    rt = rt - rt.mean(0)
-    norm_p, norm_t = np.sqrt((rp**2).sum(0)), np.sqrt((rt**2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (rp * rt).sum(0) / (norm_p * norm_t)
-    rho = np.where(norm_p == 0, 0.0, rho)
-    return np.where(norm_t == 0, np.nan, rho)
+    return pearson_columns(rankdata(pred, axis=0, method="average"), rankdata(target, axis=0, method="average"))
 
 
 def lds_per_query(scores: Tensor, masks: Tensor, targets: Tensor, chunk: int = 1024) -> np.ndarray:
@@ -60,17 +52,51 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), se
 
 
-def noise_ceiling(replicas: Tensor) -> float:
-    """How well one half of the retraining seeds predicts the other half, as an LDS.
+def pearson_columns(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column of ``pred`` with the same column of ``target``, shapes
+    ``[K, Q]`` → ``[Q]``; NaN where the target is constant, 0 where only the prediction is."""
+    p = pred - pred.mean(0)
+    t = target - target.mean(0)
+    norm_p, norm_t = np.sqrt((p**2).sum(0)), np.sqrt((t**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (p * t).sum(0) / (norm_p * norm_t)
+    rho = np.where(norm_p == 0, 0.0, rho)
+    return np.where(norm_t == 0, np.nan, rho)
 
-    ``replicas`` has shape ``[R, K, Q]`` (R ≥ 2): the mean over the first ⌊R/2⌋ seeds is ranked
-    against the mean over the rest, per query, over the K subsets; the ceiling is the mean over
-    queries.  Any method's LDS against the mean target is expected to sit below it.
-    """
+
+def split_halves(replicas: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    """The means of the first ⌊R/2⌋ and of the other retraining seeds (``[K, Q]`` each) and the
+    Spearman–Brown length factor k = R / √(h₁h₂) from a half to all R seeds (2 for even R)."""
     r = replicas.shape[0]
     if r < 2:
-        raise ValueError("the noise ceiling needs at least 2 retraining seeds per subset")
+        raise ValueError("a noise ceiling needs at least 2 retraining seeds per subset (gt.retrain_seeds ≥ 2)")
     half = r // 2
     a = replicas[:half].double().mean(0).numpy()
     b = replicas[half:].double().mean(0).numpy()
+    return a, b, r / math.sqrt(half * (r - half))
+
+
+def corrected_ceiling(split_half: float, k: float) -> float:
+    """The highest correlation any prediction can reach with the R-seed mean target.
+
+    The split-half correlation r estimates the reliability of a half; Spearman–Brown gives the
+    reliability of the full R-seed mean, ρ = k·r / (1 + (k − 1)·r); a prediction correlates with a
+    target of reliability ρ at most √ρ (its correlation with the noise-free target is at most 1).
+    r ≤ 0 (no shared signal) gives 0.  Pass the mean of the per-query r: correcting each query
+    first and then averaging would bias the ceiling upwards (√ of a clipped noisy r).
+    """
+    r = min(max(float(split_half), 0.0), 1.0)
+    return math.sqrt(k * r / (1.0 + (k - 1.0) * r))
+
+
+def noise_ceiling(replicas: Tensor) -> float:
+    """The LDS noise ceiling of a ground truth ``[R, K, Q]`` (R ≥ 2): the Spearman–Brown corrected
+    ceiling of the split-half rank correlation over subsets (mean over queries)."""
+    a, b, k = split_halves(replicas)
+    return corrected_ceiling(float(np.nanmean(spearman_columns(a, b))), k)
+
+
+def split_half(replicas: Tensor) -> float:
+    """The uncorrected split-half LDS: one half of the seeds predicting the other, mean over queries."""
+    a, b, _ = split_halves(replicas)
     return float(np.nanmean(spearman_columns(a, b)))

@@ -1,6 +1,9 @@
-"""Leaderboards from run records: one row per task × method × config, LDS mean ± SE, cost.
+"""Leaderboards from run records: one row per task × ground truth × method × config, a metric's
+mean ± SE over seeds, its fraction of the noise ceiling, and the cost.
 
-Nothing here recomputes a score: it reads ``results/runs/**/seed*.json`` written by the runner.
+Nothing here recomputes a score: it reads ``results/runs/**/seed*.json``.  Rankings never mix
+ground-truth regimes (each (task, regime) is ranked on its own), and a row whose records were made
+by code that has changed since is marked stale.
 """
 from __future__ import annotations
 
@@ -8,58 +11,86 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any, Optional
 
 from .config import content_hash
+from .fingerprint import digest, fingerprint
+from .pipeline import scores_code
 from .records import RunResult, summarize
-from .registry import METHODS, TASKS, UnknownNameError
+from .registry import METHODS, METRICS, TASKS, UnknownNameError
+
+log = logging.getLogger("tdabench")
 
 
 def load_records(results_dir: Path, task: Optional[str] = None) -> list[RunResult]:
-    """Every record under ``results_dir/runs`` (of ``task`` only, when given)."""
+    """Every readable record under ``results_dir/runs`` (of ``task`` only, when given); records of
+    an older format are skipped with a warning that says how to renew them."""
     root = Path(results_dir) / "runs"
-    pattern = f"{task}/**/seed*.json" if task else "**/seed*.json"
-    return [RunResult.load(p) for p in sorted(root.glob(pattern))]
+    out = []
+    for path in sorted(root.glob(f"{task}/**/seed*.json" if task else "**/seed*.json")):
+        try:
+            out.append(RunResult.load(path))
+        except ValueError as err:
+            log.warning("skipped: %s", err)
+    return out
 
 
-def _non_default(values: dict[str, Any], registry: Any, name: str) -> str:
-    """``k=v`` for every setting that differs from the registered class's default."""
+def _settings(values: dict[str, Any], registry: Any, name: str, recommended: dict[str, Any]) -> str:
+    """``k=v`` for every setting that differs from the class default; ``[task]`` marks the ones the
+    task recommended (the others the user set)."""
     try:
-        defaults = dataclasses.asdict(registry.get(name).Config())
+        defaults = json.loads(json.dumps(dataclasses.asdict(registry.get(name).Config()), default=str))
     except (UnknownNameError, TypeError):
         defaults = {}
-    defaults = json.loads(json.dumps(defaults, default=str))
-    return " ".join(f"{k}={v}" for k, v in values.items() if defaults.get(k, object()) != v)
+    return " ".join(f"{k}={v}" + (" [task]" if k in recommended and recommended[k] == v else "")
+                    for k, v in values.items() if defaults.get(k, object()) != v)
 
 
-def group(records: list[RunResult]) -> list[dict[str, Any]]:
-    """Summaries over seeds per (task, task config, ground truth, method, method config)."""
+def is_stale(record: RunResult, metric: str) -> bool:
+    """True when the code behind ``record``'s scores or its ``metric`` entry has changed since."""
+    try:
+        method, task, metric_cls = METHODS.get(record.method), TASKS.get(record.task), METRICS.get(metric)
+    except UnknownNameError:
+        return True
+    now = scores_code(task, method)
+    entry = record.metrics.get(metric, {})
+    return (record.code != now or entry.get("version") != metric_cls.version
+            or entry.get("code") != digest(fingerprint(metric_cls)))
+
+
+def group(records: list[RunResult], metric: str = "lds") -> list[dict[str, Any]]:
+    """Summaries over seeds of ``metric`` per (task, task config, ground truth, method, method config)."""
     groups: dict[str, list[RunResult]] = {}
     for r in records:
-        gt = {k: v for k, v in r.ground_truth.items() if k != "key"}
+        if metric not in r.metrics:
+            continue
+        gt = {k: v for k, v in r.ground_truth.items() if k not in ("key", "code")}
         key = content_hash([r.task, r.task_version, r.task_config, gt, r.method, r.method_config])
         groups.setdefault(key, []).append(r)
     rows = []
     for runs in groups.values():
         runs.sort(key=lambda r: r.seed)
-        row = summarize(runs)
-        row["task_settings"] = _non_default(runs[0].task_config, TASKS, runs[0].task)
-        row["method_settings"] = _non_default(runs[0].method_config, METHODS, runs[0].method)
+        row = summarize(runs, metric)
+        row["task_settings"] = _settings(runs[0].task_config, TASKS, runs[0].task, {})
+        row["method_settings"] = _settings(runs[0].method_config, METHODS, runs[0].method, runs[0].method_recommended)
+        row["stale"] = any(is_stale(r, metric) for r in runs)
         rows.append(row)
     return rows
 
 
 def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Sort by task then LDS; mark each method's best config; rows within one combined SE of a
-    leader share its rank (shown as ``=k``)."""
+    """Sort by task, regime, then the metric; mark each method's best config; rows within one combined
+    SE of a leader share its rank (``=k``).  Each (task, ground truth) is ranked on its own."""
     out: list[dict[str, Any]] = []
-    for task in sorted({r["task"] for r in rows}):
-        board = sorted((r for r in rows if r["task"] == task), key=lambda r: -_num(r["lds_mean"]))
+    for task, regime in sorted({(r["task"], r["ground_truth"]) for r in rows}):
+        board = sorted((r for r in rows if (r["task"], r["ground_truth"]) == (task, regime)),
+                       key=lambda r: -_num(r["mean"]))
         best: dict[str, float] = {}
         for r in board:
-            best.setdefault(r["method"], _num(r["lds_mean"]))
+            best.setdefault(r["method"], _num(r["mean"]))
         leader, position = None, 0
         for i, r in enumerate(board):
             if leader is None or not _tied(leader, r):
@@ -68,7 +99,7 @@ def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             else:
                 r["rank"] = f"={position}"
                 leader["rank"] = f"={position}" if not leader["rank"].startswith("=") else leader["rank"]
-            r["best_config"] = _num(r["lds_mean"]) == best[r["method"]]
+            r["best_config"] = _num(r["mean"]) == best[r["method"]]
             out.append(r)
     return out
 
@@ -78,59 +109,65 @@ def _num(x: Optional[float]) -> float:
 
 
 def _tied(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    se = math.sqrt(_zero(a["lds_se"]) ** 2 + _zero(b["lds_se"]) ** 2)
-    return se > 0 and _num(a["lds_mean"]) - _num(b["lds_mean"]) <= se
+    se = math.sqrt(_zero(a["se"]) ** 2 + _zero(b["se"]) ** 2)
+    return se > 0 and _num(a["mean"]) - _num(b["mean"]) <= se
 
 
 def _zero(x: Optional[float]) -> float:
     return 0.0 if x is None or math.isnan(x) else float(x)
 
 
-COLUMNS = ("rank", "task", "method", "settings", "LDS", "SE", "seeds", "noise ceiling", "fit s", "score s", "peak MB")
+COLUMNS = ("rank", "task", "ground truth", "method", "settings", "{metric}", "SE", "seeds", "noise ceiling",
+           "of ceiling", "fit s", "score s", "peak MB")
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """Display strings per row (best config per method marked with *)."""
+    """Display strings per row (best config per method marked with *, stale rows with (stale))."""
     def f(x: Optional[float], d: int = 3) -> str:
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
 
     out = []
     for r in rows:
         task = r["task"] + (f" ({r['task_settings']})" if r["task_settings"] else "")
-        method = r["method"] + (" *" if r["best_config"] else "")
-        out.append((r["rank"], task, method, r["method_settings"], f(r["lds_mean"]), f(r["lds_se"]),
-                    str(len(r["seeds"])), f(r.get("noise_ceiling")), f(r["fit_seconds"], 2),
-                    f(r["score_seconds"], 2), f"{r['peak_rss_mb']:.0f}"))
+        method = r["method"] + (" *" if r["best_config"] else "") + (" (stale)" if r["stale"] else "")
+        out.append((r["rank"], task, r["ground_truth"], method, r["method_settings"], f(r["mean"]), f(r["se"]),
+                    str(len(r["seeds"])), f(r["ceiling"]), f(r["fraction_of_ceiling"], 2),
+                    f(r["fit_seconds"], 2), f(r["score_seconds"], 2), f"{r['peak_rss_mb']:.0f}"))
     return out
 
 
-def render(rows: list[dict[str, Any]], fmt: str) -> str:
+def render(rows: list[dict[str, Any]], fmt: str, metric: str = "lds") -> str:
     """The board as ``md``, ``csv``, ``latex`` or ``json``."""
     if fmt == "json":
         return json.dumps(rows, indent=1, default=lambda x: None)
+    columns = tuple(c.format(metric=metric) for c in COLUMNS)
     body = table_rows(rows)
     if fmt == "csv":
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([COLUMNS, *body])
+        csv.writer(buf, lineterminator="\n").writerows([columns, *body])
         return buf.getvalue()
     if fmt == "md":
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
     if fmt == "latex":
         esc = lambda s: s.replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")  # noqa: E731
-        lines = [r"\begin{tabular}{" + "l" * len(COLUMNS) + "}", r"\toprule", " & ".join(COLUMNS) + r" \\", r"\midrule"]
+        lines = [r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule", " & ".join(columns) + r" \\", r"\midrule"]
         lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
         return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
     raise ValueError(f"unknown format {fmt!r}: use md, csv, latex or json")
 
 
-def leaderboard(results_dir: Path, task: Optional[str] = None, fmt: str = "md") -> str:
-    """Render the board of every record under ``results_dir`` (of ``task`` only, when given)."""
+def leaderboard(results_dir: Path, task: Optional[str] = None, fmt: str = "md", metric: str = "lds") -> str:
+    """Render the board of ``metric`` over every record under ``results_dir`` (of ``task`` only)."""
+    METRICS.get(metric)   # an unknown name fails with the list
     records = load_records(results_dir, task)
-    if not records:
-        raise FileNotFoundError(f"no run records under {Path(results_dir) / 'runs'}"
+    rows = rank(group(records, metric))
+    if not rows:
+        raise FileNotFoundError(f"no run records with metric {metric!r} under {Path(results_dir) / 'runs'}"
                                 + (f" for task {task!r}" if task else "") + "; run `tdabench run` first")
-    rows = rank(group(records))
-    header = "" if fmt != "md" else ("Leaderboard: LDS mean ± SE over seeds; `=k` marks ranks tied within one "
-                                     "combined SE; `*` marks each method's best configuration.\n\n")
-    return header + render(rows, fmt)
+    header = "" if fmt != "md" else (
+        f"Leaderboard ({metric}): mean ± SE over seeds, ranked within each task and ground truth (never across "
+        "regimes); `=k`: tied within one combined SE; `*`: each method's best configuration; `[task]`: a setting "
+        "the task recommends (others were set by the user); `of ceiling`: the mean as a fraction of the "
+        "Spearman–Brown corrected noise ceiling; `(stale)`: made by code that has changed since.\n\n")
+    return header + render(rows, fmt, metric)

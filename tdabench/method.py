@@ -98,6 +98,10 @@ class Method(ABC):
             raise ValueError(f"{self.name} needs {self.needs_checkpoints} checkpoints, "
                              f"the context holds {len(ctx.checkpoints)}")
 
+    def check(self, task: Task) -> None:
+        """Checks of this configuration that need the task (run before any training); default none.
+        Checks of the configuration alone belong in the Config's ``__post_init__``."""
+
     def fit(self, ctx: Context) -> None:
         """Query-independent work (factors, features, samples); default: nothing."""
 

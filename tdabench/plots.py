@@ -34,11 +34,11 @@ def _label(row: dict[str, Any]) -> str:
 def lds_bars(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
     """LDS mean per method (± SE error bars) on one task, with the noise ceiling when known."""
     plt = _setup()
-    board = sorted((r for r in rows if r["task"] == task), key=lambda r: -r["lds_mean"])
+    board = sorted((r for r in rows if r["task"] == task), key=lambda r: -r["mean"])
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(board), 4))
     x = np.arange(len(board))
-    se = [0 if r["lds_se"] is None or np.isnan(r["lds_se"]) else r["lds_se"] for r in board]
-    ax.bar(x, [r["lds_mean"] for r in board], yerr=se, capsize=4, color="tab:blue", alpha=0.8)
+    se = [0 if r["se"] is None or np.isnan(r["se"]) else r["se"] for r in board]
+    ax.bar(x, [r["mean"] for r in board], yerr=se, capsize=4, color="tab:blue", alpha=0.8)
     ax.set_xticks(x, [_label(r) for r in board], fontsize=10)
     ceiling = [r["noise_ceiling"] for r in board if r.get("noise_ceiling") is not None]
     if ceiling:
@@ -59,9 +59,9 @@ def lds_vs_cost(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
                             (axes[1], "peak_rss_mb", "peak resident memory (MB, log scale)")):
         for r in board:
             x = r["fit_seconds"] + r["score_seconds"] if key == "seconds" else r["peak_rss_mb"]
-            se = 0 if r["lds_se"] is None or np.isnan(r["lds_se"]) else r["lds_se"]
-            ax.errorbar(max(x, 1e-3), r["lds_mean"], yerr=se, fmt="o", capsize=3)
-            ax.annotate(r["method"], (max(x, 1e-3), r["lds_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            se = 0 if r["se"] is None or np.isnan(r["se"]) else r["se"]
+            ax.errorbar(max(x, 1e-3), r["mean"], yerr=se, fmt="o", capsize=3)
+            ax.annotate(r["method"], (max(x, 1e-3), r["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.set_xscale("log")
         ax.set(xlabel=xlabel)
     axes[0].set(ylabel="LDS (mean ± SE)")
@@ -76,8 +76,8 @@ def per_query(records: list[Any], task: str, path: Path) -> Path:
 
     data = {"method": [], "LDS": []}
     for rec in records:
-        if rec.task == task:
-            values = [v for v in rec.lds_per_query if v is not None]
+        if rec.task == task and "lds" in rec.metrics:
+            values = [v for v in rec.metrics["lds"]["per_query"] if v is not None]
             data["method"] += [rec.method] * len(values)
             data["LDS"] += values
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(set(data["method"])), 4))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .files import write_json
 from .lds import mean_se
 
 _PACKAGES = ("tdabench", "torch", "numpy", "scipy", "ray", "scikit-learn", "transformers", "kronfluence", "traker")
@@ -55,7 +57,14 @@ def device_name(device: str) -> str:
 
 @dataclass
 class RunResult:
-    """One (task, method, config, seed) run: LDS, per-query LDS, cost, and what produced it."""
+    """One (task, ground truth, method, config, seed) run: its metrics, cost, and what produced it.
+
+    ``metrics`` maps a metric's name to its entry: ``version``, ``code`` (the metric's fingerprint
+    digest), ``value``, ``per_query``, ``ceiling`` and ``details``.  ``code`` is the per-module
+    fingerprint of the code that produced the scores (method, task, reference model); ``ground_truth``
+    holds the regime's settings, label, cache key and code digest.  ``method_recommended`` are the
+    settings the task recommended, ``method_overrides`` the user's ``--set``.
+    """
 
     task: str
     task_version: str
@@ -64,38 +73,50 @@ class RunResult:
     method_config: dict[str, Any]
     seed: int
     ground_truth: dict[str, Any]
-    lds: float
-    lds_per_query: list[float]
+    metrics: dict[str, dict[str, Any]]
     fit_seconds: float
     score_seconds: float
     peak_rss_mb: float
     peak_cuda_mb: Optional[float] = None
-    noise_ceiling: Optional[float] = None
+    method_recommended: dict[str, Any] = field(default_factory=dict)
+    method_overrides: dict[str, Any] = field(default_factory=dict)
+    code: dict[str, str] = field(default_factory=dict)
+    scores_file: Optional[str] = None       # the stored score matrix, relative to the record
     environment: dict[str, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)   # the method's own diagnostics (Method.extras)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> "RunResult":
-        return cls(**json.loads(Path(path).read_text()))
+        """The record at ``path``; a record of another format fails with the fix."""
+        data = json.loads(Path(path).read_text())
+        try:
+            return cls(**data)
+        except TypeError:
+            raise ValueError(f"{path} is a run record of an older tdabench (no metrics section); "
+                             f"rerun it with `tdabench run` or delete it") from None
+
+    def metric(self, name: str) -> Optional[dict[str, Any]]:
+        return self.metrics.get(name)
 
 
-def summarize(results: list[RunResult]) -> dict[str, Any]:
-    """The per-(task, method, config) summary over seeds: LDS mean ± SE and mean costs."""
+def summarize(results: list[RunResult], metric: str) -> dict[str, Any]:
+    """The per-(task, ground truth, method, config) summary over seeds of ``metric``: mean ± SE,
+    the noise ceiling and the mean as a fraction of it, and mean costs."""
     first = results[0]
-    lds = [r.lds for r in results]
-    mean, se = mean_se(lds)
-    ceilings = [r.noise_ceiling for r in results if r.noise_ceiling is not None]
+    values = [r.metrics[metric]["value"] for r in results if metric in r.metrics]
+    mean, se = mean_se([math.nan if v is None else v for v in values])
+    ceilings = [r.metrics[metric].get("ceiling") for r in results if metric in r.metrics]
+    ceilings = [c for c in ceilings if c is not None]
+    ceiling = float(np.mean(ceilings)) if ceilings else None
     cuda = [r.peak_cuda_mb for r in results if r.peak_cuda_mb is not None]
-    return {"task": first.task, "method": first.method, "config": first.method_config,
-            "seeds": [r.seed for r in results], "lds_mean": mean, "lds_se": se, "lds_per_seed": lds,
+    return {"task": first.task, "ground_truth": first.ground_truth.get("label", ""), "method": first.method,
+            "config": first.method_config, "seeds": [r.seed for r in results], "metric": metric,
+            "mean": mean, "se": se, "per_seed": values, "ceiling": ceiling,
+            "fraction_of_ceiling": mean / ceiling if ceiling else None,
             "fit_seconds": float(np.mean([r.fit_seconds for r in results])),
             "score_seconds": float(np.mean([r.score_seconds for r in results])),
             "peak_rss_mb": float(max(r.peak_rss_mb for r in results)),
-            **({"peak_cuda_mb": float(max(cuda))} if cuda else {}),
-            **({"noise_ceiling": float(np.mean(ceilings))} if ceilings else {})}
+            **({"peak_cuda_mb": float(max(cuda))} if cuda else {})}

@@ -3,41 +3,20 @@ cached per (task, config, seed).  Endpoint methods never pay for checkpoints."""
 from __future__ import annotations
 
 import logging
-import os
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .config import content_hash
-from .groundtruth import derive_seed
+from .files import save_tensor
+from .fingerprint import digest, fingerprint
+from .checkpoints import checkpoint_steps
+from .seeds import derive_seed
 from .task import Checkpoint, Task
 
 log = logging.getLogger("tdabench")
-
-
-def checkpoint_steps(total_steps: int, count: int, spacing: str = "even") -> tuple[int, ...]:
-    """``count`` steps ending at ``total_steps``: evenly spaced (100, 2 → (50, 100)) or, with
-    ``spacing="log"``, geometrically spaced (denser early, where training moves fastest)."""
-    if count < 1 or total_steps < 1:
-        return ()
-    if spacing == "even":
-        fractions = [(i + 1) / count for i in range(count)]
-    elif spacing == "log":
-        fractions = [total_steps ** ((i + 1) / count - 1) for i in range(count)]
-    else:
-        raise ValueError(f"checkpoint spacing {spacing!r}: use 'even' or 'log'")
-    steps = sorted({max(1, round(total_steps * f)) for f in fractions})
-    if len(steps) < count:
-        raise ValueError(f"{count} distinct checkpoints do not fit in {total_steps} training steps")
-    return tuple(steps)
-
-
-def _save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _train_reference(task: Task, seed: int, n_checkpoints: int, spacing: str) -> tuple[nn.Module, list[Checkpoint]]:
@@ -62,10 +41,11 @@ def reference_model(task: Task, seed: int, results_dir: Path, n_checkpoints: int
                     spacing: str = "even") -> tuple[nn.Module, list[Checkpoint], str]:
     """The reference model of ``seed`` (eval mode), ``n_checkpoints`` checkpoints, and its key.
 
-    Loaded from ``results_dir/models`` when cached; trained (and cached) otherwise.  Training is
+    Loaded from ``results_dir/models`` when cached; trained (and cached) otherwise.  The key covers the
+    task's settings, the seed and the code of the task's recipe and of this file.  Training is
     deterministic in the seed, so retraining to record checkpoints reproduces the cached model.
     """
-    key = content_hash([task.describe(), seed])
+    key = content_hash([task.describe(), seed, digest(fingerprint(type(task), sys.modules[__name__]))])
     folder = Path(results_dir) / "models" / task.name / key
     model_file, ckpt_file = folder / "model.pt", folder / f"checkpoints_{n_checkpoints}_{spacing}.pt"
     if model_file.exists() and (n_checkpoints == 0 or ckpt_file.exists()):
@@ -76,7 +56,7 @@ def reference_model(task: Task, seed: int, results_dir: Path, n_checkpoints: int
     log.info("training the reference model of %s seed %d%s", task.name, seed,
              f" with {n_checkpoints} checkpoints" if n_checkpoints else "")
     model, checkpoints = _train_reference(task, seed, n_checkpoints, spacing)
-    _save(model.state_dict(), model_file)
+    save_tensor(model_file, model.state_dict())
     if n_checkpoints:
-        _save(checkpoints, ckpt_file)
+        save_tensor(ckpt_file, checkpoints)
     return model, checkpoints, key

@@ -85,5 +85,7 @@ def unknown_name(kind: str, name: str, known: list[str], extra: str = "") -> Unk
 
 TASKS: Registry = Registry("task", "tdabench.tasks", "tdabench.tasks")
 METHODS: Registry = Registry("method", "tdabench.methods", "tdabench.methods")
+METRICS: Registry = Registry("metric", "tdabench.metrics", "tdabench.metrics")
 register_task = TASKS.register
+register_metric = METRICS.register
 register_method = METHODS.register

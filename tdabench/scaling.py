@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from .config import ConfigError, content_hash
-from .measure import Meter
-from .runner import RunSpec, make_context, validate
+from . import pipeline
+from .spec import RunSpec
 
 
 def parse_vary(item: str) -> tuple[str, str, tuple[str, ...]]:
@@ -39,17 +39,17 @@ def exponent(x: list[float], y: list[float]) -> float:
 
 
 def measure_point(run: RunSpec, seed: int) -> dict[str, dict[str, float]]:
-    """Cost of each method of ``run`` at one configuration (reference model from the cache)."""
-    task, methods, _ = validate(run)
+    """Cost of each method of ``run`` at one configuration, through the pipeline's own fit and score
+    (reference model from the cache)."""
+    plan = pipeline.prepare(run)
     out = {}
-    for method in methods:
-        ctx = make_context(run, task, method, seed)
-        with Meter(ctx.device) as fit:
-            method.fit(ctx)
-        with Meter(ctx.device) as sc:
-            method.score(ctx)
-        out[method.name] = {"fit_seconds": fit.usage.seconds, "score_seconds": sc.usage.seconds,
-                            "peak_rss_mb": max(fit.usage.peak_rss_mb, sc.usage.peak_rss_mb),
+    for method in plan.methods:
+        ctx = pipeline.make_context(run, plan.task, method, seed)
+        scored = pipeline.fit_and_score(method, ctx)
+        out[method.name] = {"fit_seconds": scored.fit.seconds, "score_seconds": scored.score.seconds,
+                            "peak_rss_mb": max(scored.fit.peak_rss_mb, scored.score.peak_rss_mb),
+                            **({"peak_cuda_mb": max(u.peak_cuda_mb or 0.0 for u in (scored.fit, scored.score))}
+                               if ctx.device.type == "cuda" else {}),
                             "n_train": ctx.n_train, "n_query": ctx.n_query,
                             "n_params": sum(p.numel() for p in ctx.model.parameters())}
     return out
@@ -69,7 +69,7 @@ def scaling_study(run: RunSpec, vary: str) -> dict[str, Any]:
     points: dict[str, list[dict[str, Any]]] = {m: [] for m in run.methods}
     for value in values:
         overrides = {**run.overrides, scope: {**run.overrides.get(scope, {}), key: value}}
-        costs = measure_point(RunSpec(**{**run.__dict__, "overrides": overrides}), run.seeds[0])
+        costs = measure_point(run.replace(overrides=overrides), run.seeds[0])
         for method, cost in costs.items():   # a non-numeric value (a model name) is placed by its size
             x = float(value) if _is_number(value) else float(cost["n_params"])
             points[method].append({"value": x, "setting": value, **cost})

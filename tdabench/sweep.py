@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, apply_overrides, content_hash
-from .groundtruth import GroundTruth, build_ground_truth, derive_seed
+from . import pipeline
+from .config import ConfigError, content_hash
+from .groundtruth import GroundTruth, build_ground_truth
 from .lds import lds_per_query, mean_se
-from .runner import RunSpec, _LazyExecutor, make_context, make_method, validate
+from .seeds import derive_seed
+from .spec import RunSpec, _LazyExecutor, prepare
 
 log = logging.getLogger("tdabench")
 
@@ -62,21 +64,25 @@ def split_lds(scores: torch.Tensor, truth: GroundTruth, seed: int) -> tuple[floa
     return out[0], out[1]
 
 
-def _trial(config: dict[str, str], run: RunSpec, truths: dict[int, GroundTruth]) -> dict[str, float]:
-    """One trial: fit and score with ``config``'s method settings on every seed; split LDS."""
+def _trial(config: dict[str, str], run: RunSpec, truths: dict[int, GroundTruth]) -> dict[str, Any]:
+    """One trial: the pipeline's own fit and score (timed and checked) with ``config``'s method
+    settings on every seed, then the LDS on the tuning and held-out splits."""
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
     overrides = {**run.overrides, run.methods[0]: {**run.overrides.get(run.methods[0], {}), **config}}
-    task, (method,), _ = validate(RunSpec(**{**run.__dict__, "overrides": overrides}))
-    tune_lds, held_lds = [], []
+    trial = run.replace(overrides=overrides)
+    plan = pipeline.prepare(trial)
+    method = plan.methods[0]
+    tune_lds, held_lds, seconds = [], [], []
     for seed, truth in truths.items():
-        ctx = make_context(run, task, method, seed)
-        method.fit(ctx)
-        t, h = split_lds(method.score(ctx).detach(), truth, seed)
+        scored = pipeline.fit_and_score(method, pipeline.make_context(trial, plan.task, method, seed))
+        t, h = split_lds(scored.scores, truth, seed)
         tune_lds.append(t)
         held_lds.append(h)
+        seconds.append(scored.fit.seconds + scored.score.seconds)
     return {"tune_lds": mean_se(tune_lds)[0], "heldout_lds": mean_se(held_lds)[0],
-            "heldout_se": mean_se(held_lds)[1] if len(held_lds) > 1 else float("nan"), "heldout_per_seed": held_lds}
+            "heldout_se": mean_se(held_lds)[1] if len(held_lds) > 1 else float("nan"), "heldout_per_seed": held_lds,
+            "seconds": float(sum(seconds) / len(seconds))}
 
 
 def _trainable(config: dict[str, str], run: RunSpec, truths: dict[int, GroundTruth]) -> None:
@@ -86,19 +92,23 @@ def _trainable(config: dict[str, str], run: RunSpec, truths: dict[int, GroundTru
 
 
 def _prepare(spec: SweepSpec) -> dict[int, GroundTruth]:
-    """Validate every grid value, then build (or load) ground truth and reference models."""
+    """Check every grid value (each builds its config, whose own checks run), then build (or load)
+    the ground truth and the reference models, before the first trial."""
     run = spec.run
-    task, (method,), gt = validate(run)
+    plan = prepare(run)
+    if plan.gt.kind != "subsets":
+        raise ConfigError(f"sweep ranks trials by LDS on split subsets: gt.kind={plan.gt.kind} is not supported; "
+                          f"use gt.kind=subsets")
     for key, values in spec.grid.items():
         for value in values:
-            apply_overrides(method.config, {key: value}, method.name)
+            prepare(run.replace(overrides={**run.overrides, run.methods[0]: {**run.overrides.get(run.methods[0], {}), key: value}}))
     executor = _LazyExecutor(run)
     try:
-        truths = {s: build_ground_truth(task, gt, s, run.results_dir, executor) for s in run.seeds}
+        truths = {s: build_ground_truth(plan.task, plan.gt, s, run.results_dir, executor) for s in run.seeds}
     finally:
         executor.close()
     for s in run.seeds:
-        make_context(run, task, method, s)       # trains and caches the reference model once
+        pipeline.make_context(run, plan.task, plan.methods[0], s)       # trains and caches the reference model once
     return truths
 
 
@@ -113,7 +123,7 @@ def sweep(spec: SweepSpec) -> dict[str, Any]:
         ray.init(address=spec.run.ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  logging_level="ERROR")
     space = {k: (tune.grid_search(list(v)) if spec.samples == 0 else tune.choice(list(v))) for k, v in spec.grid.items()}
-    run = RunSpec(**{**spec.run.__dict__, "results_dir": spec.run.results_dir.resolve()})  # trials chdir
+    run = spec.run.replace(results_dir=spec.run.results_dir.resolve())  # trials chdir
     trainable = tune.with_parameters(_trainable, run=run, truths=truths)
     storage = (spec.run.results_dir / "tune").resolve()
     tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space=space,
@@ -128,7 +138,8 @@ def sweep(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _report(spec: SweepSpec, grid: Any) -> dict[str, Any]:
-    trials = [{"config": r.config, "tune_lds": r.metrics.get("tune_lds")} for r in grid if r.error is None]
+    trials = [{"config": r.config, "tune_lds": r.metrics.get("tune_lds"), "seconds": r.metrics.get("seconds")}
+              for r in grid if r.error is None]
     failures = [f"{r.config}: {type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
     if not trials:
         raise RuntimeError("every trial failed:\n" + "\n".join(failures))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +63,8 @@ class Task(ABC):
     version: ClassVar[str]
     description: ClassVar[str] = ""
     Config: ClassVar[type] = TaskConfig
+    #: Per-method settings this task recommends (see ``recommendations``).
+    recommended: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def __init__(self, config: Any = None, device: str | torch.device = "cpu") -> None:
         self.config = config if config is not None else self.Config()
@@ -136,9 +138,14 @@ class Task(ABC):
         """Optimiser steps of one training run on ``n_examples`` (for checkpoint spacing)."""
         raise NotImplementedError(f"{type(self).__name__} does not report its number of training steps")
 
-    def method_defaults(self, method: str) -> dict[str, Any]:
-        """Per-method config defaults this task recommends, e.g. ``{"patterns": ("attn",)}``."""
-        return {}
+    def recommendations(self) -> dict[str, dict[str, Any]]:
+        """Settings this task recommends per method, as data: ``{"bif": {"epsilon": 1e-5}, ...}``.
+
+        The core applies them between a method's class defaults and the user's ``--set`` (and records
+        which is which); suites take them from here too.  Default: the class attribute ``recommended``;
+        override to derive them from the config (e.g. a projection when gradients would not fit).
+        """
+        return {method: dict(settings) for method, settings in self.recommended.items()}
 
     @property
     def num_gpus_per_retrain(self) -> float:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import make_context
-from tdabench.runner import make_method
+from tdabench.spec import make_method
 from tdabench.sgld import (LocalSGLD, SamplerDivergence, SamplerSettings, StreamingEstimator, TraceEstimator,
                            correlation, covariance, effective_sample_size)
 from tdabench.tasks.regression import Regression, RegressionConfig

@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from conftest import make_context
-from tdabench.runner import make_method
+from tdabench.spec import make_method
 from tdabench.task import Task
 from tdabench.tasks.regression import Regression, RegressionConfig
 

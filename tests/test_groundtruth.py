@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tdabench.distributed import RayExecutor, SerialExecutor
+from tdabench.lds import noise_ceiling
 from tdabench.groundtruth import GroundTruthConfig, GroundTruthStore, build_ground_truth, make_masks, train_and_measure
 from tdabench.tasks.regression import Regression, RegressionConfig
 
@@ -28,7 +29,7 @@ class CountingExecutor(SerialExecutor):
 
 def test_masks_reproducible_by_seed():
     cfg = GroundTruthConfig(alpha=0.3, num_subsets=50)
-    a, b, c = make_masks(400, cfg, 7), make_masks(400, cfg, 7), make_masks(400, cfg, 8)
+    a, b, c = make_masks(400, cfg, 7)[0], make_masks(400, cfg, 7)[0], make_masks(400, cfg, 8)[0]
     assert a.shape == (50, 400) and a.dtype == torch.bool
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert abs(a.float().mean().item() - 0.3) < 0.02
@@ -52,26 +53,52 @@ def test_resume_trains_only_missing(tmp_path, small_regression):
 
 
 def _seed_of(seed: int, k: int, r: int) -> int:
-    from tdabench.groundtruth import derive_seed
+    from tdabench.seeds import derive_seed
 
     return derive_seed(seed, k, r)
 
 
-def test_changed_config_gets_new_cache_and_tampered_meta_fails(tmp_path):
+def test_changed_config_gets_new_cache(tmp_path):
     base = Regression(RegressionConfig(n_train=30, n_query=5, dim=3))
     other = Regression(RegressionConfig(n_train=30, n_query=5, dim=3, l2=0.1))
     cfg = GroundTruthConfig(num_subsets=5)
     keys = {GroundTruthStore(base, cfg, 0, tmp_path).key, GroundTruthStore(other, cfg, 0, tmp_path).key,
             GroundTruthStore(base, GroundTruthConfig(num_subsets=6), 0, tmp_path).key,
-            GroundTruthStore(base, cfg, 1, tmp_path).key}
-    assert len(keys) == 4
-    store = GroundTruthStore(base, cfg, 0, tmp_path)
-    store.prepare()
+            GroundTruthStore(base, cfg, 1, tmp_path).key,
+            GroundTruthStore(base, GroundTruthConfig(num_subsets=5, alpha=0.99), 0, tmp_path).key,
+            GroundTruthStore(base, GroundTruthConfig(kind="loo"), 0, tmp_path).key}
+    assert len(keys) == 6
+    # knobs of the other kind do not split the cache
+    assert GroundTruthStore(base, GroundTruthConfig(kind="loo", alpha=0.3), 0, tmp_path).key == \
+        GroundTruthStore(base, GroundTruthConfig(kind="loo"), 0, tmp_path).key
+
+
+def test_ground_truth_made_by_other_code_is_set_aside_and_rebuilt(tmp_path, caplog):
+    task = Regression(RegressionConfig(n_train=30, n_query=5, dim=3))
+    cfg = GroundTruthConfig(num_subsets=5)
+    first = build_ground_truth(task, cfg, 0, tmp_path, CountingExecutor())
+    store = GroundTruthStore(task, cfg, 0, tmp_path)
     meta = json.loads((store.dir / "meta.json").read_text())
-    meta["task_version"] = "0-old"
+    meta["code"]["tdabench.tasks.regression"] = "0" * 16          # as if the recipe had been edited
     (store.dir / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(RuntimeError, match="never reused"):
-        GroundTruthStore(base, cfg, 0, tmp_path)
+    counting = CountingExecutor()
+    with caplog.at_level("WARNING", logger="tdabench"):
+        again = build_ground_truth(task, cfg, 0, tmp_path, counting)
+    assert counting.count == 5                                    # rebuilt, not reused
+    assert "built by other code" in caplog.text and "changed: tdabench.tasks.regression" in caplog.text
+    assert store.dir.with_name(store.dir.name + ".stale0").exists()   # kept, not deleted
+    torch.testing.assert_close(again.replicas, first.replicas)
+
+
+def test_leave_one_out_masks_and_common_seeds(tmp_path):
+    task = Regression(RegressionConfig(n_train=12, n_query=4, dim=3))
+    truth = build_ground_truth(task, GroundTruthConfig(kind="loo", loo_examples=5), 0, tmp_path, SerialExecutor())
+    assert truth.masks.shape == (6, 12) and truth.masks[0].all()
+    assert truth.removed.shape == (5,) and len(set(truth.removed.tolist())) == 5
+    for k, i in enumerate(truth.removed.tolist()):
+        assert (~truth.masks[1 + k]).nonzero().flatten().tolist() == [i]
+    every = build_ground_truth(task, GroundTruthConfig(kind="loo"), 0, tmp_path, SerialExecutor())
+    assert torch.equal(every.removed, torch.arange(12))
 
 
 def test_retrain_seeds_are_kept_separately(tmp_path):
@@ -80,7 +107,7 @@ def test_retrain_seeds_are_kept_separately(tmp_path):
     assert truth.replicas.shape == (2, 6, 5)
     # The regression task trains to a unique optimum: retraining seeds agree, the ceiling is ~1.
     torch.testing.assert_close(truth.replicas[0], truth.replicas[1], atol=1e-5, rtol=1e-5)
-    assert truth.noise_ceiling == pytest.approx(1.0, abs=1e-6)
+    assert noise_ceiling(truth.replicas) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_ray_and_serial_give_the_same_ground_truth(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from tdabench.lds import lds, lds_per_query, mean_se, noise_ceiling, spearman_columns
+from tdabench.lds import lds, lds_per_query, mean_se, noise_ceiling, spearman_columns, split_half
 
 
 def test_spearman_matches_scipy_with_ties():
@@ -57,7 +57,25 @@ def test_noise_ceiling_limits():
     gen = torch.Generator().manual_seed(2)
     signal = torch.randn(1, 50, 20, generator=gen)
     assert noise_ceiling(signal.repeat(4, 1, 1)) == pytest.approx(1.0)       # noiseless retrains
-    pure_noise = torch.randn(4, 50, 20, generator=gen)
-    assert abs(noise_ceiling(pure_noise)) < 0.1                              # nothing to predict
+    pure_noise = torch.randn(4, 2000, 20, generator=gen)
+    assert abs(split_half(pure_noise)) < 0.02 and noise_ceiling(pure_noise) < 0.15   # nothing to predict
     with pytest.raises(ValueError):
         noise_ceiling(signal)
+
+
+@pytest.mark.parametrize("seeds, noise", [(2, 1.0), (4, 1.5), (3, 0.7)])
+def test_corrected_ceiling_is_the_lds_of_the_noise_free_predictor(seeds, noise):
+    """Targets = signal + independent seed noise.  The best any method can do is predict the signal
+    exactly; its LDS against the R-seed mean is the ceiling (closed form for Gaussians:
+    corr = 1/√(1 + σ²/R)).  The raw split-half correlation underestimates it; the corrected one does not."""
+    gen = torch.Generator().manual_seed(seeds)
+    k, q = 3000, 30
+    masks = torch.rand(k, 40, generator=gen) < 0.5
+    scores = torch.randn(40, q, generator=gen, dtype=torch.float64)
+    truth_signal = masks.double() @ scores                                       # shape: [K, Q]
+    replicas = truth_signal[None] + noise * truth_signal.std(0) * torch.randn(seeds, k, q, generator=gen, dtype=torch.float64)
+    ideal = lds(scores, masks, replicas.mean(0))
+    closed = 1.0 / math.sqrt(1.0 + noise**2 / seeds)                              # Pearson; Spearman ≈ it here
+    assert ideal == pytest.approx(closed, abs=0.02)
+    assert noise_ceiling(replicas) == pytest.approx(ideal, abs=0.02)
+    assert split_half(replicas) < ideal - 0.03                                    # the uncorrected one is too low

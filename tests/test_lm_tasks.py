@@ -1,5 +1,5 @@
 """The pythia task's loading, packing, measurement and training on a tiny saved GPT-NeoX, and the
-tinylm task end to end through the runner."""
+tinylm task end to end through the pipeline."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from tdabench.grads import select_params  # noqa: E402
-from tdabench.runner import RunSpec, run  # noqa: E402
+from tdabench.pipeline import evaluate as run
+from tdabench.spec import RunSpec  # noqa: E402
 from tdabench.tasks._lm_data import MissingResource  # noqa: E402
 from tdabench.tasks.pythia import ATTENTION_WEIGHTS, BLOCK_PARAMS, Pythia, PythiaConfig, linear_schedule  # noqa: E402
 from tdabench.tasks.tinylm import train_tokenizer  # noqa: E402
@@ -201,8 +202,8 @@ TINY = {"n_train": "120", "n_query": "30", "context_length": "32", "pretrain_seq
 def tinylm_run(tmp_path_factory):
     """Runs methods on one tiny tinylm set-up (base, prepared text, ground truth and reference model are
     built by the first call and reused); returns ``{method: (lds, scores, masks, targets)}`` as the
-    runner evaluated them (its ``lds_per_query`` call is observed)."""
-    from tdabench import runner
+    pipeline's lds metric evaluated them (its ``lds_per_query`` call is observed)."""
+    from tdabench.metrics import lds as lds_metric
 
     root = tmp_path_factory.mktemp("tinylm")
 
@@ -210,12 +211,12 @@ def tinylm_run(tmp_path_factory):
         overrides = {"task": {**TINY, "cache_dir": str(root)}, "gt": {"num_subsets": str(SUBSETS)}, **method_overrides}
         spec = RunSpec(task="tinylm", methods=methods, seeds=(0,), overrides=overrides, results_dir=root / "results",
                        executor="serial", force=True)
-        seen, real = [], runner.lds_per_query
+        seen, real = [], lds_metric.lds_per_query
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(runner, "lds_per_query", lambda s, m, t: seen.append((s, m, t)) or real(s, m, t))
+            mp.setattr(lds_metric, "lds_per_query", lambda s, m, t: seen.append((s, m, t)) or real(s, m, t))
             summaries, failures = run(spec)
         assert not failures, failures
-        return {s["method"]: (s["lds_mean"], *evaluated) for s, evaluated in zip(summaries, seen)}
+        return {s["method"]: (s["mean"], *evaluated) for s, evaluated in zip(summaries, seen)}
 
     return go
 

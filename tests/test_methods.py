@@ -9,7 +9,7 @@ import torch
 from conftest import make_context
 from tdabench.grads import per_example_grads, select_params
 from tdabench.registry import METHODS
-from tdabench.runner import make_method
+from tdabench.spec import make_method
 from tdabench.task import take
 from tdabench.tasks.digits import Digits, DigitsConfig
 from tdabench.tasks.regression import Regression, RegressionConfig

@@ -6,7 +6,7 @@ import pytest
 from tdabench.config import parse_set_args
 from tdabench.presets import SUITES, get_suite
 from tdabench.registry import METHODS, TASKS, UnknownNameError
-from tdabench.runner import RunSpec, validate
+from tdabench.spec import RunSpec, resolve
 from tdabench.scaling import parse_vary
 
 STEPS = [(suite.name, i, step) for suite in SUITES.values() for i, step in enumerate(suite.steps)]
@@ -21,7 +21,7 @@ def test_every_suite_step_validates(suite, index, step, tmp_path):
     if step.vary:
         scope, key, values = parse_vary(step.vary)
         overrides.setdefault(scope, {})[key] = values[0]
-    validate(RunSpec(task=step.task, methods=step.methods, seeds=tuple(range(step.seeds)), overrides=overrides,
+    resolve(RunSpec(task=step.task, methods=step.methods, seeds=tuple(range(step.seeds)), overrides=overrides,
                      results_dir=tmp_path, device="cpu"))
 
 

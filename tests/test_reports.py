@@ -7,7 +7,7 @@ import pytest
 
 from tdabench import cli
 from tdabench.leaderboard import leaderboard, rank
-from tdabench.regress import regress
+from tdabench.baseline_check import regress
 
 SMALL = ["gt.num_subsets=10", "task.n_train=40", "task.optimizer=gd", "task.steps=100", "task.lr=1.0"]
 
@@ -37,7 +37,7 @@ def test_leaderboard_renders_every_format(results):
 
 def test_ranks_tie_within_one_combined_se():
     def row(method, mean, se):
-        return {"task": "t", "method": method, "lds_mean": mean, "lds_se": se}
+        return {"task": "t", "ground_truth": "α=0.5 K=100 R=1", "method": method, "mean": mean, "se": se}
 
     ranked = rank([row("a", 0.50, 0.02), row("b", 0.48, 0.02), row("c", 0.30, 0.01), row("d", 0.10, 0.0)])
     assert [r["rank"] for r in ranked] == ["=1", "=1", "3", "4"]
@@ -76,7 +76,7 @@ def test_growth_exponent_recovers_a_power_law():
 
 
 def test_scaling_study_and_plots_write_their_files(results, tmp_path):
-    from tdabench.runner import RunSpec
+    from tdabench.spec import RunSpec
     from tdabench.scaling import scaling_study
 
     run = RunSpec(task="regression", methods=("gradsim", "if"), seeds=(0,), results_dir=tmp_path, executor="serial")

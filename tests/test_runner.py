@@ -10,7 +10,8 @@ import pytest
 
 from tdabench import cli
 from tdabench.registry import Registry
-from tdabench.runner import RunSpec, run
+from tdabench.pipeline import evaluate as run
+from tdabench.spec import RunSpec
 
 
 def test_digits_random_is_near_zero_and_gradient_methods_are_clearly_above(tmp_path):
@@ -19,8 +20,8 @@ def test_digits_random_is_near_zero_and_gradient_methods_are_clearly_above(tmp_p
     summaries, failures = run(spec)
     assert not failures
     by = {s["method"]: s for s in summaries}
-    assert abs(by["random"]["lds_mean"]) < 0.05
-    assert by["gradsim"]["lds_mean"] > 0.1 and by["if"]["lds_mean"] > 0.1
+    assert abs(by["random"]["mean"]) < 0.05
+    assert by["gradsim"]["mean"] > 0.1 and by["if"]["mean"] > 0.1
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str, str]:
@@ -36,13 +37,15 @@ def test_json_output_records_and_second_run_reuses_everything(tmp_path, capsys, 
     assert code == 0
     summaries = json.loads(out)                    # stdout is only the JSON array
     assert [s["method"] for s in summaries] == ["gradsim", "if"]
-    for key in ("task", "method", "config", "seeds", "lds_mean", "lds_se", "lds_per_seed", "fit_seconds",
-                "score_seconds", "peak_rss_mb"):
+    for key in ("task", "ground_truth", "method", "config", "seeds", "metric", "mean", "se", "per_seed", "ceiling",
+                "fraction_of_ceiling", "fit_seconds", "score_seconds", "peak_rss_mb"):
         assert key in summaries[0]
+    assert summaries[0]["metric"] == "lds" and summaries[0]["ground_truth"] == "α=0.5 K=12 R=1"
     records = sorted((tmp_path / "runs").rglob("seed*.json"))
     assert len(records) == 4
     record = json.loads(records[0].read_text())
-    assert record["environment"]["versions"]["torch"] and len(record["lds_per_query"]) == 50
+    assert record["environment"]["versions"]["torch"] and len(record["metrics"]["lds"]["per_query"]) == 50
+    assert (records[0].parent / record["scores_file"]).exists()          # the score matrix is kept
 
     from tdabench.tasks.regression import Regression
     calls = []

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from tdabench.config import parse_set_args
-from tdabench.runner import RunSpec
+from tdabench.spec import RunSpec
 from tdabench.sweep import SweepSpec, parse_grid, split, sweep
 
 

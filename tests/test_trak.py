@@ -7,8 +7,8 @@ import torch
 
 from conftest import make_context
 from tdabench.grads import Projector, per_example_grads
-from tdabench.groundtruth import derive_seed
-from tdabench.runner import make_method
+from tdabench.seeds import derive_seed
+from tdabench.spec import make_method
 from tdabench.tasks.digits import Digits, DigitsConfig
 from tdabench.tasks.regression import Regression, RegressionConfig
 

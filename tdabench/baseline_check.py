@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import parse_set_args
-from .runner import RunSpec, run
+from .pipeline import evaluate
+from .spec import RunSpec
 
 DEFAULT_BASELINES = Path("results/baselines/regress.json")
 
@@ -31,7 +32,7 @@ def _spec(check: dict[str, Any], results_dir: Path, executor: str, scratch: Path
 def compare(name: str, now: dict[str, Any], base: dict[str, Any], z: float, factor: float, slack: float) -> list[str]:
     """Failure messages of one method against its baseline (empty when it passes)."""
     problems = []
-    se = math.sqrt(base["lds_se"] ** 2 + (now["lds_se"] or 0.0) ** 2)
+    se = math.sqrt(base["lds_se"] ** 2 + _finite(now["lds_se"]) ** 2)
     floor = base["lds_mean"] - z * se
     if not now["lds_mean"] >= floor:
         problems.append(f"{name}: LDS {now['lds_mean']:.4f} is below the baseline {base['lds_mean']:.4f} "
@@ -42,6 +43,10 @@ def compare(name: str, now: dict[str, Any], base: dict[str, Any], z: float, fact
         problems.append(f"{name}: fit+score took {seconds:.2f} s, above {factor:g} x the baseline "
                         f"{base['seconds']:.2f} s + {slack:g} s")
     return problems
+
+
+def _finite(x: float | None) -> float:
+    return 0.0 if x is None or x != x else float(x)
 
 
 def regress(baselines: Path = DEFAULT_BASELINES, results_dir: Path = Path("results"), update: bool = False,
@@ -57,22 +62,22 @@ def regress(baselines: Path = DEFAULT_BASELINES, results_dir: Path = Path("resul
     report, failures = [], []
     for check in spec["checks"]:
         with tempfile.TemporaryDirectory(prefix="tdabench-regress-") as scratch:
-            summaries, errors = run(_spec(check, results_dir, executor, Path(scratch)))
+            summaries, errors = evaluate(_spec(check, results_dir, executor, Path(scratch)))
         failures += [f"{check['task']}: {e}" for e in errors]
         stored = check.setdefault("baselines", {})
-        for s in summaries:
+        for s in (s for s in summaries if s["metric"] == "lds"):
             name = f"{check['task']}/{s['method']}"
-            now = {"lds_mean": s["lds_mean"], "lds_se": s["lds_se"] if s["lds_se"] == s["lds_se"] else 0.0,
-                   "seconds": s["fit_seconds"] + s["score_seconds"]}
+            now = {"lds_mean": s["mean"], "lds_se": _finite(s["se"]), "seconds": s["fit_seconds"] + s["score_seconds"]}
             if update or s["method"] not in stored:
                 stored[s["method"]] = {k: round(v, 6) for k, v in now.items()}
                 report.append(f"{name}: baseline written (LDS {now['lds_mean']:.4f} ± {now['lds_se']:.4f}, "
                               f"{now['seconds']:.2f} s)")
                 continue
-            problems = compare(name, s, stored[s["method"]], z, factor, slack)
+            problems = compare(name, {**now, "fit_seconds": s["fit_seconds"], "score_seconds": s["score_seconds"]},
+                               stored[s["method"]], z, factor, slack)
             failures += problems
             base = stored[s["method"]]
-            report.append(f"{name}: LDS {s['lds_mean']:.4f} (baseline {base['lds_mean']:.4f} ± {base['lds_se']:.4f}), "
+            report.append(f"{name}: LDS {now['lds_mean']:.4f} (baseline {base['lds_mean']:.4f} ± {base['lds_se']:.4f}), "
                           f"{now['seconds']:.2f} s (baseline {base['seconds']:.2f} s) — {'FAIL' if problems else 'ok'}")
     if update or any("baseline written" in line for line in report):
         Path(baselines).write_text(json.dumps(spec, indent=1) + "\n")

@@ -1,0 +1,1 @@
+"""Metric plug-ins: one file each (importable as tdabench.metrics.<name>)."""

@@ -1,0 +1,19 @@
+"""The ``tdabench`` subcommands: one module each, registered in :data:`COMMANDS` (in ``--help`` order)."""
+from __future__ import annotations
+
+from . import evaluate, ground_truth, leaderboard, listing, plot, regress, run, scaling, sweep
+from .base import Command
+
+COMMANDS: tuple[Command, ...] = (
+    run.COMMAND,
+    ground_truth.COMMAND,
+    evaluate.COMMAND,
+    listing.COMMAND,
+    leaderboard.COMMAND,
+    sweep.COMMAND,
+    scaling.COMMAND,
+    plot.COMMAND,
+    regress.COMMAND,
+)
+
+__all__ = ["COMMANDS", "Command"]

@@ -1,0 +1,81 @@
+"""``tdabench run``: score methods on a task, or run a named suite."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from typing import Any
+
+from ..cli import _common, _spec, format_table
+from ..config import ConfigError
+from .base import Command
+
+log = logging.getLogger("tdabench")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--method", help="method name(s), comma-separated")
+    p.add_argument("--suite", help="run a named suite of the papers' experiments instead (see `tdabench list`)")
+    p.add_argument("--json", action="store_true", help="print only a JSON array of summaries on stdout")
+    p.add_argument("--force", action="store_true", help="recompute records that already exist")
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN → None, recursively, so the output is strict JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import evaluate
+
+    if args.suite:
+        summaries, failures = run_suite(args)
+    elif not (args.task and args.method):
+        raise ConfigError("run needs --task and --method (or --suite NAME)")
+    else:
+        summaries, failures = evaluate(_spec(args, tuple(m for m in args.method.split(",") if m)))
+    if args.json:
+        print(json.dumps(_json_safe(summaries), indent=1))
+    else:
+        print(format_table(summaries))
+    for failure in failures:
+        log.error("failed: %s", failure)
+    return 1 if failures else 0
+
+
+def run_suite(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every step of a suite; a failing step is collected and the next one still runs."""
+    from ..pipeline import evaluate
+    from ..presets import get_suite
+    from ..scaling import scaling_study
+
+    suite = get_suite(args.suite)
+    summaries: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for i, step in enumerate(suite.steps, 1):
+        log.info("suite %s step %d/%d: %s %s on %s", suite.name, i, len(suite.steps), step.kind,
+                 ",".join(step.methods), step.task)
+        ns = argparse.Namespace(**{**vars(args), "task": step.task, "seeds": str(step.seeds),
+                                   "sets": [*step.sets, *args.sets]})
+        try:
+            if step.kind == "run":
+                got, errors = evaluate(_spec(ns, step.methods))
+                summaries += got
+                failures += errors
+            else:
+                study = scaling_study(_spec(ns, step.methods), step.vary)
+                log.info("scaling study written to %s and %s", study["json"], study["plot"])
+        except Exception as err:  # one bad step must not lose the others
+            failures.append(f"step {i} ({step.task}: {','.join(step.methods)}): {type(err).__name__}: {err}")
+    return summaries, failures
+
+
+COMMAND = Command("run", "score methods on a task: ground truth, reference model, fit, score, LDS", run, add_arguments)

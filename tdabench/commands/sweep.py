@@ -1,0 +1,40 @@
+"""``tdabench sweep``: tune one method's settings on Ray Tune; report the held-out LDS."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..cli import _common, _fmt, _spec
+from ..config import ConfigError
+from .base import Command
+
+log = logging.getLogger("tdabench")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--method", required=True, help="one method name")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="candidate values of a setting")
+    p.add_argument("--samples", type=int, default=0, help="random search with N draws (default: the full grid)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sweep import SweepSpec, parse_grid, sweep
+
+    if "," in args.method:
+        raise ConfigError("sweep takes one --method at a time")
+    if not args.grid:
+        raise ConfigError("sweep needs at least one --grid KEY=V1,V2,...")
+    spec = _spec(args, (args.method,))
+    report = sweep(SweepSpec(run=spec, grid=parse_grid(args.grid, args.method), samples=args.samples))
+    print(f"{'tuning-split LDS':>16}  config")
+    for trial in report["trials"]:
+        print(f"{_fmt(trial['tune_lds']):>16}  {trial['config']}")
+    print(f"chosen on the tuning split: {report['chosen']}; held-out LDS {_fmt(report['heldout_lds'])} ± "
+          f"{_fmt(report['heldout_se'])} over {len(report['seeds'])} seed(s)  [{report['path']}]")
+    for failure in report["failures"]:
+        log.error("trial failed: %s", failure)
+    return 1 if report["failures"] else 0
+
+
+COMMAND = Command("sweep", "tune a method's settings on Ray Tune; report the held-out LDS", run, add_arguments)

@@ -1,0 +1,220 @@
+"""The one evaluation pipeline.  ``run``, ``sweep``, ``scaling``, ``regress`` and the Python API all
+go through it:
+
+    prepare (every setting checked, before any training)
+      → ground truth (cached, resumable) → reference model (cached)
+      → fit_and_score (timed; shape, dtype and finite checks) → stored scores
+      → metrics (plug-ins) → record
+
+A record is reused only while it is still true: its scores were made by the current code (per-module
+fingerprint) and each metric entry carries the metric's current version and code.  Otherwise the
+pipeline says why and recomputes — the metrics alone, from the stored scores, when only they are stale.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import reference as reference_module
+from .config import config_dict, content_hash
+from .fingerprint import changes, digest, fingerprint
+from .groundtruth import GroundTruth, build_ground_truth, code_fingerprint
+from .meter import Meter, Usage
+from .method import Context, Method
+from .metric import Metric
+from .records import RunResult, environment, summarize
+from .reference import reference_model
+from .spec import Plan, RunSpec, _LazyExecutor, prepare
+from .store import load_scores, save_scores
+from .task import Task
+
+log = logging.getLogger("tdabench")
+
+__all__ = ["RunSpec", "Plan", "prepare", "evaluate", "fit_and_score", "make_context", "metric_entry"]
+
+
+@dataclass
+class Scored:
+    """The output of one fit + score: scores ``[n_train, n_query]`` float32 and what they cost."""
+
+    scores: torch.Tensor
+    fit: Usage
+    score: Usage
+    extras: dict[str, Any]
+
+
+def fit_and_score(method: Method, ctx: Context) -> Scored:
+    """Fit and score under measurement, then check the matrix (shape, dtype, finite values)."""
+    with Meter(ctx.device) as fit:
+        method.fit(ctx)
+    with Meter(ctx.device) as sc:
+        scores = method.score(ctx)
+    expected = (ctx.n_train, ctx.n_query)
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"{method.name}.score returned {got}, expected a tensor of shape {expected} [n_train, n_query]")
+    if not scores.is_floating_point():
+        raise TypeError(f"{method.name}.score returned dtype {scores.dtype}; scores must be floating point")
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        raise FloatingPointError(f"{method.name}.score returned {bad} non-finite values of {scores.numel()}; "
+                                 f"check its hyperparameters (its extras say more with -v)")
+    return Scored(scores.detach().float().cpu(), fit.usage, sc.usage, method.extras())
+
+
+def make_context(spec: RunSpec, task: Task, method: Method, seed: int) -> Context:
+    """The reference model (cached) and data; the method's private cache is keyed by its code."""
+    model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints,
+                                             method.checkpoint_spacing)
+    code = digest(fingerprint(type(method)))
+    cache = (spec.method_cache or spec.results_dir / "cache") / method.name / task.name / code
+    cache.mkdir(parents=True, exist_ok=True)
+    return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),
+                   device=task.device, seed=seed, cache_dir=cache, checkpoints=checkpoints, model_key=key)
+
+
+def scores_code(task: type[Task], method: type[Method]) -> dict[str, str]:
+    """The code a score matrix depends on: the method's, the task's, and the reference model's."""
+    return fingerprint(method, task, reference_module)
+
+
+def metric_entry(metric: Metric, scores: torch.Tensor, truth: GroundTruth) -> dict[str, Any]:
+    """One metric's record entry, with its version and code digest."""
+    value = metric.compute(scores, truth)
+    return {"version": metric.version, "code": digest(fingerprint(type(metric))), "value": value.value,
+            "ceiling": value.ceiling, "details": value.details, "per_query": value.per_query}
+
+
+def stale_metrics(record: RunResult, plan: Plan, truth_code: str) -> list[str]:
+    """The metrics of ``plan`` that ``record`` lacks or holds from other code or another ground truth."""
+    out = []
+    for m in plan.metrics:
+        entry = record.metrics.get(m.name)
+        if (entry is None or entry.get("version") != m.version or entry.get("code") != digest(fingerprint(type(m)))
+                or record.ground_truth.get("code") != truth_code):
+            out.append(m.name)
+    return out
+
+
+def record_path(spec: RunSpec, plan: Plan, method: Method, seed: int) -> Path:
+    """Keyed by what the numbers mean (task, ground truth, method settings), not by the code: a record
+    made by other code is found, reported and replaced rather than silently missed."""
+    key = content_hash([plan.task.describe(), plan.gt.settings(), method.name, config_dict(method.config)])
+    return (spec.records_dir or spec.results_dir / "runs") / plan.task.name / method.name / key / f"seed{seed}.json"
+
+
+@dataclass
+class _Todo:
+    """What one (method, seed) needs: nothing (record reused), metrics only, or scores and metrics."""
+
+    method: Method
+    path: Path
+    record: Optional[RunResult] = None     # the reusable record, when there is one
+    rescore: bool = True                   # run the method
+    metrics: tuple[str, ...] = ()          # metrics to (re)compute from stored scores
+
+
+def _triage(spec: RunSpec, plan: Plan, method: Method, seed: int, truth_code: str) -> _Todo:
+    """Decide, and say, what of a record is still true."""
+    path = record_path(spec, plan, method, seed)
+    if spec.force or not path.exists():
+        return _Todo(method, path)
+    try:
+        record = RunResult.load(path)
+    except ValueError as err:
+        log.warning("recomputing %s seed %d: %s", method.name, seed, err)
+        return _Todo(method, path)
+    now = scores_code(type(plan.task), type(method))
+    if record.code != now:
+        log.warning("recomputing %s on %s seed %d: its record was made by other code (%s)", method.name,
+                    plan.task.name, seed, changes(record.code, now))
+        return _Todo(method, path)
+    stale = stale_metrics(record, plan, truth_code)
+    scores_file = path.parent / (record.scores_file or "")
+    if stale and not (record.scores_file and scores_file.exists()):
+        log.warning("recomputing %s seed %d: metric(s) %s are missing or stale and no stored scores exist",
+                    method.name, seed, ", ".join(stale))
+        return _Todo(method, path)
+    if stale:
+        log.info("%s seed %d: recomputing metric(s) %s from the stored scores", method.name, seed, ", ".join(stale))
+    return _Todo(method, path, record=record, rescore=False, metrics=tuple(stale))
+
+
+def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: GroundTruth) -> RunResult:
+    """Fit, score, store the scores, compute every metric; the new record (saved)."""
+    method, task = todo.method, plan.task
+    log.info("%s on %s, seed %d: fit and score", method.name, task.name, seed)
+    scored = fit_and_score(method, make_context(spec, task, method, seed))
+    scores_name = todo.path.with_suffix(".scores.pt").name
+    save_scores(todo.path.with_name(scores_name), scored.scores, plan.store)
+    cuda = [u.peak_cuda_mb for u in (scored.fit, scored.score) if u.peak_cuda_mb is not None]
+    result = RunResult(
+        task=task.name, task_version=task.version, task_config=config_dict(task.config), method=method.name,
+        method_config=config_dict(method.config), seed=seed, ground_truth=_truth_entry(plan, truth),
+        metrics={m.name: metric_entry(m, scored.scores, truth) for m in plan.metrics},
+        fit_seconds=scored.fit.seconds, score_seconds=scored.score.seconds,
+        peak_rss_mb=max(scored.fit.peak_rss_mb, scored.score.peak_rss_mb), peak_cuda_mb=max(cuda) if cuda else None,
+        method_recommended=config_dict_of(plan.recommended[method.name]),
+        method_overrides=config_dict_of(plan.overrides[method.name]), code=scores_code(type(task), type(method)),
+        scores_file=scores_name, environment=environment(str(task.device)), extras=scored.extras)
+    result.save(todo.path)
+    return result
+
+
+def config_dict_of(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready settings (tuples become lists), as records hold them."""
+    import json
+
+    return json.loads(json.dumps(values, default=str))
+
+
+def _truth_entry(plan: Plan, truth: GroundTruth) -> dict[str, Any]:
+    return {**plan.gt.settings(), "label": plan.gt.label, "key": truth.key,
+            "code": digest(code_fingerprint(plan.task))}
+
+
+def rescore_metrics(record: RunResult, path: Path, plan: Plan, names: tuple[str, ...], truth: GroundTruth) -> RunResult:
+    """Recompute ``names`` from the record's stored scores (no method runs) and save the record."""
+    scores, _ = load_scores(path.parent / str(record.scores_file))
+    for metric in plan.metrics:
+        if metric.name in names:
+            record.metrics[metric.name] = metric_entry(metric, scores, truth)
+    record.ground_truth = _truth_entry(plan, truth)
+    record.save(path)
+    return record
+
+
+def evaluate(spec: RunSpec) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run every method on every seed (reusing what is still true); return per-(method, metric)
+    summaries and the failures collected (one failing method does not stop the others)."""
+    plan = prepare(spec)
+    executor = _LazyExecutor(spec)
+    results: dict[str, list[RunResult]] = {m.name: [] for m in plan.methods}
+    failures: list[str] = []
+    truth_code = digest(code_fingerprint(plan.task))
+    try:
+        for seed in spec.seeds:
+            todos = [_triage(spec, plan, m, seed, truth_code) for m in plan.methods]
+            work = [t for t in todos if t.rescore or t.metrics]
+            truth = build_ground_truth(plan.task, plan.gt, seed, spec.results_dir, executor) if work else None
+            for todo in todos:
+                try:
+                    if todo.rescore:
+                        record = _score(spec, plan, todo, seed, truth)
+                    elif todo.metrics:
+                        record = rescore_metrics(todo.record, todo.path, plan, todo.metrics, truth)
+                    else:
+                        record = todo.record
+                    results[todo.method.name].append(record)
+                except Exception as err:  # collected and reported at the end; other methods go on
+                    failures.append(f"{todo.method.name} seed {seed}: {type(err).__name__}: {err}")
+                    log.debug("%s", traceback.format_exc())
+    finally:
+        executor.close()
+    summaries = [summarize(r, m.name) for m in plan.metrics for r in results.values() if r]
+    return summaries, failures

@@ -1,0 +1,71 @@
+"""``tdabench evaluate``: metrics recomputed from stored scores and cached ground truth — no method
+runs, nothing is retrained.  A record whose ground truth is missing or was built by other code is
+reported, not guessed at."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Optional
+
+from .config import with_values
+from .fingerprint import digest
+from .groundtruth import GroundTruthConfig, code_fingerprint, load_ground_truth
+from .metric import Metric
+from .pipeline import metric_entry
+from .records import RunResult
+from .registry import METRICS, TASKS
+from .store import load_scores
+
+log = logging.getLogger("tdabench")
+
+
+def gt_config_of(record: RunResult) -> GroundTruthConfig:
+    """The ground-truth settings a record was measured against."""
+    names = {f.name for f in dataclasses.fields(GroundTruthConfig)}
+    return GroundTruthConfig(**{k: v for k, v in record.ground_truth.items() if k in names})
+
+
+def _metrics_for(names: tuple[str, ...], kind: str) -> list[Metric]:
+    chosen = names or tuple(METRICS.names())
+    return [METRICS.get(n)() for n in chosen if kind in METRICS.get(n).kinds]
+
+
+def reevaluate(path: Path, results_dir: Path, names: tuple[str, ...] = ()) -> tuple[RunResult, list[str]]:
+    """Recompute the metrics ``names`` (default: every metric of the record's ground-truth kind) of the
+    record at ``path`` from its stored scores; save it; return it and the metrics computed."""
+    record = RunResult.load(path)
+    if not record.scores_file or not (path.parent / record.scores_file).exists():
+        raise FileNotFoundError(f"{path}: no stored scores next to the record; rerun it with `tdabench run`")
+    cls = TASKS.get(record.task)
+    task = cls(with_values(cls.Config, record.task_config), device="cpu")
+    gt = gt_config_of(record)
+    truth = load_ground_truth(task, gt, record.seed, results_dir)
+    scores, exact = load_scores(path.parent / record.scores_file)
+    metrics = _metrics_for(names, gt.kind)
+    for metric in metrics:
+        entry = metric_entry(metric, scores, truth)
+        entry["details"] = {**entry["details"], **({} if exact else {"scores": "top-k stored form"})}
+        record.metrics[metric.name] = entry
+    record.ground_truth = {**record.ground_truth, "key": truth.key, "code": digest(code_fingerprint(task))}
+    record.save(path)
+    return record, [m.name for m in metrics]
+
+
+def reevaluate_all(results_dir: Path, task: Optional[str], names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``reevaluate`` every record (of ``task``); (report lines, failures)."""
+    root = Path(results_dir) / "runs"
+    paths = sorted(root.glob(f"{task}/**/seed*.json" if task else "**/seed*.json"))
+    if not paths:
+        raise FileNotFoundError(f"no run records under {root}" + (f" for task {task!r}" if task else "")
+                                + "; run `tdabench run` first")
+    lines, failures = [], []
+    for path in paths:
+        try:
+            record, done = reevaluate(path, results_dir, names)
+        except (FileNotFoundError, ValueError) as err:
+            failures.append(str(err))
+            continue
+        values = ", ".join(f"{n} {record.metrics[n]['value']:.4f}" for n in done) or "no metric of its kind"
+        lines.append(f"{record.task}/{record.method} [{record.ground_truth.get('label', '')}] seed {record.seed}: {values}")
+    return lines, failures

@@ -1,0 +1,53 @@
+"""What a ground truth computes: which examples each retrain keeps, and one retrain's measurements.
+
+Kept apart from the caching in ``groundtruth.py`` so that the ground truth's code fingerprint covers
+exactly this computation (and the task's code), not its bookkeeping.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .seeds import derive_seed
+from .task import Task
+
+
+def subset_masks(n_train: int, alpha: float, num_subsets: int, seed: int) -> Tensor:
+    """α-subset masks, shape ``[K, n_train]`` bool: each example included i.i.d. with probability α
+    (001, Appendix C.1).  Reproducible in ``seed``; an empty subset is redrawn."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, 0xA1FA))
+    masks = torch.rand(num_subsets, n_train, generator=gen) < alpha
+    while (empty := ~masks.any(1)).any():
+        masks[empty] = torch.rand(int(empty.sum()), n_train, generator=gen) < alpha
+    return masks
+
+
+def loo_removed(n_train: int, count: int, seed: int) -> Tensor:
+    """The examples a leave-one-out ground truth removes, shape ``[m]`` sorted: all of them
+    (``count`` 0) or a seeded sample of ``count``."""
+    if count == 0 or count >= n_train:
+        return torch.arange(n_train)
+    gen = torch.Generator().manual_seed(derive_seed(seed, 0x100))
+    return torch.randperm(n_train, generator=gen)[:count].sort().values
+
+
+def loo_masks(n_train: int, removed: Tensor) -> Tensor:
+    """Row 0 keeps every example (the baseline model); row 1 + k drops ``removed[k]``.  Shape ``[1 + m, n_train]``."""
+    masks = torch.ones(1 + removed.numel(), n_train, dtype=torch.bool)
+    masks[1 + torch.arange(removed.numel()), removed] = False
+    return masks
+
+
+def retrain_seed(seed: int, k: int, r: int, common: bool) -> int:
+    """The training seed of retrain (subset k, replica r).  ``common``: every row of replica r shares
+    one seed (common random numbers: a leave-one-out effect is then the removal's, not the seed's)."""
+    return derive_seed(seed, r, 0xC0) if common else derive_seed(seed, k, r)
+
+
+def train_and_measure(task: Task, mask: Tensor, seed: int) -> Tensor:
+    """Train a fresh model on the examples in ``mask`` (shape ``[n_train]``) and return the query
+    measurements, shape ``[n_query]`` float32 on the CPU.  Plain function: no Ray, no caching."""
+    indices = mask.nonzero().squeeze(1)
+    model = task.make_model(seed)
+    task.train(model, indices, seed)
+    return task.measure(model, task.query_data()).cpu()

@@ -1,0 +1,174 @@
+"""What a run is, settled before any work: ``RunSpec`` (what the user asked for) → ``prepare`` →
+``Plan`` (every configuration built and checked).  A bad setting fails here, in seconds, naming
+the field and the fix — never after the first retrain."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import ConfigError, apply_overrides, coerce_known
+from .distributed import RayExecutor, SerialExecutor
+from .groundtruth import GroundTruthConfig
+from .method import Method
+from .metric import Metric
+from .registry import METHODS, METRICS, TASKS
+from .store import StoreConfig
+from .task import Task
+
+#: --set scopes that are not a method's name.
+CORE_SCOPES = ("task", "gt", "store")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one ``tdabench run`` needs, as the user gave it."""
+
+    task: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)   # scope → key → value
+    results_dir: Path = Path("results")
+    device: str = "auto"
+    executor: str = "ray"               # "ray" or "serial"
+    ray_address: Optional[str] = None
+    force: bool = False                 # recompute records that exist and are current
+    method_cache: Optional[Path] = None  # methods' private state (factors, features); None: results_dir/cache
+    records_dir: Optional[Path] = None   # run records; None: results_dir/runs
+    metrics: tuple[str, ...] = ()        # metric names; empty: every registered metric of the ground truth's kind
+
+    def replace(self, **changes: Any) -> "RunSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Plan:
+    """A validated run: the task, each method with its final config, the ground truth, the store and
+    the metrics; ``recommended[m]`` / ``overrides[m]``: which settings came from the task, which from the user."""
+
+    task: Task
+    methods: list[Method]
+    gt: GroundTruthConfig
+    store: StoreConfig
+    metrics: list[Metric]
+    recommended: dict[str, dict[str, Any]]
+    overrides: dict[str, dict[str, Any]]
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r}: use auto, cpu or cuda[:N]") from None
+
+
+def make_task(name: str, overrides: dict[str, str], device: torch.device) -> Task:
+    cls = TASKS.get(name)
+    return cls(apply_overrides(cls.Config(), overrides, "task"), device=device)
+
+
+def method_config(cls: type, task: Task, overrides: dict[str, str]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(final config, the task's recommended settings, the user's parsed settings) of method ``cls``:
+    class defaults, then the task's recommendations, then ``--set`` (each step checked by the config)."""
+    recommended = task.recommendations().get(cls.name, {})
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(recommended) - fields)
+    if unknown:
+        raise ConfigError(f"task {task.name} recommends {cls.name} setting(s) {unknown} that {cls.name} does not "
+                          f"have (valid: {sorted(fields)}); fix {type(task).__name__}.recommendations")
+    config = dataclasses.replace(cls.Config(), **recommended)
+    user = {k: coerce_known(config, k, v, cls.name) for k, v in overrides.items()}
+    return apply_overrides(config, overrides, cls.name), dict(recommended), user
+
+
+def make_method(name: str, task: Task, overrides: dict[str, str]) -> Method:
+    """The method ``name`` with its final config (defaults, the task's recommendations, ``overrides``)."""
+    return resolve_method(name, task, overrides)[0]
+
+
+def resolve_method(name: str, task: Task, overrides: dict[str, str]) -> tuple[Method, dict[str, Any], dict[str, Any]]:
+    """The method with its final config, the task's recommendations and the user's settings."""
+    cls = METHODS.get(name)
+    missing = cls.missing_requirements()
+    if missing:
+        raise ImportError(f"method {name!r} needs {', '.join(missing)}, which is not installed: "
+                          f"{cls.install_hint} (see the README)")
+    config, recommended, user = method_config(cls, task, overrides)
+    return cls(config), recommended, user
+
+
+def check_writable(results_dir: Path) -> None:
+    """Fail now, not after an hour of training, if results cannot be written."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        probe = results_dir / ".tdabench-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"results directory {results_dir} is not writable ({err.strerror}); "
+                              f"pass --results-dir DIR with a directory you can write") from None
+
+
+def pick_metrics(names: tuple[str, ...], gt: GroundTruthConfig) -> list[Metric]:
+    """The requested metrics (each must be defined on ``gt``'s kind), or every metric of that kind."""
+    if not names:
+        names = tuple(n for n in METRICS.names() if gt.kind in METRICS.get(n).kinds)
+    metrics = [METRICS.get(n)() for n in names]
+    for m in metrics:
+        if gt.kind not in m.kinds:
+            raise ConfigError(f"metric {m.name} is defined on ground truth of kind {', '.join(m.kinds)}, not "
+                              f"gt.kind={gt.kind}; use --set gt.kind={m.kinds[0]} or another --metric")
+    return metrics
+
+
+def resolve(spec: RunSpec) -> Plan:
+    """Resolve and check every name and setting (every --set scope must be used) and the results
+    directory, without touching the task's data."""
+    scopes = {*CORE_SCOPES, *spec.methods}
+    unknown = set(spec.overrides) - scopes
+    if unknown:
+        raise ConfigError(f"--set scope(s) {sorted(unknown)} match nothing; use one of {sorted(scopes)}")
+    task = make_task(spec.task, spec.overrides.get("task", {}), pick_device(spec.device))
+    gt = apply_overrides(GroundTruthConfig(), spec.overrides.get("gt", {}), "gt")
+    store = apply_overrides(StoreConfig(), spec.overrides.get("store", {}), "store")
+    built = [resolve_method(m, task, spec.overrides.get(m, {})) for m in spec.methods]
+    metrics = pick_metrics(spec.metrics, gt)
+    check_writable(spec.results_dir)
+    return Plan(task=task, methods=[b[0] for b in built], gt=gt, store=store, metrics=metrics,
+                recommended={b[0].name: b[1] for b in built}, overrides={b[0].name: b[2] for b in built})
+
+
+def prepare(spec: RunSpec) -> Plan:
+    """``resolve``, then the checks that need the task's data (sizes, the stored matrix, each
+    method's ``check``).  Cheap: trains nothing; missing data fails here."""
+    plan = resolve(spec)
+    plan.gt.check(plan.task)
+    plan.store.check(plan.task.n_train, plan.task.n_query)
+    for method in plan.methods:
+        method.check(plan.task)
+    return plan
+
+
+class _LazyExecutor:
+    """Starts Ray (or the serial executor) only when some retrain is actually missing."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec, self._inner = spec, None
+
+    def run(self, task: Task, jobs: list) -> Any:
+        if self._inner is None:
+            self._inner = (SerialExecutor() if self.spec.executor == "serial"
+                           else RayExecutor(address=self.spec.ray_address))
+        return self._inner.run(task, jobs)
+
+    def close(self) -> None:
+        if isinstance(self._inner, RayExecutor):
+            self._inner.close()

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tdabench.batched import train_many_adam
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
 from tdabench.training import minibatch_train, steps_per_run
@@ -68,6 +69,11 @@ class Digits(Task):
 
     def total_steps(self, n_examples: int) -> int:
         return steps_per_run(n_examples, self.config.epochs, self.config.batch_size)
+
+    def train_many(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
+        """The ``train`` recipe for M models at once (stacked weights, one vectorised Adam): ``[M, n_query]``."""
+        c = self.config
+        return train_many_adam(self, masks, seeds, c.epochs, c.batch_size, c.lr, c.weight_decay)
 
     def train(self, model: nn.Module, indices: Tensor, seed: int, on_checkpoint: Optional[CheckpointHook] = None,
               checkpoint_steps: tuple[int, ...] = ()) -> nn.Module:

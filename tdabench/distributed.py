@@ -3,6 +3,7 @@ instance by default, or a cluster).  Nothing under methods/ or tasks/ imports Ra
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any, Iterator, Optional, Protocol
 
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .config import config_dict, with_values
-from .retrain import train_and_measure
+from .retrain import train_and_measure_many
 from .registry import TASKS
 from .task import Task
 
@@ -21,9 +22,35 @@ Job = tuple[int, int, Tensor, int]
 
 
 class Executor(Protocol):
-    def run(self, task: Task, jobs: list[Job]) -> Iterator[tuple[int, int, Tensor]]:
-        """Yield ``(k, r, targets[n_query])`` for every job, in the order they finish."""
+    def run(self, task: Task, jobs: list[Job], chunk: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+        """Yield ``(k, r, targets[n_query])`` for every job, in the order they finish; ``chunk`` jobs
+        (0: ``auto_chunk``) are trained together (``Task.train_many``), their results yielded at once."""
         ...
+
+
+def chunks(jobs: list[Job], size: int) -> list[list[Job]]:
+    """``jobs`` in consecutive groups of at most ``size``."""
+    return [jobs[i : i + size] for i in range(0, len(jobs), max(1, size))]
+
+
+#: Memory a chunk of stacked models may take (weights, gradients, Adam moments, final copies).
+CHUNK_BYTES = 2**30
+
+
+def auto_chunk(task: Task, n_jobs: int, workers: int, requested: int = 0) -> int:
+    """Retrains per unit of work: 1 for a task without ``train_many``; else ``requested``, or the most
+    that keep every worker busy and fit ``CHUNK_BYTES`` (≈ 8 copies of the weights per model), at most 256."""
+    if not task.trains_many:
+        return 1
+    if requested:
+        return requested
+    params = sum(p.numel() * p.element_size() for p in task.make_model(0).parameters())
+    return max(1, min(256, CHUNK_BYTES // (8 * params), math.ceil(n_jobs / max(1, workers))))
+
+
+def _train_chunk(task: Task, group: list[Job]) -> Tensor:
+    masks = torch.stack([mask.cpu() for _, _, mask, _ in group])               # shape: [M, n_train]
+    return train_and_measure_many(task, masks, [seed for _, _, _, seed in group])   # shape: [M, n_query]
 
 
 class SerialExecutor:
@@ -32,13 +59,17 @@ class SerialExecutor:
     def __init__(self, threads: Optional[int] = None) -> None:
         self.threads = threads
 
-    def run(self, task: Task, jobs: list[Job]) -> Iterator[tuple[int, int, Tensor]]:
+    workers = 1
+
+    def run(self, task: Task, jobs: list[Job], chunk: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+        chunk = auto_chunk(task, len(jobs), self.workers, chunk)
         before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            for k, r, mask, seed in jobs:
-                yield k, r, train_and_measure(task, mask, seed)
+            for group in chunks(jobs, chunk):
+                for (k, r, _, _), targets in zip(group, _train_chunk(task, group)):
+                    yield k, r, targets
         finally:
             torch.set_num_threads(before)
 
@@ -56,14 +87,14 @@ def _worker_task(name: str, config: dict[str, Any]) -> Task:
     return _WORKER_TASKS[key]
 
 
-def _remote_retrain(name: str, config: dict[str, Any], mask: Tensor, seed: int) -> Tensor:
+def _remote_retrain(name: str, config: dict[str, Any], group: list[Job]) -> Tensor:
     if not torch.cuda.is_available():
-        torch.set_num_threads(1)  # one CPU per retrain: Ray runs one retrain per core
-    return train_and_measure(_worker_task(name, config), mask, seed)
+        torch.set_num_threads(1)  # one CPU per Ray task: Ray runs one task per core
+    return _train_chunk(_worker_task(name, config), group)
 
 
 class RayExecutor:
-    """Runs each retrain as one Ray task (1 CPU, or ``task.num_gpus_per_retrain`` GPUs on CUDA).
+    """Runs each retrain (or chunk of retrains, for a task that trains many at once) as one Ray task (1 CPU, or ``task.num_gpus_per_retrain`` GPUs on CUDA).
 
     With no address a local Ray instance sized to this machine is started (and stopped by
     ``close``); ``address`` (or ``RAY_ADDRESS``) joins an existing cluster, whose workers must have
@@ -86,18 +117,25 @@ class RayExecutor:
         self.max_retries = max_retries
         self._fn = ray.remote(_remote_retrain)
 
-    def run(self, task: Task, jobs: list[Job]) -> Iterator[tuple[int, int, Tensor]]:
+    @property
+    def workers(self) -> int:
+        """CPUs of the Ray cluster (one Ray task per CPU)."""
+        return int(self.ray.cluster_resources().get("CPU", 1))
+
+    def run(self, task: Task, jobs: list[Job], chunk: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+        chunk = auto_chunk(task, len(jobs), self.workers, chunk)
         use_gpu = task.device.type == "cuda"
         opts = {"num_cpus": 1, "num_gpus": task.num_gpus_per_retrain if use_gpu else 0,
                 "max_retries": self.max_retries, "retry_exceptions": False}
         config = config_dict(task.config)
-        pending = {self._fn.options(**opts).remote(task.name, config, mask.cpu(), seed): (k, r)
-                   for k, r, mask, seed in jobs}
+        pending = {self._fn.options(**opts).remote(task.name, config, [(k, r, m.cpu(), s) for k, r, m, s in group]):
+                   [(k, r) for k, r, _, _ in group] for group in chunks(jobs, chunk)}
         try:
             while pending:
                 done, _ = self.ray.wait(list(pending), num_returns=1)
-                k, r = pending.pop(done[0])
-                yield k, r, self.ray.get(done[0])
+                keys = pending.pop(done[0])
+                for (k, r), targets in zip(keys, self.ray.get(done[0])):
+                    yield k, r, targets
         finally:
             for ref in pending:
                 self.ray.cancel(ref, force=True)

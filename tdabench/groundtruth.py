@@ -27,6 +27,7 @@ from .task import Task
 if TYPE_CHECKING:
     from .distributed import Executor
 
+
 log = logging.getLogger("tdabench")
 
 
@@ -39,6 +40,7 @@ class GroundTruthConfig:
     num_subsets: int = 100      # subsets: K retrained subsets
     retrain_seeds: int = 1      # R retraining seeds per subset (R ≥ 2 gives the noise ceiling)
     loo_examples: int = 0       # loo: examples removed, a seeded sample (0: every example)
+    chunk_size: int = 0         # retrains per unit of work for tasks that train many at once (0: automatic); never changes a number
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -48,6 +50,8 @@ class GroundTruthConfig:
                               f"set gt.num_subsets=100")
         if self.retrain_seeds < 1:
             raise ConfigError(f"gt.retrain_seeds={self.retrain_seeds}: must be at least 1")
+        if self.chunk_size < 0:
+            raise ConfigError(f"gt.chunk_size={self.chunk_size}: must be 0 (automatic) or a positive count")
         if self.loo_examples < 0 or self.loo_examples in (1, 2):
             raise ConfigError(f"gt.loo_examples={self.loo_examples}: use 0 (every example) or at least 3 "
                               f"(a correlation over removed examples needs 3)")
@@ -178,7 +182,7 @@ def build_ground_truth(task: Task, cfg: GroundTruthConfig, seed: int, results_di
         common = cfg.kind == "loo"
         jobs = [(k, r, store.masks[k], retrain.retrain_seed(seed, k, r, common)) for k, r in todo]
         with Progress(len(jobs), f"retrain {task.name} seed {seed}") as bar:
-            for k, r, targets in executor.run(task, jobs):
+            for k, r, targets in executor.run(task, jobs, cfg.chunk_size):
                 store.save(k, r, targets)
                 bar.update()
     return store.load()

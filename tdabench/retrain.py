@@ -51,3 +51,15 @@ def train_and_measure(task: Task, mask: Tensor, seed: int) -> Tensor:
     model = task.make_model(seed)
     task.train(model, indices, seed)
     return task.measure(model, task.query_data()).cpu()
+
+
+def train_and_measure_many(task: Task, masks: Tensor, seeds: list[int]) -> Tensor:
+    """``train_and_measure`` of each row of ``masks`` ``[M, n_train]``, as ``[M, n_query]`` float32 on the
+    CPU: all at once through ``task.train_many`` when the task can, one by one otherwise."""
+    if task.trains_many:
+        out = task.train_many(masks, seeds)
+        if tuple(out.shape) != (masks.shape[0], task.n_query):
+            raise ValueError(f"{type(task).__name__}.train_many returned shape {tuple(out.shape)}, expected "
+                             f"{(masks.shape[0], task.n_query)} [M, n_query]")
+        return out.float().cpu()
+    return torch.stack([train_and_measure(task, mask, seed) for mask, seed in zip(masks, seeds)])

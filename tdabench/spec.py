@@ -4,6 +4,7 @@ the field and the fix — never after the first retrain."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -163,11 +164,20 @@ class _LazyExecutor:
     def __init__(self, spec: RunSpec) -> None:
         self.spec, self._inner = spec, None
 
-    def run(self, task: Task, jobs: list) -> Any:
+    def run(self, task: Task, jobs: list, chunk: int = 0) -> Any:
         if self._inner is None:
-            self._inner = (SerialExecutor() if self.spec.executor == "serial"
-                           else RayExecutor(address=self.spec.ray_address))
-        return self._inner.run(task, jobs)
+            self._inner = self._pick(task)
+        return self._inner.run(task, jobs, chunk)
+
+    def _pick(self, task: Task) -> Any:
+        """Serial when asked; in-process on every core for a task that trains many models at once on
+        this machine (Ray's start-up alone costs more than such a build); Ray otherwise."""
+        address = self.spec.ray_address or os.environ.get("RAY_ADDRESS")
+        if self.spec.executor == "serial":
+            return SerialExecutor()
+        if task.trains_many and not address:
+            return SerialExecutor(threads=os.cpu_count())
+        return RayExecutor(address=address)
 
     def close(self) -> None:
         if isinstance(self._inner, RayExecutor):

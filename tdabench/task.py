@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -137,6 +137,18 @@ class Task(ABC):
     def total_steps(self, n_examples: int) -> int:
         """Optimiser steps of one training run on ``n_examples`` (for checkpoint spacing)."""
         raise NotImplementedError(f"{type(self).__name__} does not report its number of training steps")
+
+    def train_many(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
+        """Optional: train M fresh models at once — model m exactly as ``make_model(seeds[m])`` then
+        ``train(model, masks[m].nonzero(), seeds[m])`` would — and return their query measurements
+        ``[M, n_query]`` float32 on the CPU (``measure``'s values).  ``masks`` is ``[M, n_train]`` bool;
+        subsets may differ in size.  Ground truth uses it when present (``tdabench.batched`` helps)."""
+        raise NotImplementedError(f"{type(self).__name__} does not train many models at once")
+
+    @property
+    def trains_many(self) -> bool:
+        """True when ``train_many`` is implemented."""
+        return type(self).train_many is not Task.train_many
 
     def recommendations(self) -> dict[str, dict[str, Any]]:
         """Settings this task recommends per method, as data: ``{"bif": {"epsilon": 1e-5}, ...}``.

@@ -8,7 +8,8 @@ import torch
 
 from tdabench.distributed import RayExecutor, SerialExecutor
 from tdabench.lds import noise_ceiling
-from tdabench.groundtruth import GroundTruthConfig, GroundTruthStore, build_ground_truth, make_masks, train_and_measure
+from tdabench.groundtruth import GroundTruthConfig, GroundTruthStore, build_ground_truth, make_masks
+from tdabench.retrain import train_and_measure
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 
@@ -19,8 +20,8 @@ class CountingExecutor(SerialExecutor):
         super().__init__()
         self.count, self.stop_after = 0, stop_after
 
-    def run(self, task, jobs):
-        for item in super().run(task, jobs):
+    def run(self, task, jobs, chunk=0):
+        for item in super().run(task, jobs, chunk):
             self.count += 1
             yield item
             if self.stop_after is not None and self.count >= self.stop_after:
@@ -121,3 +122,51 @@ def test_ray_and_serial_give_the_same_ground_truth(tmp_path):
         ray_exec.close()
     assert torch.equal(serial.masks, distributed.masks)
     torch.testing.assert_close(serial.replicas, distributed.replicas, atol=1e-9, rtol=1e-9)
+
+
+def test_batched_retrains_equal_the_one_model_path_with_unequal_subsets():
+    """digits trains many models at once; each gives the one-model retrain's measurements (same
+    init, data order and Adam) to float tolerance, whatever the sizes of the subsets sharing a batch."""
+    from tdabench.tasks.digits import Digits, DigitsConfig
+
+    task = Digits(DigitsConfig(n_train=300, n_query=40, epochs=3))
+    assert task.trains_many
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.stack([torch.rand(300, generator=gen) < a for a in (0.1, 0.5, 0.9, 0.33)])   # 4 sizes
+    seeds = [11, 12, 13, 14]
+    many = task.train_many(masks, seeds)
+    one = torch.stack([train_and_measure(task, m, s) for m, s in zip(masks, seeds)])
+    assert many.shape == (4, 40)
+    torch.testing.assert_close(many, one, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(one[0], one[1], atol=1e-3)        # the models really differ
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 0])
+def test_chunked_ground_truth_equals_one_by_one_and_resumes_per_chunk(tmp_path, chunk):
+    from tdabench.tasks.digits import Digits, DigitsConfig
+
+    task = Digits(DigitsConfig(n_train=120, n_query=10, epochs=2))
+    cfg = GroundTruthConfig(num_subsets=7, chunk_size=chunk)
+    first = CountingExecutor(stop_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        build_ground_truth(task, cfg, 0, tmp_path / "a", first)
+    done = len(list((tmp_path / "a").rglob("k*_r*.pt")))
+    assert done >= 3                                        # every finished chunk is on disk
+    truth = build_ground_truth(task, cfg, 0, tmp_path / "a", CountingExecutor())
+    for k in (0, 6):
+        torch.testing.assert_close(truth.replicas[0, k], train_and_measure(task, truth.masks[k], _seed_of(0, k, 0)),
+                                   atol=2e-5, rtol=1e-5)
+
+
+def test_ray_runs_chunks_of_a_batched_task_like_serial(tmp_path):
+    from tdabench.tasks.digits import Digits, DigitsConfig
+
+    task = Digits(DigitsConfig(n_train=100, n_query=8, epochs=2))
+    cfg = GroundTruthConfig(num_subsets=6, chunk_size=2)
+    serial = build_ground_truth(task, cfg, 1, tmp_path / "serial", SerialExecutor())
+    ray_exec = RayExecutor(num_cpus=2)
+    try:
+        distributed = build_ground_truth(task, cfg, 1, tmp_path / "ray", ray_exec)
+    finally:
+        ray_exec.close()
+    torch.testing.assert_close(serial.replicas, distributed.replicas)

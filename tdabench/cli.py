@@ -80,18 +80,18 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
 
 
 def format_table(summaries: list[dict[str, Any]]) -> str:
-    """One table per (ground truth, metric): method, mean ± SE, per seed, fraction of the noise
+    """One table per (task, ground truth, metric): method, mean ± SE, per seed, fraction of the noise
     ceiling, fit s, score s, peak MB."""
     blocks = []
-    for label, metric in dict.fromkeys((s["ground_truth"], s["metric"]) for s in summaries):
+    for task, label, metric in dict.fromkeys((s["task"], s["ground_truth"], s["metric"]) for s in summaries):
         rows = [("method", f"{metric} (mean ± SE)", "per seed", "of ceiling", "fit s", "score s", "peak MB")]
-        chosen = [s for s in summaries if (s["ground_truth"], s["metric"]) == (label, metric)]
+        chosen = [s for s in summaries if (s["task"], s["ground_truth"], s["metric"]) == (task, label, metric)]
         for s in chosen:
             rows.append((s["method"], f"{_fmt(s['mean'])} ± {_fmt(s['se'])}", " ".join(_fmt(v) for v in s["per_seed"]),
                          _fmt(s["fraction_of_ceiling"], 2), _fmt(s["fit_seconds"], 2), _fmt(s["score_seconds"], 2),
                          f"{s['peak_rss_mb']:.0f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [f"ground truth: {label}; metric: {metric}"]
+        lines = [f"{task} — ground truth: {label}; metric: {metric}"]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(2, "  ".join("-" * w for w in widths))
         ceiling = next((s["ceiling"] for s in chosen if s["ceiling"] is not None), None)
@@ -105,6 +105,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .commands import COMMANDS
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        print(f"tdabench: error: --threads {args.threads}: must be at least 1 (torch CPU threads); "
+              f"leave it out for torch's default", file=sys.stderr)
+        return 2
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     logging.basicConfig(level=level, format="[tdabench %(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     log.setLevel(level)   # our own level: kronfluence sets the root logger's level to its log_level (WARNING)
@@ -119,6 +123,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             RuntimeError) as err:
         print(f"tdabench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # executors shut their Ray instance down on the way out (their finally blocks)
+        print("tdabench: interrupted; every finished retrain and record is on disk: run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

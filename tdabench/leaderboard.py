@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from . import retrain
 from .config import content_hash
 from .fingerprint import digest, fingerprint
 from .pipeline import scores_code
@@ -50,14 +51,15 @@ def _settings(values: dict[str, Any], registry: Any, name: str, recommended: dic
 
 
 def is_stale(record: RunResult, metric: str) -> bool:
-    """True when the code behind ``record``'s scores or its ``metric`` entry has changed since."""
+    """True when the code behind ``record``'s scores, its ground truth or its ``metric`` entry has changed since."""
     try:
         method, task, metric_cls = METHODS.get(record.method), TASKS.get(record.task), METRICS.get(metric)
     except UnknownNameError:
         return True
     now = scores_code(task, method)
     entry = record.metrics.get(metric, {})
-    return (record.code != now or entry.get("version") != metric_cls.version
+    truth_code = digest(fingerprint(task, retrain))
+    return (record.code != now or record.ground_truth.get("code") != truth_code or entry.get("version") != metric_cls.version
             or entry.get("code") != digest(fingerprint(metric_cls)))
 
 

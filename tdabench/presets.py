@@ -44,12 +44,14 @@ PYTHIA_SIZES = ("EleutherAI/pythia-14m", "EleutherAI/pythia-70m", "EleutherAI/py
                 "EleutherAI/pythia-410m", "EleutherAI/pythia-1b", "EleutherAI/pythia-1.4b", "EleutherAI/pythia-2.8b")
 
 SUITES: dict[str, Suite] = {s.name: s for s in (
-    Suite("cpu", "every CPU task × method at the committed leaderboard settings (3 seeds)", (
-        Step("run", "digits", ("random", "gradsim", "if", "tracin", "source", "bif", "ekfac", "trak"), 3),
+    Suite("cpu", "every CPU task × method at the committed leaderboard settings (3 seeds; 2 retraining seeds "
+          "per subset, so every row has its noise ceiling)", (
+        Step("run", "digits", ("random", "gradsim", "if", "tracin", "source", "bif", "ekfac", "trak"), 3,
+             ("gt.num_subsets=200", "gt.retrain_seeds=2")),
         # full-batch GD (not L-BFGS) so that the trajectory methods have a step-by-step run to follow
         Step("run", "regression", ("random", "gradsim", "if", "tracin", "source", "bif", "ekfac", "trak"), 3,
-             ("task.optimizer=gd", "task.steps=300", "task.lr=1.0")),
-        Step("run", "tinylm", ("random", "gradsim", "tracin", "bif", "ekfac"), 3),
+             ("task.optimizer=gd", "task.steps=300", "task.lr=1.0", "gt.num_subsets=200", "gt.retrain_seeds=2")),
+        Step("run", "tinylm", ("random", "gradsim", "tracin", "bif", "ekfac"), 3, ("gt.retrain_seeds=2",)),
     )),
     Suite("kreer2025-cifar10", "001 C.2: ResNet-9 / CIFAR-10 LDS of BIF, EK-FAC, TRAK, GradSim over attribution "
           "set sizes, 100 retrains at α=0.5, 5 seeds (GPU)", tuple(

@@ -64,6 +64,10 @@ def test_json_output_records_and_second_run_reuses_everything(tmp_path, capsys, 
     (["run", "--task", "digits", "--method", "if", "--set", "if.curvature=exact"], "hessian, gauss_newton"),
     (["run", "--task", "digits", "--method", "gradsim", "--set", "gt.alpha=1.5"], "strictly between 0 and 1"),
     (["run", "--task", "digits", "--method", "gradsim", "--set", "oops"], "SCOPE.KEY=VALUE"),
+    (["run", "--task", "digits", "--method", ","], "names no method"),
+    (["run", "--task", "digits", "--method", "gradsim", "--threads", "0"], "--threads 0: must be at least 1"),
+    (["run", "--task", "digits", "--method", "gradsim", "--device", "tpu"], "--device 'tpu'"),
+    (["sweep", "--task", "digits", "--method", "gradsim", "--grid", "proj_dim=0,8", "--samples", "-1"], "--samples -1"),
 ])
 def test_bad_input_fails_early_with_a_fix(args, message, capsys, tmp_path):
     code, out, err = _cli(args + ["--results-dir", str(tmp_path)], capsys)

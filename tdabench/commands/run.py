@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     elif not (args.task and args.method):
         raise ConfigError("run needs --task and --method (or --suite NAME)")
     else:
-        summaries, failures = evaluate(_spec(args, tuple(m for m in args.method.split(",") if m)))
+        methods = tuple(m for m in args.method.split(",") if m)
+        if not methods:
+            raise ConfigError(f"--method {args.method!r} names no method; give one or more, e.g. --method gradsim,if "
+                              f"(`tdabench list` shows them)")
+        summaries, failures = evaluate(_spec(args, methods))
     if args.json:
         print(json.dumps(_json_safe(summaries), indent=1))
     else:

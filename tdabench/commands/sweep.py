@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.grid:
         raise ConfigError("sweep needs at least one --grid KEY=V1,V2,...")
     spec = _spec(args, (args.method,))
+    if args.samples < 0:
+        raise ConfigError(f"--samples {args.samples}: must be 0 (the full grid) or a number of random draws ≥ 1")
     report = sweep(SweepSpec(run=spec, grid=parse_grid(args.grid, args.method), samples=args.samples))
     print(f"{'tuning-split LDS':>16}  config")
     for trial in report["trials"]:

@@ -21,6 +21,7 @@ from .config import ConfigError, config_dict, content_hash
 from .files import save_tensor, write_json
 from .fingerprint import changes, fingerprint
 from .progress import Progress
+from .quarantine import quarantine
 from .retrain import train_and_measure  # noqa: F401  (re-exported: the unit of work)
 from .task import Task
 
@@ -118,13 +119,17 @@ class GroundTruthStore:
         self.key = content_hash(self.meta)
         self.code = code_fingerprint(task)
         self.dir = Path(results_dir) / "ground_truth" / task.name / self.key
+        self._pieces: dict[tuple[int, int], Tensor] = {}      # pieces read or written by this process
 
     def stale_reason(self) -> Optional[str]:
         """Why the cache on disk may not be reused (None: it may, or there is none)."""
         meta_file = self.dir / "meta.json"
         if not meta_file.exists():
             return None
-        found = json.loads(meta_file.read_text())
+        try:
+            found = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return f"its meta.json is unreadable ({err})"
         if found.get("code") != self.code:
             return changes(found.get("code"), self.code)
         return None
@@ -146,12 +151,33 @@ class GroundTruthStore:
         return self.masks.shape[0]
 
     def missing(self) -> list[tuple[int, int]]:
-        """The (row, retrain seed) pairs not yet on disk."""
-        return [(k, r) for k in range(self.rows) for r in range(self.cfg.retrain_seeds) if not self.piece(k, r).exists()]
+        """The (row, retrain seed) pairs not yet on disk (an unreadable piece is quarantined and counts as missing)."""
+        return [(k, r) for k in range(self.rows) for r in range(self.cfg.retrain_seeds) if self._read(k, r) is None]
+
+    def _read(self, k: int, r: int) -> Optional[Tensor]:
+        """Piece (k, r) ``[n_query]``, or None when absent; a piece that does not load or has the wrong
+        shape (a write cut short by a crash) is moved aside as ``*.corrupt`` — named, never deleted."""
+        path = self.piece(k, r)
+        if (k, r) in self._pieces:
+            return self._pieces[(k, r)]
+        if not path.exists():
+            return None
+        try:
+            value = torch.load(path)
+            if not isinstance(value, Tensor) or tuple(value.shape) != (self.task.n_query,):
+                raise ValueError(f"shape {getattr(value, 'shape', type(value).__name__)}, expected ({self.task.n_query},)")
+        except Exception as err:  # any unreadable file: torch's zip errors, pickle errors, a wrong shape
+            target = quarantine(path)
+            log.warning("ground-truth piece %s is unreadable (%s): moved to %s, retraining it", path,
+                        str(err).splitlines()[0][:200], target.name)
+            return None
+        self._pieces[(k, r)] = value
+        return value
 
     def save(self, k: int, r: int, targets: Tensor) -> None:
         """Write one retrain's measurements the moment it is known."""
         save_tensor(self.piece(k, r), targets.clone())
+        self._pieces[(k, r)] = targets.clone()
 
     def prepare(self) -> None:
         """Set a stale cache aside; create the directory, write meta and masks."""
@@ -164,8 +190,7 @@ class GroundTruthStore:
         save_tensor(self.dir / "masks.pt", self.masks)
 
     def load(self) -> GroundTruth:
-        rows = [torch.stack([torch.load(self.piece(k, r)) for k in range(self.rows)])
-                for r in range(self.cfg.retrain_seeds)]
+        rows = [torch.stack([self._read(k, r) for k in range(self.rows)]) for r in range(self.cfg.retrain_seeds)]
         return GroundTruth(masks=self.masks, replicas=torch.stack(rows), key=self.key, kind=self.cfg.kind,
                            label=self.cfg.label, removed=self.removed)  # replicas shape: [R, K, Q]
 

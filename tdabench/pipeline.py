@@ -27,7 +27,8 @@ from .groundtruth import GroundTruth, build_ground_truth, code_fingerprint
 from .meter import Meter, Usage
 from .method import Context, Method
 from .metric import Metric
-from .records import RunResult, environment, summarize
+from .quarantine import quarantine
+from .records import CorruptRecord, RunResult, environment, summarize
 from .reference import reference_model
 from .spec import Plan, RunSpec, _LazyExecutor, prepare
 from .store import load_scores, save_scores
@@ -101,6 +102,16 @@ def stale_metrics(record: RunResult, plan: Plan, truth_code: str) -> list[str]:
     return out
 
 
+def readable_scores(path: Path) -> bool:
+    """True when the stored scores at ``path`` load; an unreadable file is quarantined."""
+    try:
+        load_scores(path)
+        return True
+    except Exception:  # any unreadable file: torch's zip and pickle errors
+        quarantine(path)
+        return False
+
+
 def record_path(spec: RunSpec, plan: Plan, method: Method, seed: int) -> Path:
     """Keyed by what the numbers mean (task, ground truth, method settings), not by the code: a record
     made by other code is found, reported and replaced rather than silently missed."""
@@ -126,6 +137,9 @@ def _triage(spec: RunSpec, plan: Plan, method: Method, seed: int, truth_code: st
         return _Todo(method, path)
     try:
         record = RunResult.load(path)
+    except CorruptRecord as err:
+        log.warning("recomputing %s seed %d: %s (moved to %s)", method.name, seed, err, quarantine(path).name)
+        return _Todo(method, path)
     except ValueError as err:
         log.warning("recomputing %s seed %d: %s", method.name, seed, err)
         return _Todo(method, path)
@@ -139,6 +153,10 @@ def _triage(spec: RunSpec, plan: Plan, method: Method, seed: int, truth_code: st
     if stale and not (record.scores_file and scores_file.exists()):
         log.warning("recomputing %s seed %d: metric(s) %s are missing or stale and no stored scores exist",
                     method.name, seed, ", ".join(stale))
+        return _Todo(method, path)
+    if stale and not readable_scores(scores_file):
+        log.warning("recomputing %s seed %d: its stored scores %s are unreadable (moved aside)", method.name, seed,
+                    scores_file)
         return _Todo(method, path)
     if stale:
         log.info("%s seed %d: recomputing metric(s) %s from the stored scores", method.name, seed, ", ".join(stale))

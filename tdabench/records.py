@@ -55,6 +55,10 @@ def device_name(device: str) -> str:
     return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
+class CorruptRecord(ValueError):
+    """A record file that does not parse (a write cut short, an edit gone wrong)."""
+
+
 @dataclass
 class RunResult:
     """One (task, ground truth, method, config, seed) run: its metrics, cost, and what produced it.
@@ -90,8 +94,11 @@ class RunResult:
 
     @classmethod
     def load(cls, path: Path) -> "RunResult":
-        """The record at ``path``; a record of another format fails with the fix."""
-        data = json.loads(Path(path).read_text())
+        """The record at ``path``; an unreadable record or one of another format fails naming the file."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CorruptRecord(f"{path} is unreadable ({err}); it is recomputed by `tdabench run`") from None
         try:
             return cls(**data)
         except TypeError:

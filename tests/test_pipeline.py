@@ -263,3 +263,32 @@ def test_plugins_never_import_the_pipeline():
                 if isinstance(node, ast.ImportFrom) and node.module:
                     names = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
                     assert not names & forbidden, f"{file.name} imports {names & forbidden}"
+
+
+def test_a_truncated_ground_truth_piece_is_named_quarantined_and_retrained(tmp_path, caplog):
+    pipeline.evaluate(_spec(tmp_path))
+    piece = sorted((tmp_path / "ground_truth").rglob("k00003_r000.pt"))[0]
+    good = torch.load(piece)
+    piece.write_bytes(piece.read_bytes()[:20])                       # a write cut short by a crash
+    with caplog.at_level("WARNING", logger="tdabench"):
+        pipeline.evaluate(_spec(tmp_path, force=True))
+    assert f"ground-truth piece {piece} is unreadable" in caplog.text
+    assert piece.with_name(piece.name + ".corrupt0").exists()       # kept for inspection
+    torch.testing.assert_close(torch.load(piece), good)             # retrained, the same numbers
+
+
+def test_a_truncated_record_and_unreadable_scores_are_named_and_recomputed(tmp_path, caplog, spy):
+    pipeline.evaluate(_spec(tmp_path))
+    record = next((tmp_path / "runs").rglob("seed0.json"))
+    before = json.loads(record.read_text())
+    record.write_text(record.read_text()[:100])
+    with caplog.at_level("WARNING", logger="tdabench"):
+        summaries, failures = pipeline.evaluate(_spec(tmp_path))
+    assert not failures and spy == ["gradsim", "gradsim"]
+    assert f"{record} is unreadable" in caplog.text and record.with_name("seed0.json.corrupt0").exists()
+    assert summaries[0]["mean"] == pytest.approx(before["metrics"]["lds"]["value"])
+    scores = record.with_name(json.loads(record.read_text())["scores_file"])
+    scores.write_bytes(b"not a tensor")
+    record.write_text(json.dumps(dict(json.loads(record.read_text()), metrics={})))   # metrics must come from scores
+    pipeline.evaluate(_spec(tmp_path))
+    assert spy == ["gradsim"] * 3 and "stored scores" in caplog.text

@@ -151,6 +151,10 @@ def prepare(spec: RunSpec) -> Plan:
     """``resolve``, then the checks that need the task's data (sizes, the stored matrix, each
     method's ``check``).  Cheap: trains nothing; missing data fails here."""
     plan = resolve(spec)
+    n_train, n_query = plan.task.n_train, plan.task.n_query
+    if n_train < 2 or n_query < 1:
+        raise ConfigError(f"task {plan.task.name} has {n_train} attribution and {n_query} query examples with these "
+                          f"settings; attribution needs at least 2 and 1 (check the task.* sizes, `tdabench list`)")
     plan.gt.check(plan.task)
     plan.store.check(plan.task.n_train, plan.task.n_query)
     for method in plan.methods:

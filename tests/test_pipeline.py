@@ -292,3 +292,28 @@ def test_a_truncated_record_and_unreadable_scores_are_named_and_recomputed(tmp_p
     record.write_text(json.dumps(dict(json.loads(record.read_text()), metrics={})))   # metrics must come from scores
     pipeline.evaluate(_spec(tmp_path))
     assert spy == ["gradsim"] * 3 and "stored scores" in caplog.text
+
+
+def test_verify_reports_unreadable_and_stale_files_without_touching_them(tmp_path, capsys):
+    pipeline.evaluate(_spec(tmp_path, ("gradsim", "random")))
+    assert cli.main(["verify", "--results-dir", str(tmp_path)]) == 0
+    assert "0 problem(s)" in capsys.readouterr().out
+    record = next((tmp_path / "runs" / "regression" / "gradsim").rglob("seed0.json"))
+    stale = json.loads(record.read_text())
+    stale["code"]["tdabench.methods.gradsim"] = "0" * 16
+    record.write_text(json.dumps(stale))
+    other = next((tmp_path / "runs" / "regression" / "random").rglob("seed0.json"))
+    other.write_text("{ truncated")
+    piece = sorted((tmp_path / "ground_truth").rglob("k00001_r000.pt"))[0]
+    piece.write_bytes(b"garbage")
+    assert cli.main(["verify", "--results-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{record}: made by code that has changed since" in out
+    assert f"{other} is unreadable" in out and f"{piece}: unreadable" in out
+    assert piece.read_bytes() == b"garbage" and other.read_text() == "{ truncated"   # read-only
+
+
+def test_a_task_with_no_examples_fails_before_any_work(tmp_path, capsys):
+    code = cli.main(["run", "--task", "digits", "--method", "gradsim", "--set", "task.n_train=0",
+                     "--results-dir", str(tmp_path)])
+    assert code == 2 and "0 attribution" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """The ``tdabench`` subcommands: one module each, registered in :data:`COMMANDS` (in ``--help`` order)."""
 from __future__ import annotations
 
-from . import evaluate, ground_truth, leaderboard, listing, plot, regress, run, scaling, sweep
+from . import evaluate, ground_truth, leaderboard, listing, plot, regress, run, scaling, sweep, verify
 from .base import Command
 
 COMMANDS: tuple[Command, ...] = (
@@ -14,6 +14,7 @@ COMMANDS: tuple[Command, ...] = (
     scaling.COMMAND,
     plot.COMMAND,
     regress.COMMAND,
+    verify.COMMAND,
 )
 
 __all__ = ["COMMANDS", "Command"]

@@ -1,0 +1,74 @@
+"""``tdabench verify``: check every record, stored score matrix and ground-truth cache under a results
+directory — loadable, consistent shapes, made by the current code — and say what a run would
+recompute.  Read-only: nothing is moved or rewritten."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from . import retrain
+from .fingerprint import changes, fingerprint
+from .leaderboard import is_stale
+from .records import RunResult
+from .registry import TASKS, UnknownNameError
+from .store import load_scores
+
+
+def _record_problems(path: Path) -> Iterator[str]:
+    try:
+        record = RunResult.load(path)
+    except ValueError as err:
+        yield str(err)
+        return
+    for metric in record.metrics:
+        if is_stale(record, metric):
+            yield f"{path}: made by code that has changed since (metric {metric}); `run` recomputes it"
+            break
+    scores = path.parent / (record.scores_file or "")
+    if not record.scores_file or not scores.exists():
+        yield f"{path}: no stored scores (metrics cannot be recomputed without running the method)"
+        return
+    try:
+        matrix, _ = load_scores(scores)
+    except Exception as err:  # any unreadable file
+        yield f"{scores}: unreadable ({str(err).splitlines()[0][:120]}); `run` recomputes the method"
+        return
+    n_query = len(next(iter(record.metrics.values()), {}).get("per_query", [])) or matrix.shape[1]
+    if matrix.dim() != 2 or matrix.shape[1] != n_query:
+        yield f"{scores}: shape {tuple(matrix.shape)} does not match the record's {n_query} queries"
+
+
+def _truth_problems(folder: Path) -> Iterator[str]:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        yield f"{folder}: meta.json unreadable ({err}); `run` rebuilds this ground truth"
+        return
+    try:
+        now = fingerprint(TASKS.get(meta["task"]), retrain)
+    except UnknownNameError:
+        yield f"{folder}: task {meta.get('task')!r} is not installed here; cannot check its code"
+        return
+    if meta.get("code") != now:
+        yield f"{folder}: built by other code ({changes(meta.get('code'), now)}); `run` sets it aside and rebuilds"
+    shapes = set()
+    for piece in sorted((folder / "pieces").glob("*.pt")):
+        try:
+            shapes.add(tuple(torch.load(piece).shape))
+        except Exception as err:  # any unreadable file
+            yield f"{piece}: unreadable ({str(err).splitlines()[0][:120]}); `run` retrains it"
+    if len(shapes) > 1:
+        yield f"{folder}: pieces of different shapes {sorted(shapes)}"
+
+
+def verify(results_dir: Path) -> tuple[list[str], int]:
+    """(problems found, number of files and caches checked)."""
+    root = Path(results_dir)
+    records = sorted((root / "runs").rglob("seed*.json"))
+    truths = sorted(p.parent for p in (root / "ground_truth").glob("*/*/meta.json") if ".stale" not in p.parent.name)
+    problems = [p for path in records for p in _record_problems(path)]
+    problems += [p for folder in truths for p in _truth_problems(folder)]
+    return problems, len(records) + len(truths)

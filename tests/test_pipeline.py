@@ -317,3 +317,17 @@ def test_a_task_with_no_examples_fails_before_any_work(tmp_path, capsys):
     code = cli.main(["run", "--task", "digits", "--method", "gradsim", "--set", "task.n_train=0",
                      "--results-dir", str(tmp_path)])
     assert code == 2 and "0 attribution" in capsys.readouterr().err
+
+
+def test_evaluate_metric_loo_on_stored_scores_runs_no_method(tmp_path, capsys, monkeypatch):
+    overrides = {"task": {"n_train": "40", "n_query": "10"}, "gt": {"kind": "loo", "retrain_seeds": "2"}}
+    pipeline.evaluate(_spec(tmp_path, ("if",), overrides=overrides))
+    path = next((tmp_path / "runs").rglob("seed0.json"))
+    before = json.loads(path.read_text())["metrics"]["loo"]
+    for name in METHODS.names():
+        monkeypatch.setattr(METHODS.get(name), "score", lambda *a: pytest.fail("a method ran"))
+        monkeypatch.setattr(METHODS.get(name), "fit", lambda *a: pytest.fail("a method ran"))
+    assert cli.main(["evaluate", "--metric", "loo", "--results-dir", str(tmp_path)]) == 0
+    after = json.loads(path.read_text())["metrics"]["loo"]
+    assert after["value"] == pytest.approx(before["value"], abs=1e-12)   # the same number, no method call
+    assert after["ceiling"] is not None and "loo" in capsys.readouterr().out

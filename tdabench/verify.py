@@ -29,8 +29,7 @@ def _record_problems(path: Path) -> Iterator[str]:
             break
     scores = path.parent / (record.scores_file or "")
     if not record.scores_file or not scores.exists():
-        yield f"{path}: no stored scores (metrics cannot be recomputed without running the method)"
-        return
+        return   # reusable as it is; counted by ``verify`` (a fresh clone has records without their scores)
     try:
         matrix, _ = load_scores(scores)
     except Exception as err:  # any unreadable file
@@ -62,6 +61,19 @@ def _truth_problems(folder: Path) -> Iterator[str]:
             yield f"{piece}: unreadable ({str(err).splitlines()[0][:120]}); `run` retrains it"
     if len(shapes) > 1:
         yield f"{folder}: pieces of different shapes {sorted(shapes)}"
+
+
+def without_scores(records: list[Path]) -> int:
+    """Records whose score matrix is not stored next to them (reused as they are, but `evaluate`
+    cannot recompute their metrics)."""
+    count = 0
+    for path in records:
+        try:
+            record = RunResult.load(path)
+        except ValueError:
+            continue
+        count += not (record.scores_file and (path.parent / record.scores_file).exists())
+    return count
 
 
 def verify(results_dir: Path) -> tuple[list[str], int]:

@@ -12,13 +12,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..verify import verify
+    from ..verify import verify, without_scores
 
     if not args.results_dir.exists():
         raise FileNotFoundError(f"--results-dir {args.results_dir} does not exist")
     problems, checked = verify(args.results_dir)
     for problem in problems:
         print(problem)
+    missing = without_scores(sorted((args.results_dir / "runs").rglob("seed*.json")))
+    if missing:
+        print(f"{missing} record(s) without stored scores: reused as they are, but `tdabench evaluate` needs "
+              f"`tdabench run --force` to recompute their metrics (score matrices are not committed)")
     print(f"{checked} records and ground truths checked, {len(problems)} problem(s)"
           + ("" if problems else ": everything would be reused as it is"))
     return 1 if problems else 0

@@ -34,6 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--serial", action="store_true", help="retrain in this process without Ray (debugging)")
+    p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 matmuls (faster, ~3 fewer digits; keys the ground truth)")
+    p.add_argument("--nondeterministic", action="store_true", help="CUDA: allow nondeterministic kernels (faster; recorded)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for fit and score in this process (tiny models run fastest on 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
@@ -72,7 +74,8 @@ def _spec(args: argparse.Namespace, methods: tuple[str, ...]) -> Any:
 
     return RunSpec(task=args.task, methods=methods, seeds=parse_seeds(args.seeds), overrides=parse_set_args(args.sets),
                    results_dir=args.results_dir, device=args.device, executor="serial" if args.serial else "ray",
-                   ray_address=args.ray_address, force=getattr(args, "force", False), metrics=_names(args.metric))
+                   ray_address=args.ray_address, force=getattr(args, "force", False), metrics=_names(args.metric),
+                   deterministic=not args.nondeterministic, tf32=args.tf32)
 
 
 def _fmt(value: Optional[float], digits: int = 3) -> str:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .config import config_dict, with_values
+from .numerics import Numerics, current_numerics
 from .retrain import train_and_measure_many
 from .registry import TASKS
 from .task import Task
@@ -77,20 +78,24 @@ class SerialExecutor:
 _WORKER_TASKS: dict[str, Task] = {}
 
 
-def _worker_task(name: str, config: dict[str, Any]) -> Task:
-    """Build (once per worker process) the task named ``name`` with ``config`` on the worker's device."""
-    key = repr((name, sorted(config.items())))
+def _worker_task(name: str, config: dict[str, Any], numerics: Numerics) -> Task:
+    """Build (once per worker process) the task named ``name`` with ``config`` on the run's device type
+    (on CUDA, the GPU that Ray assigned to this worker), never on whatever the worker happens to see."""
+    key = repr((name, sorted(config.items()), numerics))
     if key not in _WORKER_TASKS:
+        if numerics.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("the run is on CUDA but this Ray worker sees no GPU; start the cluster's nodes "
+                               "with their GPUs (ray start --num-gpus N) or run with --device cpu")
         cls = TASKS.get(name)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        _WORKER_TASKS[key] = cls(with_values(cls.Config, config), device=device)
+        _WORKER_TASKS[key] = cls(with_values(cls.Config, config), device=numerics.device)
     return _WORKER_TASKS[key]
 
 
-def _remote_retrain(name: str, config: dict[str, Any], group: list[Job]) -> Tensor:
-    if not torch.cuda.is_available():
+def _remote_retrain(name: str, config: dict[str, Any], group: list[Job], numerics: Numerics = Numerics()) -> Tensor:
+    numerics.apply()
+    if numerics.device == "cpu":
         torch.set_num_threads(1)  # one CPU per Ray task: Ray runs one task per core
-    return _train_chunk(_worker_task(name, config), group)
+    return _train_chunk(_worker_task(name, config, numerics), group)
 
 
 class RayExecutor:
@@ -127,8 +132,9 @@ class RayExecutor:
         use_gpu = task.device.type == "cuda"
         opts = {"num_cpus": 1, "num_gpus": task.num_gpus_per_retrain if use_gpu else 0,
                 "max_retries": self.max_retries, "retry_exceptions": False}
-        config = config_dict(task.config)
-        pending = {self._fn.options(**opts).remote(task.name, config, [(k, r, m.cpu(), s) for k, r, m, s in group]):
+        config, numerics = config_dict(task.config), current_numerics(task)
+        pending = {self._fn.options(**opts).remote(task.name, config, [(k, r, m.cpu(), s) for k, r, m, s in group],
+                                                   numerics):
                    [(k, r) for k, r, _, _ in group] for group in chunks(jobs, chunk)}
         try:
             while pending:

@@ -1,7 +1,8 @@
 """Ground truth: regimes (α-subsets, leave-one-out), their cache, and the build that resumes.
 
 A ground truth is named by its kind and settings (``GroundTruthConfig.label``) and keyed by those
-settings plus the task's description; its directory also records the code fingerprint of the task's
+settings plus the task's description and the numerics it was computed with (device type; on CUDA the
+determinism and TF32 settings), so CPU-fp32 and GPU-TF32 retrains never mix; its directory also records the code fingerprint of the task's
 recipe and of ``retrain.py``.  A cache built by other code is moved aside (never deleted) and rebuilt,
 with the reason in the log.  One file per finished retrain, so a killed build resumes.
 """
@@ -20,6 +21,7 @@ from . import retrain
 from .config import ConfigError, config_dict, content_hash
 from .files import save_tensor, write_json
 from .fingerprint import changes, fingerprint
+from .numerics import current_numerics
 from .progress import Progress
 from .quarantine import quarantine
 from .retrain import train_and_measure  # noqa: F401  (re-exported: the unit of work)
@@ -115,7 +117,7 @@ class GroundTruthStore:
     def __init__(self, task: Task, cfg: GroundTruthConfig, seed: int, results_dir: Path) -> None:
         self.task, self.cfg, self.seed = task, cfg, seed
         self.meta = {"task": task.name, "task_version": task.version, "task_config": config_dict(task.config),
-                     **cfg.settings(), "seed": seed}
+                     **cfg.settings(), "seed": seed, "numerics": current_numerics(task).key()}
         self.key = content_hash(self.meta)
         self.code = code_fingerprint(task)
         self.dir = Path(results_dir) / "ground_truth" / task.name / self.key

@@ -46,20 +46,21 @@ class Meter:
     the block where the kernel lets it be reset (Linux), else the process lifetime peak."""
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
-        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
         self.usage = Usage()
 
     def __enter__(self) -> "Meter":
         _reset_peak_rss()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+        if self.cuda:   # the run's device, not whichever is current
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
         if self.cuda:
-            torch.cuda.synchronize()
-            self.usage.peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.synchronize(self.device)
+            self.usage.peak_cuda_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         self.usage.seconds = time.perf_counter() - self._start
         self.usage.peak_rss_mb = _peak_rss_mb()

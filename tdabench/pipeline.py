@@ -27,6 +27,7 @@ from .groundtruth import GroundTruth, build_ground_truth, code_fingerprint
 from .meter import Meter, Usage
 from .method import Context, Method
 from .metric import Metric
+from .numerics import current_numerics
 from .quarantine import quarantine
 from .records import CorruptRecord, RunResult, environment, summarize
 from .reference import reference_model
@@ -179,7 +180,8 @@ def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: GroundTruth
         peak_rss_mb=max(scored.fit.peak_rss_mb, scored.score.peak_rss_mb), peak_cuda_mb=max(cuda) if cuda else None,
         method_recommended=config_dict_of(plan.recommended[method.name]),
         method_overrides=config_dict_of(plan.overrides[method.name]), code=scores_code(type(task), type(method)),
-        scores_file=scores_name, environment=environment(str(task.device)), extras=scored.extras)
+        scores_file=scores_name, environment={**environment(str(task.device)), "numerics": current_numerics(task).key()},
+        extras=scored.extras)
     result.save(todo.path)
     return result
 

@@ -16,6 +16,7 @@ from .distributed import RayExecutor, SerialExecutor
 from .groundtruth import GroundTruthConfig
 from .method import Method
 from .metric import Metric
+from .numerics import Numerics
 from .registry import METHODS, METRICS, TASKS
 from .store import StoreConfig
 from .task import Task
@@ -40,6 +41,8 @@ class RunSpec:
     method_cache: Optional[Path] = None  # methods' private state (factors, features); None: results_dir/cache
     records_dir: Optional[Path] = None   # run records; None: results_dir/runs
     metrics: tuple[str, ...] = ()        # metric names; empty: every registered metric of the ground truth's kind
+    deterministic: bool = True           # CUDA: deterministic kernels only (tdabench.numerics)
+    tf32: bool = False                   # CUDA: allow TF32 matmuls/convolutions (recorded; keys the ground truth)
 
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **changes)
@@ -138,6 +141,7 @@ def resolve(spec: RunSpec) -> Plan:
     if unknown:
         raise ConfigError(f"--set scope(s) {sorted(unknown)} match nothing; use one of {sorted(scopes)}")
     task = make_task(spec.task, spec.overrides.get("task", {}), pick_device(spec.device))
+    Numerics(device=task.device.type, deterministic=spec.deterministic, tf32=spec.tf32).apply()
     gt = apply_overrides(GroundTruthConfig(), spec.overrides.get("gt", {}), "gt")
     store = apply_overrides(StoreConfig(), spec.overrides.get("store", {}), "store")
     built = [resolve_method(m, task, spec.overrides.get(m, {})) for m in spec.methods]

@@ -112,6 +112,12 @@ def _prepare(spec: SweepSpec) -> dict[int, GroundTruth]:
     return truths
 
 
+def trial_resources(task: Any) -> dict[str, float]:
+    """What one Tune trial reserves: a CPU, and on CUDA the task's GPU share (so trials never pile
+    onto one GPU beyond what it holds)."""
+    return {"cpu": 1, "gpu": task.num_gpus_per_retrain} if task.device.type == "cuda" else {"cpu": 1}
+
+
 def sweep(spec: SweepSpec) -> dict[str, Any]:
     """Run the sweep on Ray Tune; return (and write) its report."""
     import ray
@@ -126,7 +132,7 @@ def sweep(spec: SweepSpec) -> dict[str, Any]:
     run = spec.run.replace(results_dir=spec.run.results_dir.resolve())  # trials chdir
     trainable = tune.with_parameters(_trainable, run=run, truths=truths)
     storage = (spec.run.results_dir / "tune").resolve()
-    tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space=space,
+    tuner = tune.Tuner(tune.with_resources(trainable, trial_resources(prepare(spec.run).task)), param_space=space,
                        tune_config=tune.TuneConfig(metric="tune_lds", mode="max", num_samples=max(1, spec.samples)),
                        run_config=tune.RunConfig(name=f"{spec.run.task}-{spec.run.methods[0]}", storage_path=str(storage),
                                                  verbose=0))

@@ -1,0 +1,46 @@
+"""How a run computes: deterministic CUDA kernels and TF32, set once per process from the run's
+settings (the driver and every Ray worker alike) and recorded with every number.
+
+On CUDA, deterministic algorithms are on by default (cuBLAS workspace pinned, cuDNN autotuning off)
+and TF32 is off, so "float32" in a record means float32.  On the CPU nothing needs setting.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """The numeric settings of a run: what a ground-truth key and a record must carry."""
+
+    device: str = "cpu"          # the device type the numbers were computed on
+    deterministic: bool = True   # CUDA: deterministic algorithms only
+    tf32: bool = False           # CUDA: TF32 tensor-core matmuls and convolutions
+
+    def apply(self) -> None:
+        """Put these settings into effect in this process (CUDA settings only on CUDA)."""
+        if self.device != "cuda":
+            return
+        if self.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's requirement for determinism
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+        torch.backends.cudnn.deterministic = self.deterministic
+        torch.backends.cudnn.benchmark = not self.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+
+    def key(self) -> dict:
+        """What distinguishes numbers: the device type and, on CUDA, the kernel settings."""
+        return asdict(self) if self.device == "cuda" else {"device": self.device}
+
+
+def current_numerics(task: "object") -> Numerics:
+    """The settings in effect in this process for ``task``'s device (what ``apply`` last set)."""
+    device = getattr(task, "device", torch.device("cpu")).type
+    if device != "cuda":
+        return Numerics(device=device)
+    return Numerics(device="cuda", deterministic=torch.are_deterministic_algorithms_enabled(),
+                    tf32=bool(torch.backends.cuda.matmul.allow_tf32))

@@ -43,7 +43,7 @@ class GroundTruthConfig:
     num_subsets: int = 100      # subsets: K retrained subsets
     retrain_seeds: int = 1      # R retraining seeds per subset (R ≥ 2 gives the noise ceiling)
     loo_examples: int = 0       # loo: examples removed, a seeded sample (0: every example)
-    chunk_size: int = 0         # retrains per unit of work for tasks that train many at once (0: automatic); never changes a number
+    chunk_size: int = 0         # retrains trained together by tasks that train many at once (0: automatic); not in the key: it moves a measurement by float rounding only (≤ 1e-6)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:

@@ -21,6 +21,7 @@ from . import retrain
 from .config import ConfigError, config_dict, content_hash
 from .files import save_tensor, write_json
 from .fingerprint import changes, fingerprint
+from .locks import exclusive
 from .numerics import current_numerics
 from .progress import Progress
 from .quarantine import quarantine
@@ -201,6 +202,12 @@ def build_ground_truth(task: Task, cfg: GroundTruthConfig, seed: int, results_di
                        executor: "Executor") -> GroundTruth:
     """Load the cached ground truth of (task, cfg, seed), training only the missing retrains."""
     store = GroundTruthStore(task, cfg, seed, results_dir)
+    lock = store.dir.with_name(f"{store.dir.name}.lock")
+    with exclusive(lock, f"ground truth {task.name} [{cfg.label}] seed {seed}"):
+        return _build(store, task, cfg, seed, executor)
+
+
+def _build(store: GroundTruthStore, task: Task, cfg: GroundTruthConfig, seed: int, executor: "Executor") -> GroundTruth:
     store.prepare()
     todo = store.missing()
     if todo:

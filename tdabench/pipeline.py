@@ -24,6 +24,7 @@ from . import reference as reference_module
 from .config import config_dict, content_hash
 from .fingerprint import changes, digest, fingerprint
 from .groundtruth import GroundTruth, build_ground_truth, code_fingerprint
+from .locks import exclusive
 from .meter import Meter, Usage
 from .method import Context, Method
 from .metric import Metric
@@ -129,10 +130,21 @@ class _Todo:
     record: Optional[RunResult] = None     # the reusable record, when there is one
     rescore: bool = True                   # run the method
     metrics: tuple[str, ...] = ()          # metrics to (re)compute from stored scores
+    stamp: Optional[int] = None            # the record file's mtime when triaged (None: no file)
+
+
+def _stamp(path: Path) -> Optional[int]:
+    return path.stat().st_mtime_ns if path.exists() else None
 
 
 def _triage(spec: RunSpec, plan: Plan, method: Method, seed: int, truth_code: str) -> _Todo:
     """Decide, and say, what of a record is still true."""
+    todo = _decide(spec, plan, method, seed, truth_code)
+    todo.stamp = _stamp(todo.path)
+    return todo
+
+
+def _decide(spec: RunSpec, plan: Plan, method: Method, seed: int, truth_code: str) -> _Todo:
     path = record_path(spec, plan, method, seed)
     if spec.force or not path.exists():
         return _Todo(method, path)
@@ -224,12 +236,10 @@ def evaluate(spec: RunSpec) -> tuple[list[dict[str, Any]], list[str]]:
             truth = build_ground_truth(plan.task, plan.gt, seed, spec.results_dir, executor) if work else None
             for todo in todos:
                 try:
-                    if todo.rescore:
-                        record = _score(spec, plan, todo, seed, truth)
-                    elif todo.metrics:
-                        record = rescore_metrics(todo.record, todo.path, plan, todo.metrics, truth)
-                    else:
-                        record = todo.record
+                    with exclusive(todo.path.with_name(todo.path.name + ".lock"), f"{todo.method.name} seed {seed}"):
+                        if todo.stamp != _stamp(todo.path):   # another run wrote it while we waited: look again
+                            todo = _triage(spec, plan, todo.method, seed, truth_code)
+                        record = _run_todo(spec, plan, todo, seed, truth)
                     results[todo.method.name].append(record)
                 except Exception as err:  # collected and reported at the end; other methods go on
                     failures.append(f"{todo.method.name} seed {seed}: {type(err).__name__}: {err}")
@@ -238,3 +248,13 @@ def evaluate(spec: RunSpec) -> tuple[list[dict[str, Any]], list[str]]:
         executor.close()
     summaries = [summarize(r, m.name) for m in plan.metrics for r in results.values() if r]
     return summaries, failures
+
+
+def _run_todo(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: Optional[GroundTruth]) -> RunResult:
+    """Score, recompute metrics, or reuse, as triage decided."""
+    if todo.rescore:
+        return _score(spec, plan, todo, seed, truth)
+    if todo.metrics:
+        return rescore_metrics(todo.record, todo.path, plan, todo.metrics, truth)
+    return todo.record
+

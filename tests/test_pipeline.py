@@ -331,3 +331,19 @@ def test_evaluate_metric_loo_on_stored_scores_runs_no_method(tmp_path, capsys, m
     after = json.loads(path.read_text())["metrics"]["loo"]
     assert after["value"] == pytest.approx(before["value"], abs=1e-12)   # the same number, no method call
     assert after["ceiling"] is not None and "loo" in capsys.readouterr().out
+
+
+def test_two_concurrent_runs_build_the_ground_truth_once_and_agree(tmp_path):
+    """Two `tdabench run` processes on one results directory: one builds, the other waits and reuses."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "tdabench.cli", "run", "--task", "regression", "--method", "gradsim", "--seeds", "1",
+           "--serial", "--json", "--set", "gt.num_subsets=200", "--results-dir", str(tmp_path)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    logs = "".join(err for _, err in outs)
+    assert logs.count("retrains to do") == 1                    # built once
+    assert "waiting for another tdabench run" in logs          # the other one waited for it
+    assert len(list((tmp_path / "ground_truth").rglob("k*_r*.pt"))) == 200
+    assert json.loads(outs[0][0]) == json.loads(outs[1][0])    # the same numbers

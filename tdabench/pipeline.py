@@ -12,6 +12,7 @@ pipeline says why and recomputes — the metrics alone, from the stored scores, 
 """
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from dataclasses import dataclass
@@ -200,8 +201,6 @@ def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: GroundTruth
 
 def config_dict_of(values: dict[str, Any]) -> dict[str, Any]:
     """JSON-ready settings (tuples become lists), as records hold them."""
-    import json
-
     return json.loads(json.dumps(values, default=str))
 
 

@@ -17,12 +17,7 @@ from .registry import TASKS, UnknownNameError
 from .store import load_scores
 
 
-def _record_problems(path: Path) -> Iterator[str]:
-    try:
-        record = RunResult.load(path)
-    except ValueError as err:
-        yield str(err)
-        return
+def _record_problems(path: Path, record: RunResult) -> Iterator[str]:
     for metric in record.metrics:
         if is_stale(record, metric):
             yield f"{path}: made by code that has changed since (metric {metric}); `run` recomputes it"
@@ -63,24 +58,19 @@ def _truth_problems(folder: Path) -> Iterator[str]:
         yield f"{folder}: pieces of different shapes {sorted(shapes)}"
 
 
-def without_scores(records: list[Path]) -> int:
-    """Records whose score matrix is not stored next to them (reused as they are, but `evaluate`
-    cannot recompute their metrics)."""
-    count = 0
-    for path in records:
+def verify(results_dir: Path) -> tuple[list[str], int, int]:
+    """(problems found, records and caches checked, records without stored scores)."""
+    root = Path(results_dir)
+    paths = sorted((root / "runs").rglob("seed*.json"))
+    truths = sorted(p.parent for p in (root / "ground_truth").glob("*/*/meta.json") if ".stale" not in p.parent.name)
+    problems, without_scores = [], 0
+    for path in paths:
         try:
             record = RunResult.load(path)
-        except ValueError:
+        except ValueError as err:
+            problems.append(str(err))
             continue
-        count += not (record.scores_file and (path.parent / record.scores_file).exists())
-    return count
-
-
-def verify(results_dir: Path) -> tuple[list[str], int]:
-    """(problems found, number of files and caches checked)."""
-    root = Path(results_dir)
-    records = sorted((root / "runs").rglob("seed*.json"))
-    truths = sorted(p.parent for p in (root / "ground_truth").glob("*/*/meta.json") if ".stale" not in p.parent.name)
-    problems = [p for path in records for p in _record_problems(path)]
+        problems += _record_problems(path, record)
+        without_scores += not (record.scores_file and (path.parent / record.scores_file).exists())
     problems += [p for folder in truths for p in _truth_problems(folder)]
-    return problems, len(records) + len(truths)
+    return problems, len(paths) + len(truths), without_scores

@@ -111,15 +111,19 @@ def test_retrain_seeds_are_kept_separately(tmp_path):
     assert noise_ceiling(truth.replicas) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_ray_and_serial_give_the_same_ground_truth(tmp_path):
-    task = Regression(RegressionConfig(n_train=30, n_query=5, dim=3))
-    cfg = GroundTruthConfig(num_subsets=6)
-    serial = build_ground_truth(task, cfg, 3, tmp_path / "serial", SerialExecutor())
+def _serial_and_ray(task, cfg, seed, root):
+    """The same ground truth built in-process and on a local 2-CPU Ray instance."""
+    serial = build_ground_truth(task, cfg, seed, root / "serial", SerialExecutor())
     ray_exec = RayExecutor(num_cpus=2)
     try:
-        distributed = build_ground_truth(task, cfg, 3, tmp_path / "ray", ray_exec)
+        return serial, build_ground_truth(task, cfg, seed, root / "ray", ray_exec)
     finally:
         ray_exec.close()
+
+
+def test_ray_and_serial_give_the_same_ground_truth(tmp_path):
+    task = Regression(RegressionConfig(n_train=30, n_query=5, dim=3))
+    serial, distributed = _serial_and_ray(task, GroundTruthConfig(num_subsets=6), 3, tmp_path)
     assert torch.equal(serial.masks, distributed.masks)
     torch.testing.assert_close(serial.replicas, distributed.replicas, atol=1e-9, rtol=1e-9)
 
@@ -162,11 +166,5 @@ def test_ray_runs_chunks_of_a_batched_task_like_serial(tmp_path):
     from tdabench.tasks.digits import Digits, DigitsConfig
 
     task = Digits(DigitsConfig(n_train=100, n_query=8, epochs=2))
-    cfg = GroundTruthConfig(num_subsets=6, chunk_size=2)
-    serial = build_ground_truth(task, cfg, 1, tmp_path / "serial", SerialExecutor())
-    ray_exec = RayExecutor(num_cpus=2)
-    try:
-        distributed = build_ground_truth(task, cfg, 1, tmp_path / "ray", ray_exec)
-    finally:
-        ray_exec.close()
+    serial, distributed = _serial_and_ray(task, GroundTruthConfig(num_subsets=6, chunk_size=2), 1, tmp_path)
     torch.testing.assert_close(serial.replicas, distributed.replicas)

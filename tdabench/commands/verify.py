@@ -12,14 +12,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..verify import verify, without_scores
+    from ..verify import verify
 
     if not args.results_dir.exists():
         raise FileNotFoundError(f"--results-dir {args.results_dir} does not exist")
-    problems, checked = verify(args.results_dir)
+    problems, checked, missing = verify(args.results_dir)
     for problem in problems:
         print(problem)
-    missing = without_scores(sorted((args.results_dir / "runs").rglob("seed*.json")))
     if missing:
         print(f"{missing} record(s) without stored scores: reused as they are, but `tdabench evaluate` needs "
               f"`tdabench run --force` to recompute their metrics (score matrices are not committed)")

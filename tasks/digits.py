@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from tdabench.batched import train_many_adam
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
-from tdabench.training import minibatch_train, steps_per_run
+from tdabench.training import epoch_batches, minibatch_train, steps_per_run
+from tdabench.unroll import Optimizer, Unroll, weighted_mean
 
 
 @dataclass(frozen=True)
@@ -81,3 +82,9 @@ class Digits(Task):
         opt = torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         return minibatch_train(model, self.train_data(), indices, lambda m, b: self.loss(m, b).mean(), opt,
                                c.epochs, c.batch_size, seed, on_checkpoint, checkpoint_steps)
+
+    def unroll(self, model: nn.Module, indices: Tensor, seed: int) -> Unroll:
+        """``train`` as pure steps: the same seeded minibatches, batch-mean loss, Adam with L2."""
+        c = self.config
+        return Unroll(model, self.train_data(), epoch_batches(indices, seed, c.epochs, c.batch_size),
+                      weighted_mean(self.loss), Optimizer("adam", c.lr, weight_decay=c.weight_decay))

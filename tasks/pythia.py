@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from tdabench.config import content_hash
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
+from tdabench.training import epoch_batches
+from tdabench.unroll import Optimizer, Unroll, weighted_mean
 from tdabench.tasks._lm_data import (DATASET_MARKERS, INSTALL, MissingResource, Shuffled, dataset_documents,
                                      fingerprint, load_pretrained, local_documents, pack, token_stream)
 
@@ -82,29 +84,26 @@ def train_lm(model: nn.Module, data: Batch, indices: Tensor, seed: int, cfg: Pyt
              checkpoint_steps: tuple[int, ...] = ()) -> nn.Module:
     """AdamW with linear warmup then linear decay to 0, ``cfg.epochs`` seeded passes, batches of
     ``cfg.batch_size`` accumulated over micro-batches; bf16 autocast on CUDA when ``cfg.bf16``."""
-    steps = cfg.epochs * math.ceil(indices.numel() / cfg.batch_size)
+    order = epoch_batches(indices, seed, cfg.epochs, cfg.batch_size)
+    steps = len(order)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, steps, cfg.warmup_steps))
     device = next(model.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    gen, wanted, step = torch.Generator().manual_seed(seed), set(checkpoint_steps), 0
+    wanted = set(checkpoint_steps)
     model.train()
     if on_checkpoint is not None and 0 in wanted:
         on_checkpoint(0, model, opt.param_groups[0]["lr"])
-    for _ in range(cfg.epochs):
-        order = indices.cpu()[torch.randperm(indices.numel(), generator=gen)]
-        for start in range(0, order.numel(), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
-            opt.zero_grad(set_to_none=True)
-            for micro in batch.split(cfg.micro_batch):
-                with autocast:
-                    (loss(model, take(data, micro)).sum() / batch.numel()).backward()
-            lr = opt.param_groups[0]["lr"]
-            opt.step()
-            sched.step()
-            step += 1
-            if on_checkpoint is not None and step in wanted:
-                on_checkpoint(step, model, lr)
+    for step, batch in enumerate(order, start=1):
+        opt.zero_grad(set_to_none=True)
+        for micro in batch.split(cfg.micro_batch):
+            with autocast:
+                (loss(model, take(data, micro)).sum() / batch.numel()).backward()
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        if on_checkpoint is not None and step in wanted:
+            on_checkpoint(step, model, lr)
     return model.eval()
 
 
@@ -257,6 +256,25 @@ class Pythia(Task):
     def train(self, model: nn.Module, indices: Tensor, seed: int, on_checkpoint: Optional[CheckpointHook] = None,
               checkpoint_steps: tuple[int, ...] = ()) -> nn.Module:
         return train_lm(model, self.train_data(), indices, seed, self.config, self.loss, on_checkpoint, checkpoint_steps)
+
+    def unroll_unavailable(self) -> str:
+        c = self.config
+        if c.attn_implementation != "eager":    # the fused kernels have no second derivative (metagradients)
+            return f"task.attn_implementation={c.attn_implementation} has no second derivative; set task.attn_implementation=eager"
+        if c.bf16 and self.device.type == "cuda":
+            return "task.bf16=true trains under autocast, which the pure steps do not reproduce; set task.bf16=false"
+        return ""
+
+    def unroll(self, model: nn.Module, indices: Tensor, seed: int) -> Unroll:
+        """``train`` as pure steps: the same seeded batches (whole, not micro-batched: the same gradient),
+        mean sequence loss, AdamW under the linear schedule."""
+        c = self.config
+        if self.unroll_unavailable():
+            raise ValueError(self.unroll_unavailable())
+        order = epoch_batches(indices, seed, c.epochs, c.batch_size)
+        schedule = lambda t, total=len(order): linear_schedule(t, total, c.warmup_steps)   # noqa: E731
+        return Unroll(model, self.train_data(), order, weighted_mean(self.loss),
+                      Optimizer("adamw", c.lr, weight_decay=c.weight_decay, schedule=schedule))
 
     def bif_defaults(self) -> dict[str, Any]:
         """001 Table 3's "Retraining LLM" row (b=128, C=4, T=300, burn-in 150, nβ=800, γ=5·10⁴) on the

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
+from tdabench.unroll import Optimizer, Unroll
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,12 @@ class Regression(Task):
         return self.output_loss(self.outputs(model, batch), batch)
 
     def regularizer(self, model: nn.Module) -> Tensor:
-        return 0.5 * self.config.l2 * sum((p**2).sum() for p in model.parameters())
+        return self.penalty(model)
+
+    def penalty(self, params: "dict[str, Tensor] | nn.Module") -> Tensor:
+        """(l2/2)·‖w‖² of a parameter dict or a model."""
+        values = params.values() if isinstance(params, dict) else params.parameters()
+        return 0.5 * self.config.l2 * sum((p**2).sum() for p in values)
 
     def objective(self, model: nn.Module, indices: Tensor) -> Tensor:
         """(1/N)·Σ_{i∈indices} ℓ_i + regulariser, with N the full attribution set size."""
@@ -117,3 +123,20 @@ class Regression(Task):
             if on_checkpoint is not None and step in wanted:
                 on_checkpoint(step, model, lr)
         return model
+
+    def unroll_unavailable(self) -> str:
+        if self.config.optimizer != "gd":       # L-BFGS's line search is not a fixed chain of steps
+            return "task.optimizer=lbfgs has no fixed chain of steps to unroll; set task.optimizer=gd"
+        return ""
+
+    def unroll(self, model: nn.Module, indices: Tensor, seed: int) -> Unroll:
+        """Full-batch GD as pure steps: every step sees all of ``indices``, each example weighted w_i/N."""
+        if self.unroll_unavailable():
+            raise ValueError(self.unroll_unavailable())
+        n = self.n_train
+
+        def objective(net, params, batch, w):   # (1/N)·Σ w_i ℓ_i + (l2/2)‖θ‖²
+            return (self.loss(net, batch) * w).sum() / n + self.penalty(params)
+
+        return Unroll(model, self.train_data(), [indices.cpu()] * self.config.steps, objective,
+                      Optimizer("sgd", self.config.lr))

@@ -13,9 +13,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from .task import Batch, Task
+from .unroll import stateless
 
 
 def stack_models(models: Sequence[nn.Module]) -> dict[str, Tensor]:
@@ -87,11 +88,6 @@ class StackedAdam:
             p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(self.eps), value=-step_size)
 
 
-def _stateless(template: nn.Module, params: dict[str, Tensor]):
-    """A callable that runs ``template``'s forward with ``params`` (what ``task.loss`` calls as its model)."""
-    return lambda *args: functional_call(template, params, args)
-
-
 def stacked_loss_grads(task: Task, template: nn.Module, params: dict[str, Tensor], batch: Batch, valid: Tensor) -> dict[str, Tensor]:
     """Per-model gradients of each model's mean training loss over its own minibatch.
 
@@ -100,7 +96,7 @@ def stacked_loss_grads(task: Task, template: nn.Module, params: dict[str, Tensor
     the gradient of the summed losses is each model's own gradient.  Returns ``{name: [M, *shape]}``.
     """
     def mean_loss(p: dict[str, Tensor], keep: Tensor, *rows: Tensor) -> Tensor:
-        per_example = task.loss(_stateless(template, p), rows)                  # shape: [B]
+        per_example = task.loss(stateless(template, p), rows)                  # shape: [B]
         return (per_example * keep).sum() / keep.sum().clamp(min=1)
 
     keep = valid.to(next(iter(params.values())).dtype)
@@ -114,7 +110,7 @@ def stacked_measure(task: Task, template: nn.Module, params: dict[str, Tensor], 
     template.eval()
 
     def one(p: dict[str, Tensor], *rows: Tensor) -> Tensor:
-        out = task.measurement(_stateless(template, p), rows)
+        out = task.measurement(stateless(template, p), rows)
         return out.reshape(rows[0].shape[0], -1).mean(1)
 
     n = data[0].shape[0]

@@ -44,6 +44,7 @@ class GroundTruthConfig:
     num_subsets: int = 100      # subsets: K retrained subsets
     retrain_seeds: int = 1      # R retraining seeds per subset (R ≥ 2 gives the noise ceiling)
     loo_examples: int = 0       # loo: examples removed, a seeded sample (0: every example)
+    order: Literal["independent", "reference"] = "independent"   # reference: every retrain is the reference run (its seed and data order) with the excluded examples weighted 0
     chunk_size: int = 0         # retrains trained together by tasks that train many at once (0: automatic); not in the key: it moves a measurement by float rounding only (≤ 1e-6)
 
     def __post_init__(self) -> None:
@@ -56,6 +57,12 @@ class GroundTruthConfig:
             raise ConfigError(f"gt.retrain_seeds={self.retrain_seeds}: must be at least 1")
         if self.chunk_size < 0:
             raise ConfigError(f"gt.chunk_size={self.chunk_size}: must be 0 (automatic) or a positive count")
+        if self.order not in ("independent", "reference"):
+            raise ConfigError(f"gt.order={self.order!r}: use independent (each retrain its own seed) or reference "
+                              f"(the reference run reweighted, as MAGIC's own evaluation)")
+        if self.order == "reference" and self.retrain_seeds != 1:
+            raise ConfigError(f"gt.retrain_seeds={self.retrain_seeds} with gt.order=reference: every retrain is the "
+                              f"one reference run reweighted, so replicas would be identical; set gt.retrain_seeds=1")
         if self.loo_examples < 0 or self.loo_examples in (1, 2):
             raise ConfigError(f"gt.loo_examples={self.loo_examples}: use 0 (every example) or at least 3 "
                               f"(a correlation over removed examples needs 3)")
@@ -63,19 +70,25 @@ class GroundTruthConfig:
     @property
     def label(self) -> str:
         """The regime's name on every number measured against it, e.g. ``α=0.5 K=100 R=1``."""
+        order = " ref-order" if self.order == "reference" else ""
         if self.kind == "loo":
-            return f"LOO {self.loo_examples or 'all'} R={self.retrain_seeds}"
-        return f"α={self.alpha:g} K={self.num_subsets} R={self.retrain_seeds}"
+            return f"LOO {self.loo_examples or 'all'} R={self.retrain_seeds}{order}"
+        return f"α={self.alpha:g} K={self.num_subsets} R={self.retrain_seeds}{order}"
 
     def settings(self) -> dict:
-        """Only the settings this kind uses (so an unused knob does not split the cache)."""
+        """Only the settings this kind uses (so an unused knob does not split the cache; the order only
+        when it is not the default, so the independent-order caches keep their keys)."""
+        order = {"order": "reference"} if self.order == "reference" else {}
         if self.kind == "loo":
-            return {"kind": "loo", "loo_examples": self.loo_examples, "retrain_seeds": self.retrain_seeds}
+            return {"kind": "loo", "loo_examples": self.loo_examples, "retrain_seeds": self.retrain_seeds, **order}
         return {"kind": "subsets", "alpha": self.alpha, "num_subsets": self.num_subsets,
-                "retrain_seeds": self.retrain_seeds}
+                "retrain_seeds": self.retrain_seeds, **order}
 
     def check(self, task: Task) -> None:
         """Checks that need the task (run at validation, before any training)."""
+        if self.order == "reference" and not task.unrolls:
+            raise ConfigError(f"gt.order=reference needs the task to expose its training as pure steps (the "
+                              f"Task.unroll hook); task {task.name} cannot: {task.unroll_unavailable()}")
         if self.kind == "loo" and self.loo_examples > task.n_train:
             raise ConfigError(f"gt.loo_examples={self.loo_examples}: the task has only {task.n_train} attribution "
                               f"examples; use at most that many, or 0 for all")
@@ -214,9 +227,11 @@ def _build(store: GroundTruthStore, task: Task, cfg: GroundTruthConfig, seed: in
         log.info("ground truth %s [%s] seed %d: %d of %d retrains to do (%s)", task.name, cfg.label, seed,
                  len(todo), store.rows * cfg.retrain_seeds, store.dir)
         common = cfg.kind == "loo"
-        jobs = [(k, r, store.masks[k], retrain.retrain_seed(seed, k, r, common)) for k, r in todo]
+        seeds = {(k, r): retrain.reference_seed(seed) if cfg.order == "reference" else
+                 retrain.retrain_seed(seed, k, r, common) for k, r in todo}
+        jobs = [(k, r, store.masks[k], seeds[(k, r)]) for k, r in todo]
         with Progress(len(jobs), f"retrain {task.name} seed {seed}") as bar:
-            for k, r, targets in executor.run(task, jobs, cfg.chunk_size):
+            for k, r, targets in executor.run(task, jobs, cfg.chunk_size, cfg.order):
                 store.save(k, r, targets)
                 bar.update()
     return store.load()

@@ -42,6 +42,7 @@ class Context:
     cache_dir: Path
     checkpoints: list[Checkpoint] = field(default_factory=list)
     model_key: str = ""        # content hash of the reference model (task, config, seed)
+    train_seed: int = 0        # the seed the reference model was initialised and trained with
 
     @property
     def n_train(self) -> int:

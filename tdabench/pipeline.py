@@ -33,6 +33,7 @@ from .numerics import current_numerics
 from .quarantine import quarantine
 from .records import CorruptRecord, RunResult, environment, summarize
 from .reference import reference_model
+from .seeds import reference_seed
 from .spec import Plan, RunSpec, _LazyExecutor, prepare
 from .store import load_scores, save_scores
 from .task import Task
@@ -79,7 +80,8 @@ def make_context(spec: RunSpec, task: Task, method: Method, seed: int) -> Contex
     cache = (spec.method_cache or spec.results_dir / "cache") / method.name / task.name / code
     cache.mkdir(parents=True, exist_ok=True)
     return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),
-                   device=task.device, seed=seed, cache_dir=cache, checkpoints=checkpoints, model_key=key)
+                   device=task.device, seed=seed, cache_dir=cache, checkpoints=checkpoints, model_key=key,
+                   train_seed=reference_seed(seed))
 
 
 def scores_code(task: type[Task], method: type[Method]) -> dict[str, str]:

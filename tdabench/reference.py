@@ -13,14 +13,14 @@ from .config import content_hash
 from .files import save_tensor
 from .fingerprint import digest, fingerprint
 from .checkpoints import checkpoint_steps
-from .seeds import derive_seed
+from .seeds import reference_seed
 from .task import Checkpoint, Task
 
 log = logging.getLogger("tdabench")
 
 
 def _train_reference(task: Task, seed: int, n_checkpoints: int, spacing: str) -> tuple[nn.Module, list[Checkpoint]]:
-    model = task.make_model(derive_seed(seed, 0x4EF0))
+    model = task.make_model(reference_seed(seed))
     steps = checkpoint_steps(task.total_steps(task.n_train), n_checkpoints, spacing) if n_checkpoints else ()
     checkpoints: list[Checkpoint] = []
 
@@ -30,7 +30,7 @@ def _train_reference(task: Task, seed: int, n_checkpoints: int, spacing: str) ->
         checkpoints.append(Checkpoint(step=step, state=state, lr=float(lr), steps_since_previous=step - previous))
 
     everything = torch.arange(task.n_train, device=task.device)
-    task.train(model, everything, derive_seed(seed, 0x4EF0), on_checkpoint=hook if steps else None,
+    task.train(model, everything, reference_seed(seed), on_checkpoint=hook if steps else None,
                checkpoint_steps=steps)
     if len(checkpoints) != len(steps):
         raise RuntimeError(f"{task.name}.train reported {len(checkpoints)} checkpoints, {len(steps)} were asked for")
@@ -49,7 +49,7 @@ def reference_model(task: Task, seed: int, results_dir: Path, n_checkpoints: int
     folder = Path(results_dir) / "models" / task.name / key
     model_file, ckpt_file = folder / "model.pt", folder / f"checkpoints_{n_checkpoints}_{spacing}.pt"
     if model_file.exists() and (n_checkpoints == 0 or ckpt_file.exists()):
-        model = task.make_model(derive_seed(seed, 0x4EF0))
+        model = task.make_model(reference_seed(seed))
         model.load_state_dict(torch.load(model_file, map_location=task.device))
         checkpoints = torch.load(ckpt_file, map_location=task.device, weights_only=False) if n_checkpoints else []
         return model.eval(), checkpoints, key

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .seeds import derive_seed
+from .batched import stacked_measure
+from .seeds import derive_seed, reference_seed  # noqa: F401  (reference_seed: of reference-order retrains)
 from .task import Task
 
 
@@ -53,9 +54,23 @@ def train_and_measure(task: Task, mask: Tensor, seed: int) -> Tensor:
     return task.measure(model, task.query_data()).cpu()
 
 
-def train_and_measure_many(task: Task, masks: Tensor, seeds: list[int]) -> Tensor:
+def train_weighted_many(task: Task, masks: Tensor, seed: int) -> Tensor:
+    """Retrains in the reference order: the full run of ``seed`` (its initialisation and data order) with
+    example weights β = ``masks`` ``[M, n_train]`` — an excluded example keeps its place in every
+    minibatch with weight 0 — all M at once through ``Task.unroll``.  ``[M, n_query]`` float32, CPU."""
+    unroll = task.unroll(task.make_model(seed), torch.arange(task.n_train, device=task.device), seed)
+    params = unroll.run_many(masks.to(task.device))
+    return stacked_measure(task, unroll.model(unroll.initial()), params, task.query_data()).cpu()
+
+
+def train_and_measure_many(task: Task, masks: Tensor, seeds: list[int], order: str = "independent") -> Tensor:
     """``train_and_measure`` of each row of ``masks`` ``[M, n_train]``, as ``[M, n_query]`` float32 on the
-    CPU: all at once through ``task.train_many`` when the task can, one by one otherwise."""
+    CPU: all at once through ``task.train_many`` when the task can, one by one otherwise.  ``order``
+    ``reference``: every row is the run of the one seed in ``seeds``, reweighted (``train_weighted_many``)."""
+    if order == "reference":
+        if len(set(seeds)) != 1:
+            raise ValueError(f"reference-order retrains share one seed, got {sorted(set(seeds))}")
+        return train_weighted_many(task, masks, seeds[0])
     if task.trains_many:
         out = task.train_many(masks, seeds)
         if tuple(out.shape) != (masks.shape[0], task.n_query):

@@ -172,18 +172,19 @@ class _LazyExecutor:
     def __init__(self, spec: RunSpec) -> None:
         self.spec, self._inner = spec, None
 
-    def run(self, task: Task, jobs: list, chunk: int = 0) -> Any:
+    def run(self, task: Task, jobs: list, chunk: int = 0, order: str = "independent") -> Any:
         if self._inner is None:
-            self._inner = self._pick(task)
-        return self._inner.run(task, jobs, chunk)
+            self._inner = self._pick(task, order)
+        return self._inner.run(task, jobs, chunk, order)
 
-    def _pick(self, task: Task) -> Any:
-        """Serial when asked; in-process on every core for a task that trains many models at once on
-        this machine (Ray's start-up alone costs more than such a build); Ray otherwise."""
+    def _pick(self, task: Task, order: str) -> Any:
+        """Serial when asked; in-process on every core for retrains trained many at once on this machine
+        (``train_many``, or the reference order's reweighted runs: Ray's start-up alone costs more than
+        such a build); Ray otherwise."""
         address = self.spec.ray_address or os.environ.get("RAY_ADDRESS")
         if self.spec.executor == "serial":
             return SerialExecutor()
-        if task.trains_many and not address:
+        if (task.trains_many or order == "reference") and not address:
             return SerialExecutor(threads=os.cpu_count())
         return RayExecutor(address=address)
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .unroll import Unroll
 
 #: A batch is a tuple of tensors that all share the leading (example) dimension ``B``.
 Batch = tuple[Tensor, ...]
@@ -149,6 +152,23 @@ class Task(ABC):
     def trains_many(self) -> bool:
         """True when ``train_many`` is implemented."""
         return type(self).train_many is not Task.train_many
+
+    def unroll(self, model: nn.Module, indices: Tensor, seed: int) -> "Unroll":
+        """Optional: the run ``train(model, indices, seed)`` as a chain of pure, differentiable steps
+        (``tdabench.unroll``): the same data order, objective and optimiser, each step taking its
+        minibatch's example weights β.  Chaining them with β = 1 must give ``train``'s trajectory.
+        Metagradients (``magic``) and the reference-order ground truth (``gt.order=reference``) need it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement Task.unroll (its training as pure steps)")
+
+    def unroll_unavailable(self) -> str:
+        """Why ``unroll`` cannot run with this config, naming the setting to change ('' when it can).
+        Override when availability depends on the config."""
+        return "" if type(self).unroll is not Task.unroll else "it does not implement the Task.unroll hook"
+
+    @property
+    def unrolls(self) -> bool:
+        """True when ``unroll`` is available with this config."""
+        return not self.unroll_unavailable()
 
     def recommendations(self) -> dict[str, dict[str, Any]]:
         """Settings this task recommends per method, as data: ``{"bif": {"epsilon": 1e-5}, ...}``.

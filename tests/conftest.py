@@ -8,6 +8,7 @@ import torch
 
 from tdabench.method import Context
 from tdabench.reference import reference_model
+from tdabench.seeds import reference_seed
 from tdabench.task import Task
 from tdabench.tasks.regression import Regression, RegressionConfig
 
@@ -20,7 +21,8 @@ def make_context(task: Task, tmp_path: Path, seed: int = 0, n_checkpoints: int =
     cache = tmp_path / "cache"
     cache.mkdir(exist_ok=True)
     return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),
-                   device=task.device, seed=seed, cache_dir=cache, checkpoints=checkpoints, model_key=key)
+                   device=task.device, seed=seed, cache_dir=cache, checkpoints=checkpoints, model_key=key,
+                   train_seed=reference_seed(seed))
 
 
 @pytest.fixture

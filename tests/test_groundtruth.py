@@ -20,8 +20,8 @@ class CountingExecutor(SerialExecutor):
         super().__init__()
         self.count, self.stop_after = 0, stop_after
 
-    def run(self, task, jobs, chunk=0):
-        for item in super().run(task, jobs, chunk):
+    def run(self, task, jobs, chunk=0, order="independent"):
+        for item in super().run(task, jobs, chunk, order):
             self.count += 1
             yield item
             if self.stop_after is not None and self.count >= self.stop_after:
@@ -168,3 +168,35 @@ def test_ray_runs_chunks_of_a_batched_task_like_serial(tmp_path):
     task = Digits(DigitsConfig(n_train=100, n_query=8, epochs=2))
     serial, distributed = _serial_and_ray(task, GroundTruthConfig(num_subsets=6, chunk_size=2), 1, tmp_path)
     torch.testing.assert_close(serial.replicas, distributed.replicas)
+
+
+def test_reference_order_reweights_the_reference_run(tmp_path):
+    """gt.order=reference: row k is the reference run (its seed, init and data order) with the excluded
+    examples weighted 0 — the all-ones row is the reference model itself, every row equals the one-run
+    unroll with that β (so vectorising M runs changes nothing), and it is not the independent retrain."""
+    from conftest import make_context
+    from tdabench.tasks.digits import Digits, DigitsConfig
+
+    task = Digits(DigitsConfig(n_train=64, n_query=10, hidden=8, epochs=2, batch_size=16))
+    cfg = GroundTruthConfig(kind="loo", loo_examples=4, order="reference")
+    truth = build_ground_truth(task, cfg, 0, tmp_path, SerialExecutor())
+    ctx = make_context(task, tmp_path)
+    torch.testing.assert_close(truth.targets[0], task.measure(ctx.model, task.query_data()), rtol=1e-5, atol=1e-6)
+    unroll = task.unroll(task.make_model(ctx.train_seed), torch.arange(task.n_train), ctx.train_seed)
+    for k in (1, 4):
+        alone = unroll.model(unroll.run(truth.masks[k].float()))
+        torch.testing.assert_close(truth.targets[k], task.measure(alone, task.query_data()), rtol=1e-5, atol=1e-6)
+    independent = build_ground_truth(task, GroundTruthConfig(kind="loo", loo_examples=4), 0, tmp_path, SerialExecutor())
+    assert truth.key != independent.key and truth.label.endswith("ref-order")
+    assert not torch.allclose(truth.targets[1:], independent.targets[1:])
+
+
+def test_reference_order_refuses_what_it_cannot_mean():
+    from tdabench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="gt.retrain_seeds=1"):
+        GroundTruthConfig(order="reference", retrain_seeds=2)
+    with pytest.raises(ConfigError, match="gt.order='shuffled'"):
+        GroundTruthConfig(order="shuffled")
+    with pytest.raises(ConfigError, match=r"Task\.unroll.*set task\.optimizer=gd"):
+        GroundTruthConfig(order="reference").check(Regression(RegressionConfig(optimizer="lbfgs")))

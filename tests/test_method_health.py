@@ -30,6 +30,7 @@ NAN = float("nan")
 
 #: (method, field, bad value): at least one per kind of check of every config.
 BAD = [
+    ("magic", "branching", 1), ("magic", "branching", -1), ("magic", "query_batch", -1), ("magic", "tolerance", 0.0),
     ("bif", "chains", 0), ("bif", "draws", 0), ("bif", "thin", 0), ("bif", "batch_size", 0),
     ("bif", "record_batch_size", 0), ("bif", "burn_in", -1), ("bif", "epsilon", 0.0), ("bif", "nbeta", -1.0),
     ("bif", "gamma", -0.1), ("bif", "noise", -0.5), ("bif", "rms_alpha", 1.0), ("bif", "rms_delta", 0.0),

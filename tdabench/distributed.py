@@ -13,6 +13,7 @@ from torch import Tensor
 from .config import config_dict, with_values
 from .numerics import Numerics, current_numerics
 from .retrain import train_and_measure_many
+from .trajectory import measure_many_along
 from .registry import TASKS
 from .task import Task
 
@@ -23,10 +24,12 @@ Job = tuple[int, int, Tensor, int]
 
 
 class Executor(Protocol):
-    def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent") -> Iterator[tuple[int, int, Tensor]]:
+    def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent",
+            checkpoints: int = 0) -> Iterator[tuple[int, int, Tensor]]:
         """Yield ``(k, r, targets[n_query])`` for every job, in the order they finish; ``chunk`` jobs
         (0: ``auto_chunk``) are trained together (``Task.train_many``), their results yielded at once.
-        ``order`` ``reference``: the jobs reweight the one run of their shared seed (``gt.order``)."""
+        ``order`` ``reference``: the jobs reweight the one run of their shared seed (``gt.order``);
+        ``checkpoints`` > 0: each job's targets are ``[checkpoints, n_query]``, measured along its run."""
         ...
 
 
@@ -39,11 +42,12 @@ def chunks(jobs: list[Job], size: int) -> list[list[Job]]:
 CHUNK_BYTES = 2**30
 
 
-def auto_chunk(task: Task, n_jobs: int, workers: int, requested: int = 0, order: str = "independent") -> int:
-    """Retrains per unit of work: 1 for a task without ``train_many`` (in the independent order); else
-    ``requested``, or the most that keep every worker busy and fit ``CHUNK_BYTES`` (≈ 8 copies of the
-    weights per model), at most 256."""
-    if not task.trains_many and order != "reference":
+def auto_chunk(task: Task, n_jobs: int, workers: int, requested: int = 0, order: str = "independent",
+               checkpoints: int = 0) -> int:
+    """Retrains per unit of work: 1 unless they are trained many at once (the reference order's
+    reweighted runs, or ``train_many`` when measured at the end only); else ``requested``, or the most
+    that keep every worker busy and fit ``CHUNK_BYTES`` (≈ 8 copies of the weights per model), at most 256."""
+    if not (order == "reference" or task.trains_many and not checkpoints):
         return 1
     if requested:
         return requested
@@ -51,9 +55,12 @@ def auto_chunk(task: Task, n_jobs: int, workers: int, requested: int = 0, order:
     return max(1, min(256, CHUNK_BYTES // (8 * params), math.ceil(n_jobs / max(1, workers))))
 
 
-def _train_chunk(task: Task, group: list[Job], order: str = "independent") -> Tensor:
+def _train_chunk(task: Task, group: list[Job], order: str = "independent", checkpoints: int = 0) -> Tensor:
     masks = torch.stack([mask.cpu() for _, _, mask, _ in group])               # shape: [M, n_train]
-    return train_and_measure_many(task, masks, [seed for _, _, _, seed in group], order)   # shape: [M, n_query]
+    seeds = [seed for _, _, _, seed in group]
+    if checkpoints:
+        return measure_many_along(task, masks, seeds, checkpoints, order)     # shape: [M, C, n_query]
+    return train_and_measure_many(task, masks, seeds, order)                   # shape: [M, n_query]
 
 
 class SerialExecutor:
@@ -64,14 +71,15 @@ class SerialExecutor:
 
     workers = 1
 
-    def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent") -> Iterator[tuple[int, int, Tensor]]:
-        chunk = auto_chunk(task, len(jobs), self.workers, chunk, order)
+    def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent",
+            checkpoints: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+        chunk = auto_chunk(task, len(jobs), self.workers, chunk, order, checkpoints)
         before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
             for group in chunks(jobs, chunk):
-                for (k, r, _, _), targets in zip(group, _train_chunk(task, group, order)):
+                for (k, r, _, _), targets in zip(group, _train_chunk(task, group, order, checkpoints)):
                     yield k, r, targets
         finally:
             torch.set_num_threads(before)
@@ -94,11 +102,11 @@ def _worker_task(name: str, config: dict[str, Any], numerics: Numerics) -> Task:
 
 
 def _remote_retrain(name: str, config: dict[str, Any], group: list[Job], numerics: Numerics = Numerics(),
-                    order: str = "independent") -> Tensor:
+                    order: str = "independent", checkpoints: int = 0) -> Tensor:
     numerics.apply()
     if numerics.device == "cpu":
         torch.set_num_threads(1)  # one CPU per Ray task: Ray runs one task per core
-    return _train_chunk(_worker_task(name, config, numerics), group, order)
+    return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints)
 
 
 class RayExecutor:
@@ -130,14 +138,15 @@ class RayExecutor:
         """CPUs of the Ray cluster (one Ray task per CPU)."""
         return int(self.ray.cluster_resources().get("CPU", 1))
 
-    def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent") -> Iterator[tuple[int, int, Tensor]]:
-        chunk = auto_chunk(task, len(jobs), self.workers, chunk, order)
+    def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent",
+            checkpoints: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+        chunk = auto_chunk(task, len(jobs), self.workers, chunk, order, checkpoints)
         use_gpu = task.device.type == "cuda"
         opts = {"num_cpus": 1, "num_gpus": task.num_gpus_per_retrain if use_gpu else 0,
                 "max_retries": self.max_retries, "retry_exceptions": False}
         config, numerics = config_dict(task.config), current_numerics(task)
         pending = {self._fn.options(**opts).remote(task.name, config, [(k, r, m.cpu(), s) for k, r, m, s in group],
-                                                   numerics, order):
+                                                   numerics, order, checkpoints):
                    [(k, r) for k, r, _, _ in group] for group in chunks(jobs, chunk)}
         try:
             while pending:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 import torch
 from torch import Tensor
 
-from . import retrain
+from . import retrain, trajectory
 from .config import ConfigError, config_dict, content_hash
 from .files import save_tensor, write_json
 from .fingerprint import changes, fingerprint
@@ -45,6 +45,7 @@ class GroundTruthConfig:
     retrain_seeds: int = 1      # R retraining seeds per subset (R ≥ 2 gives the noise ceiling)
     loo_examples: int = 0       # loo: examples removed, a seeded sample (0: every example)
     order: Literal["independent", "reference"] = "independent"   # reference: every retrain is the reference run (its seed and data order) with the excluded examples weighted 0
+    checkpoints: int = 0        # also measure every retrain at this many evenly spaced points of its run (0: the end only)
     chunk_size: int = 0         # retrains trained together by tasks that train many at once (0: automatic); not in the key: it moves a measurement by float rounding only (≤ 1e-6)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,9 @@ class GroundTruthConfig:
         if self.order == "reference" and self.retrain_seeds != 1:
             raise ConfigError(f"gt.retrain_seeds={self.retrain_seeds} with gt.order=reference: every retrain is the "
                               f"one reference run reweighted, so replicas would be identical; set gt.retrain_seeds=1")
+        if self.checkpoints < 0:
+            raise ConfigError(f"gt.checkpoints={self.checkpoints}: must be 0 (measure at the end only) or a count of "
+                              f"points along training; set gt.checkpoints=10")
         if self.loo_examples < 0 or self.loo_examples in (1, 2):
             raise ConfigError(f"gt.loo_examples={self.loo_examples}: use 0 (every example) or at least 3 "
                               f"(a correlation over removed examples needs 3)")
@@ -71,6 +75,7 @@ class GroundTruthConfig:
     def label(self) -> str:
         """The regime's name on every number measured against it, e.g. ``α=0.5 K=100 R=1``."""
         order = " ref-order" if self.order == "reference" else ""
+        order += f" C={self.checkpoints}" if self.checkpoints else ""
         if self.kind == "loo":
             return f"LOO {self.loo_examples or 'all'} R={self.retrain_seeds}{order}"
         return f"α={self.alpha:g} K={self.num_subsets} R={self.retrain_seeds}{order}"
@@ -79,6 +84,7 @@ class GroundTruthConfig:
         """Only the settings this kind uses (so an unused knob does not split the cache; the order only
         when it is not the default, so the independent-order caches keep their keys)."""
         order = {"order": "reference"} if self.order == "reference" else {}
+        order |= {"checkpoints": self.checkpoints} if self.checkpoints else {}
         if self.kind == "loo":
             return {"kind": "loo", "loo_examples": self.loo_examples, "retrain_seeds": self.retrain_seeds, **order}
         return {"kind": "subsets", "alpha": self.alpha, "num_subsets": self.num_subsets,
@@ -89,6 +95,9 @@ class GroundTruthConfig:
         if self.order == "reference" and not task.unrolls:
             raise ConfigError(f"gt.order=reference needs the task to expose its training as pure steps (the "
                               f"Task.unroll hook); task {task.name} cannot: {task.unroll_unavailable()}")
+        if self.checkpoints and self.checkpoints > task.total_steps(task.n_train):
+            raise ConfigError(f"gt.checkpoints={self.checkpoints}: the task's run has only "
+                              f"{task.total_steps(task.n_train)} steps; use at most that many")
         if self.kind == "loo" and self.loo_examples > task.n_train:
             raise ConfigError(f"gt.loo_examples={self.loo_examples}: the task has only {task.n_train} attribution "
                               f"examples; use at most that many, or 0 for all")
@@ -113,6 +122,8 @@ class GroundTruth:
     kind: str = "subsets"
     label: str = ""
     removed: Optional[Tensor] = None
+    trajectory: Optional[Tensor] = None   # gt.checkpoints > 0: ``[R, K, C, Q]``, measured along each run (last: the end)
+    at: int = 0                           # replicas are the trajectory's checkpoint ``at`` (1-based; 0: the end)
 
     @property
     def targets(self) -> Tensor:
@@ -120,9 +131,10 @@ class GroundTruth:
         return self.replicas.mean(0)
 
 
-def code_fingerprint(task: Task) -> dict[str, str]:
-    """The code a ground truth depends on: the task's recipe (and what it imports) and ``retrain.py``."""
-    return fingerprint(type(task), retrain)
+def code_fingerprint(task: Task, cfg: Optional[GroundTruthConfig] = None) -> dict[str, str]:
+    """The code a ground truth depends on: the task's recipe (and what it imports) and ``retrain.py``
+    (and ``trajectory.py`` for one measured along training)."""
+    return fingerprint(type(task), retrain, *([trajectory] if cfg is not None and cfg.checkpoints else []))
 
 
 class GroundTruthStore:
@@ -133,7 +145,7 @@ class GroundTruthStore:
         self.meta = {"task": task.name, "task_version": task.version, "task_config": config_dict(task.config),
                      **cfg.settings(), "seed": seed, "numerics": current_numerics(task).key()}
         self.key = content_hash(self.meta)
-        self.code = code_fingerprint(task)
+        self.code = code_fingerprint(task, cfg)
         self.dir = Path(results_dir) / "ground_truth" / task.name / self.key
         self._pieces: dict[tuple[int, int], Tensor] = {}      # pieces read or written by this process
 
@@ -159,6 +171,11 @@ class GroundTruthStore:
         log.warning("ground truth %s seed %d was built by other code (%s): kept at %s, rebuilding",
                     self.task.name, self.seed, reason, target)
 
+    @property
+    def piece_shape(self) -> tuple[int, ...]:
+        """One retrain's measurements: ``(n_query,)``, or ``(checkpoints, n_query)`` along its run."""
+        return (self.cfg.checkpoints, self.task.n_query) if self.cfg.checkpoints else (self.task.n_query,)
+
     def piece(self, k: int, r: int) -> Path:
         return self.dir / "pieces" / f"k{k:05d}_r{r:03d}.pt"
 
@@ -180,8 +197,8 @@ class GroundTruthStore:
             return None
         try:
             value = torch.load(path)
-            if not isinstance(value, Tensor) or tuple(value.shape) != (self.task.n_query,):
-                raise ValueError(f"shape {getattr(value, 'shape', type(value).__name__)}, expected ({self.task.n_query},)")
+            if not isinstance(value, Tensor) or tuple(value.shape) != self.piece_shape:
+                raise ValueError(f"shape {getattr(value, 'shape', type(value).__name__)}, expected {self.piece_shape}")
         except Exception as err:  # any unreadable file: torch's zip errors, pickle errors, a wrong shape
             target = quarantine(path)
             log.warning("ground-truth piece %s is unreadable (%s): moved to %s, retraining it", path,
@@ -207,8 +224,10 @@ class GroundTruthStore:
 
     def load(self) -> GroundTruth:
         rows = [torch.stack([self._read(k, r) for k in range(self.rows)]) for r in range(self.cfg.retrain_seeds)]
-        return GroundTruth(masks=self.masks, replicas=torch.stack(rows), key=self.key, kind=self.cfg.kind,
-                           label=self.cfg.label, removed=self.removed)  # replicas shape: [R, K, Q]
+        stacked = torch.stack(rows)                                   # shape: [R, K, Q] or [R, K, C, Q]
+        along = stacked if self.cfg.checkpoints else None
+        return GroundTruth(masks=self.masks, replicas=stacked[:, :, -1] if along is not None else stacked, key=self.key,
+                           kind=self.cfg.kind, label=self.cfg.label, removed=self.removed, trajectory=along)
 
 
 def build_ground_truth(task: Task, cfg: GroundTruthConfig, seed: int, results_dir: Path,
@@ -231,7 +250,7 @@ def _build(store: GroundTruthStore, task: Task, cfg: GroundTruthConfig, seed: in
                  retrain.retrain_seed(seed, k, r, common) for k, r in todo}
         jobs = [(k, r, store.masks[k], seeds[(k, r)]) for k, r in todo]
         with Progress(len(jobs), f"retrain {task.name} seed {seed}") as bar:
-            for k, r, targets in executor.run(task, jobs, cfg.chunk_size, cfg.order):
+            for k, r, targets in executor.run(task, jobs, cfg.chunk_size, cfg.order, cfg.checkpoints):
                 store.save(k, r, targets)
                 bar.update()
     return store.load()

@@ -12,6 +12,7 @@ pipeline says why and recomputes — the metrics alone, from the stored scores, 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import traceback
@@ -74,14 +75,34 @@ def fit_and_score(method: Method, ctx: Context) -> Scored:
 
 def make_context(spec: RunSpec, task: Task, method: Method, seed: int) -> Context:
     """The reference model (cached) and data; the method's private cache is keyed by its code."""
-    model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints,
-                                             method.checkpoint_spacing)
+    if spec.at_checkpoint:   # an endpoint method on the reference run's checkpoint c of gt.checkpoints
+        model, along, key = reference_model(task, seed, spec.results_dir, plan_checkpoints(spec), "even")
+        model.load_state_dict(along[spec.at_checkpoint - 1].state)
+        model, checkpoints, key = model.eval(), [], f"{key}-c{spec.at_checkpoint}of{len(along)}"
+    else:
+        model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints,
+                                                 method.checkpoint_spacing)
     code = digest(fingerprint(type(method)))
     cache = (spec.method_cache or spec.results_dir / "cache") / method.name / task.name / code
     cache.mkdir(parents=True, exist_ok=True)
     return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),
                    device=task.device, seed=seed, cache_dir=cache, checkpoints=checkpoints, model_key=key,
                    train_seed=reference_seed(seed))
+
+
+def plan_checkpoints(spec: RunSpec) -> int:
+    """``gt.checkpoints`` as the user set it (the ground truth's points along training)."""
+    return int(spec.overrides.get("gt", {}).get("checkpoints", 0))
+
+
+def at_checkpoint(truth: GroundTruth, c: int) -> GroundTruth:
+    """The ground truth measured along training, seen at its checkpoint ``c`` (1-based)."""
+    if not c:
+        return truth
+    if truth.trajectory is None:
+        raise ValueError(f"ground truth {truth.label} was measured at the end of training only; checkpoint {c} "
+                         f"needs gt.checkpoints")
+    return dataclasses.replace(truth, replicas=truth.trajectory[:, :, c - 1], label=f"{truth.label} @{c}", at=c)
 
 
 def scores_code(task: type[Task], method: type[Method]) -> dict[str, str]:
@@ -120,7 +141,8 @@ def readable_scores(path: Path) -> bool:
 def record_path(spec: RunSpec, plan: Plan, method: Method, seed: int) -> Path:
     """Keyed by what the numbers mean (task, ground truth, method settings), not by the code: a record
     made by other code is found, reported and replaced rather than silently missed."""
-    key = content_hash([plan.task.describe(), plan.gt.settings(), method.name, config_dict(method.config)])
+    where = [spec.at_checkpoint] if spec.at_checkpoint else []            # the end of training keeps its old keys
+    key = content_hash([plan.task.describe(), plan.gt.settings(), method.name, config_dict(method.config), *where])
     return (spec.records_dir or spec.results_dir / "runs") / plan.task.name / method.name / key / f"seed{seed}.json"
 
 
@@ -207,8 +229,9 @@ def config_dict_of(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _truth_entry(plan: Plan, truth: GroundTruth) -> dict[str, Any]:
-    return {**plan.gt.settings(), "label": plan.gt.label, "key": truth.key,
-            "code": digest(code_fingerprint(plan.task))}
+    where = {"at_checkpoint": truth.at} if truth.at else {}
+    return {**plan.gt.settings(), **where, "label": truth.label or plan.gt.label, "key": truth.key,
+            "code": digest(code_fingerprint(plan.task, plan.gt))}
 
 
 def rescore_metrics(record: RunResult, path: Path, plan: Plan, names: tuple[str, ...], truth: GroundTruth) -> RunResult:
@@ -229,12 +252,13 @@ def evaluate(spec: RunSpec) -> tuple[list[dict[str, Any]], list[str]]:
     executor = _LazyExecutor(spec)
     results: dict[str, list[RunResult]] = {m.name: [] for m in plan.methods}
     failures: list[str] = []
-    truth_code = digest(code_fingerprint(plan.task))
+    truth_code = digest(code_fingerprint(plan.task, plan.gt))
     try:
         for seed in spec.seeds:
             todos = [_triage(spec, plan, m, seed, truth_code) for m in plan.methods]
             work = [t for t in todos if t.rescore or t.metrics]
             truth = build_ground_truth(plan.task, plan.gt, seed, spec.results_dir, executor) if work else None
+            truth = at_checkpoint(truth, spec.at_checkpoint) if truth is not None else None
             for todo in todos:
                 try:
                     with exclusive(todo.path.with_name(todo.path.name + ".lock"), f"{todo.method.name} seed {seed}"):

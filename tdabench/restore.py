@@ -12,7 +12,7 @@ from .config import with_values
 from .fingerprint import digest
 from .groundtruth import GroundTruthConfig, code_fingerprint, load_ground_truth
 from .metric import Metric
-from .pipeline import metric_entry
+from .pipeline import at_checkpoint, metric_entry
 from .records import RunResult
 from .registry import METRICS, TASKS
 from .store import load_scores
@@ -40,14 +40,14 @@ def reevaluate(path: Path, results_dir: Path, names: tuple[str, ...] = ()) -> tu
     cls = TASKS.get(record.task)
     task = cls(with_values(cls.Config, record.task_config), device="cpu")
     gt = gt_config_of(record)
-    truth = load_ground_truth(task, gt, record.seed, results_dir)
+    truth = at_checkpoint(load_ground_truth(task, gt, record.seed, results_dir), record.ground_truth.get("at_checkpoint", 0))
     scores, exact = load_scores(path.parent / record.scores_file)
     metrics = _metrics_for(names, gt.kind)
     for metric in metrics:
         entry = metric_entry(metric, scores, truth)
         entry["details"] = {**entry["details"], **({} if exact else {"scores": "top-k stored form"})}
         record.metrics[metric.name] = entry
-    record.ground_truth = {**record.ground_truth, "key": truth.key, "code": digest(code_fingerprint(task))}
+    record.ground_truth = {**record.ground_truth, "key": truth.key, "code": digest(code_fingerprint(task, gt))}
     record.save(path)
     return record, [m.name for m in metrics]
 

@@ -43,6 +43,7 @@ class RunSpec:
     metrics: tuple[str, ...] = ()        # metric names; empty: every registered metric of the ground truth's kind
     deterministic: bool = True           # CUDA: deterministic kernels only (tdabench.numerics)
     tf32: bool = False                   # CUDA: allow TF32 matmuls/convolutions (recorded; keys the ground truth)
+    at_checkpoint: int = 0               # c in 1..gt.checkpoints: evaluate at that point of training (0: the end)
 
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **changes)
@@ -163,7 +164,24 @@ def prepare(spec: RunSpec) -> Plan:
     plan.store.check(plan.task.n_train, plan.task.n_query)
     for method in plan.methods:
         method.check(plan.task)
+    check_checkpoint(spec, plan)
     return plan
+
+
+def check_checkpoint(spec: RunSpec, plan: Plan) -> None:
+    """An evaluation at checkpoint c needs a ground truth measured along training and endpoint methods."""
+    c, count = spec.at_checkpoint, plan.gt.checkpoints
+    if not c:
+        return
+    if not count:
+        raise ConfigError(f"evaluating at checkpoint {c} needs a ground truth measured along training; "
+                          f"set gt.checkpoints={max(c, 5)}")
+    if not 1 <= c <= count:
+        raise ConfigError(f"checkpoint {c}: gt.checkpoints={count} gives checkpoints 1..{count}")
+    for method in plan.methods:
+        if method.needs_checkpoints:
+            raise ConfigError(f"{method.name} follows the training trajectory itself; at a checkpoint only endpoint "
+                              f"methods run (drop {method.name} from --method)")
 
 
 class _LazyExecutor:
@@ -172,10 +190,10 @@ class _LazyExecutor:
     def __init__(self, spec: RunSpec) -> None:
         self.spec, self._inner = spec, None
 
-    def run(self, task: Task, jobs: list, chunk: int = 0, order: str = "independent") -> Any:
+    def run(self, task: Task, jobs: list, chunk: int = 0, order: str = "independent", checkpoints: int = 0) -> Any:
         if self._inner is None:
             self._inner = self._pick(task, order)
-        return self._inner.run(task, jobs, chunk, order)
+        return self._inner.run(task, jobs, chunk, order, checkpoints)
 
     def _pick(self, task: Task, order: str) -> Any:
         """Serial when asked; in-process on every core for retrains trained many at once on this machine

@@ -20,8 +20,8 @@ class CountingExecutor(SerialExecutor):
         super().__init__()
         self.count, self.stop_after = 0, stop_after
 
-    def run(self, task, jobs, chunk=0, order="independent"):
-        for item in super().run(task, jobs, chunk, order):
+    def run(self, task, jobs, chunk=0, order="independent", checkpoints=0):
+        for item in super().run(task, jobs, chunk, order, checkpoints):
             self.count += 1
             yield item
             if self.stop_after is not None and self.count >= self.stop_after:
@@ -200,3 +200,37 @@ def test_reference_order_refuses_what_it_cannot_mean():
         GroundTruthConfig(order="shuffled")
     with pytest.raises(ConfigError, match=r"Task\.unroll.*set task\.optimizer=gd"):
         GroundTruthConfig(order="reference").check(Regression(RegressionConfig(optimizer="lbfgs")))
+
+
+@pytest.mark.parametrize("order", ["independent", "reference"])
+def test_ground_truth_along_training_ends_at_the_ordinary_one(tmp_path, order):
+    """gt.checkpoints=C measures every retrain at C points of its run: the last row is the end-of-training
+    ground truth (same key otherwise), the first differs from it, and the label says C."""
+    from tdabench.tasks.digits import Digits, DigitsConfig
+
+    task = Digits(DigitsConfig(n_train=64, n_query=10, hidden=8, epochs=2, batch_size=16))
+    base = GroundTruthConfig(kind="loo", loo_examples=4, order=order)
+    along = GroundTruthConfig(kind="loo", loo_examples=4, order=order, checkpoints=4)
+    end, truth = (build_ground_truth(task, c, 0, tmp_path, SerialExecutor()) for c in (base, along))
+    assert truth.trajectory.shape == (1, 5, 4, 10) and truth.label.endswith("C=4")
+    torch.testing.assert_close(truth.trajectory[:, :, -1], end.replicas, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(truth.replicas, end.replicas, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(truth.trajectory[:, :, 0], end.replicas)
+
+
+def test_an_example_without_effect_has_a_zero_loo_trajectory(tmp_path):
+    """hierarchy with a blank item (zero input, zero output): removing it changes no query at any step."""
+    from tdabench.tasks.hierarchy import Hierarchy
+
+    class WithBlank(Hierarchy):
+        name = "hierarchy-blank"
+
+        def train_data(self):
+            x, y = super().train_data()
+            return torch.cat([x, torch.zeros(1, x.shape[1], dtype=x.dtype)]), torch.cat([y, torch.zeros(1, y.shape[1], dtype=y.dtype)])
+
+    task = WithBlank()
+    truth = build_ground_truth(task, GroundTruthConfig(kind="loo", checkpoints=6), 0, tmp_path, SerialExecutor())
+    delta = truth.trajectory[0, 1:] - truth.trajectory[0, :1]           # shape: [n_train, C, Q]
+    assert delta[-1].abs().max() == 0                                  # the blank item: no effect, ever
+    assert delta[:-1].abs().amax(dim=(1, 2)).min() > 1e-3              # every real item: an effect

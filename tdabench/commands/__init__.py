@@ -1,7 +1,7 @@
 """The ``tdabench`` subcommands: one module each, registered in :data:`COMMANDS` (in ``--help`` order)."""
 from __future__ import annotations
 
-from . import evaluate, ground_truth, leaderboard, listing, plot, regress, run, scaling, sweep, verify
+from . import evaluate, ground_truth, leaderboard, listing, plot, regress, run, scaling, stagewise, sweep, verify
 from .base import Command
 
 COMMANDS: tuple[Command, ...] = (
@@ -12,6 +12,7 @@ COMMANDS: tuple[Command, ...] = (
     leaderboard.COMMAND,
     sweep.COMMAND,
     scaling.COMMAND,
+    stagewise.COMMAND,
     plot.COMMAND,
     regress.COMMAND,
     verify.COMMAND,

@@ -1,0 +1,52 @@
+"""``tdabench stagewise``: methods at checkpoints of the reference run against the ground truth measured at
+the same points of every retrain."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tdabench import cli
+from tdabench.config import ConfigError
+from tdabench.pipeline import evaluate
+from tdabench.spec import RunSpec
+from tdabench.stagewise import pair_correlations, stagewise
+
+DIGITS = {"task": {"n_train": "64", "n_query": "12", "hidden": "8", "epochs": "3", "batch_size": "16"},
+          "gt": {"num_subsets": "8"}}
+
+
+def _spec(tmp_path, methods=("gradsim",), **gt) -> RunSpec:
+    overrides = {**DIGITS, "gt": {**DIGITS["gt"], **{k: str(v) for k, v in gt.items()}}}
+    return RunSpec(task="digits", methods=methods, seeds=(0, 1), overrides=overrides, results_dir=tmp_path,
+                   executor="serial")
+
+
+def test_the_last_checkpoint_is_the_ordinary_evaluation(tmp_path):
+    """At checkpoint C of C the model is the reference model and the targets are the retrains' ends:
+    LDS(t_C) equals the end-of-training LDS; earlier checkpoints differ, and each is its own row."""
+    report = stagewise(_spec(tmp_path, checkpoints=3))
+    assert not report["failures"] and report["steps"] == [4, 8, 12]
+    lds = {r["checkpoint"]: r["per_seed"] for r in report["rows"]}
+    end, _ = evaluate(_spec(tmp_path / "end"))
+    assert lds[3] == pytest.approx(end[0]["per_seed"], abs=1e-5)
+    assert lds[1] != pytest.approx(lds[3], abs=1e-3)
+    assert len({r["ground_truth"] for r in report["rows"]}) == 3
+    saved = json.loads((tmp_path / "stagewise" / "digits.json").read_text())
+    assert len(saved["rows"]) == 3 and (tmp_path / "stagewise" / "digits.png").stat().st_size > 1000
+
+
+def test_pair_correlation_of_identical_and_opposite_trajectories():
+    t = torch.linspace(0, 1, 6)[:, None, None] * torch.randn(1, 3, 2)             # shape: [C, m, q]
+    torch.testing.assert_close(pair_correlations(t, 2 * t + 1), torch.ones(3, 2, dtype=torch.float64))
+    torch.testing.assert_close(pair_correlations(t, -t), -torch.ones(3, 2, dtype=torch.float64))
+
+
+def test_checkpoint_evaluation_refuses_what_it_cannot_do(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="gt.checkpoints=5"):
+        evaluate(_spec(tmp_path).replace(at_checkpoint=2))
+    with pytest.raises(ConfigError, match="drop source"):
+        evaluate(_spec(tmp_path, methods=("source",), checkpoints=3).replace(at_checkpoint=2))
+    args = ["stagewise", "--task", "digits", "--method", "gradsim", "--checkpoints", "1", "--results-dir", str(tmp_path)]
+    assert cli.main(args) == 2 and "--checkpoints 1" in capsys.readouterr().err

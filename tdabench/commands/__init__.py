@@ -1,7 +1,7 @@
 """The ``tdabench`` subcommands: one module each, registered in :data:`COMMANDS` (in ``--help`` order)."""
 from __future__ import annotations
 
-from . import evaluate, ground_truth, leaderboard, listing, plot, regress, run, scaling, stagewise, sweep, verify
+from . import evaluate, ground_truth, kernel, leaderboard, listing, plot, regress, run, scaling, stagewise, sweep, verify
 from .base import Command
 
 COMMANDS: tuple[Command, ...] = (
@@ -13,6 +13,7 @@ COMMANDS: tuple[Command, ...] = (
     sweep.COMMAND,
     scaling.COMMAND,
     stagewise.COMMAND,
+    kernel.COMMAND,
     plot.COMMAND,
     regress.COMMAND,
     verify.COMMAND,

@@ -23,6 +23,7 @@ from .files import write_json
 from .groundtruth import load_ground_truth
 from .pipeline import evaluate, prepare, record_path
 from .records import RunResult
+from .reference import reference_model
 from .spec import RunSpec
 from .store import load_scores
 
@@ -51,21 +52,24 @@ def _trajectory_of(spec: RunSpec, plan: Any, method: Any, seed: int, count: int)
     return torch.stack(out)
 
 
-def _pairs(spec: RunSpec, plan: Any, count: int, failed: set[str]) -> dict[str, Any]:
+def _pairs(spec: RunSpec, plan: Any, steps: list[int], failed: set[str], out_dir: Path) -> dict[str, Any]:
     """Per method that ran at every checkpoint: the median trajectory correlation over every seed's
-    pairs, and the pair count."""
-    out = {}
-    for method in (m for m in plan.methods if m.name not in failed):
-        values = []
-        for seed in spec.seeds:
-            removed, effects = _loo_effects(spec, plan, seed)
-            scores = _trajectory_of(spec, plan, method, seed, count)[:, removed]
-            values.append(pair_correlations(scores, effects).flatten())
+    pairs, and the pair count; draws the first seed's most moving pairs."""
+    out, count = {}, len(steps)
+    methods = [m for m in plan.methods if m.name not in failed]
+    for seed in spec.seeds:
+        removed, effects = _loo_effects(spec, plan, seed)
+        curves = {m.name: _trajectory_of(spec, plan, m, seed, count)[:, removed] for m in methods}
+        for name, scores in curves.items():
+            out.setdefault(name, []).append(pair_correlations(scores, effects).flatten())
+        if seed == spec.seeds[0]:
+            plot_pairs(steps, effects, curves, removed, out_dir / f"{plan.task.name}-pairs.png")
+    summary = {}
+    for name, values in out.items():
         pooled = torch.cat(values)
         pooled = pooled[~pooled.isnan()]
-        out[method.name] = {"median": float(pooled.median()) if pooled.numel() else math.nan,
-                            "pairs": int(pooled.numel())}
-    return out
+        summary[name] = {"median": float(pooled.median()) if pooled.numel() else math.nan, "pairs": int(pooled.numel())}
+    return summary
 
 
 def stagewise(spec: RunSpec) -> dict[str, Any]:
@@ -80,9 +84,12 @@ def stagewise(spec: RunSpec) -> dict[str, Any]:
         failures += [f"checkpoint {c}: {e}" for e in errors]
         failed |= {e.split(" ", 1)[0] for e in errors}                     # "METHOD seed N: ..."
     report = {"task": plan.task.name, "ground_truth": plan.gt.label, "steps": list(steps), "rows": rows}
-    if plan.gt.kind == "loo":
-        report["pair_correlation"] = _pairs(spec, plan, count, failed)
     out = Path(spec.results_dir) / "stagewise" / f"{plan.task.name}.json"
+    if plan.gt.kind == "loo":
+        report["pair_correlation"] = _pairs(spec, plan, list(steps), failed, out.parent)
+    if callable(getattr(plan.task, "hidden", None)):       # a task that exposes its hidden representations
+        _, along, _ = reference_model(plan.task, spec.seeds[0], spec.results_dir, count, "even")
+        report["mds"] = str(plot_mds(plan.task, along, out.with_name(f"{plan.task.name}-mds.png")))
     write_json(out, json.loads(json.dumps(report, default=str)))
     report["json"], report["plot"] = str(out), str(plot_stagewise(report, out.with_suffix(".png")))
     return {**report, "failures": failures}
@@ -107,5 +114,74 @@ def plot_stagewise(report: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pairs(steps: list[int], effects: torch.Tensor, methods: dict[str, torch.Tensor], removed: torch.Tensor,
+               path: Path, count: int = 4) -> Path:
+    """Influence over training for ``count`` pairs (002 Fig. 3): those whose retrained effect changes sign
+    most strongly (else those that move most); per pair the leave-one-out effect −Δ_ij(t) and each
+    method's score_ij(t), each scaled to unit maximum so that shapes (sign flips, peaks) compare.
+    ``effects``/``methods[*]``: ``[C, m, q]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    high, low = effects.amax(0), effects.amin(0)                                  # shape: [m, q]
+    flip, span = torch.minimum(high, -low).clamp(min=0), high - low
+    rank = (flip / flip.max() if flip.max() > 0 else flip) + 1e-3 * span / span.max().clamp(min=1e-30)
+    top = rank.flatten().argsort(descending=True)[:count]
+    fig, axes = plt.subplots(1, len(top), figsize=(3.2 * len(top), 3), squeeze=False)
+    for ax, flat in zip(axes[0], top.tolist()):
+        i, j = divmod(flat, effects.shape[2])
+        for name, curve in [("leave-one-out", effects[:, i, j]), *[(n, s[:, i, j]) for n, s in methods.items()]]:
+            scale = float(curve.abs().max()) or 1.0
+            ax.plot(steps, (curve / scale).tolist(), label=name, lw=2 if name == "leave-one-out" else 1)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(title=f"example {int(removed[i])} → query {j}", xlabel="training step")
+    axes[0][0].set_ylabel("effect of including (scaled)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def classical_mds(points: torch.Tensor, dims: int = 2) -> torch.Tensor:
+    """Torgerson's classical MDS of ``points`` ``[N, D]``: coordinates ``[N, dims]`` whose distances best
+    match the Euclidean ones (top eigenvectors of the double-centred squared-distance matrix)."""
+    d2 = torch.cdist(points.double(), points.double()) ** 2
+    n = d2.shape[0]
+    centre = torch.eye(n, dtype=d2.dtype) - 1.0 / n
+    values, vectors = torch.linalg.eigh(-0.5 * centre @ d2 @ centre)
+    top = values.argsort(descending=True)[:dims]
+    return vectors[:, top] * values[top].clamp(min=0).sqrt()
+
+
+def plot_mds(task: Any, checkpoints: list, path: Path) -> Path:
+    """The hidden representations of every query item along the reference run, embedded jointly by
+    classical MDS (002 Fig. 4b): one line per item from the first checkpoint (dot) to the last."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model = task.make_model(0)
+    reps = []
+    for ckpt in checkpoints:
+        model.load_state_dict(ckpt.state)
+        reps.append(task.hidden(model).cpu())                                     # shape: [n_items, H]
+    xy = classical_mds(torch.cat(reps)).view(len(reps), -1, 2)                     # shape: [C, n_items, 2]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for item in range(xy.shape[1]):
+        ax.plot(xy[:, item, 0].tolist(), xy[:, item, 1].tolist(), lw=1)
+        ax.scatter([float(xy[0, item, 0])], [float(xy[0, item, 1])], s=8, color="black")
+        ax.annotate(str(item), (float(xy[-1, item, 0]), float(xy[-1, item, 1])), fontsize=8)
+    ax.set(title=f"{task.name}: hidden representations over training (MDS)", xticks=[], yticks=[])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -55,6 +55,10 @@ class Digits(Task):
     def query_data(self) -> Batch:
         return self._split[1]
 
+    def kernel_labels(self) -> dict[str, Tensor]:
+        """The digit classes of the attribution set (``tdabench kernel``)."""
+        return {"digit": self.train_data()[1].cpu()}
+
     def make_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         return nn.Sequential(nn.Linear(64, self.config.hidden), nn.ReLU(), nn.Linear(self.config.hidden, 10)).to(self.device)

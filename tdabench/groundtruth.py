@@ -8,6 +8,7 @@ with the reason in the log.  One file per finished retrain, so a killed build re
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -103,6 +104,12 @@ class GroundTruthConfig:
                               f"examples; use at most that many, or 0 for all")
 
 
+def config_of(entry: dict) -> GroundTruthConfig:
+    """The ground-truth settings a record's ``ground_truth`` entry names (other keys ignored)."""
+    names = {f.name for f in dataclasses.fields(GroundTruthConfig)}
+    return GroundTruthConfig(**{k: v for k, v in entry.items() if k in names})
+
+
 def make_masks(n_train: int, cfg: GroundTruthConfig, seed: int) -> tuple[Tensor, Optional[Tensor]]:
     """The retrained masks ``[K, n_train]`` of ``cfg`` and, for leave-one-out, the removed examples ``[m]``."""
     if cfg.kind == "loo":
@@ -131,10 +138,11 @@ class GroundTruth:
         return self.replicas.mean(0)
 
 
-def code_fingerprint(task: Task, cfg: Optional[GroundTruthConfig] = None) -> dict[str, str]:
+def code_fingerprint(task: "Task | type[Task]", cfg: Optional[GroundTruthConfig] = None) -> dict[str, str]:
     """The code a ground truth depends on: the task's recipe (and what it imports) and ``retrain.py``
-    (and ``trajectory.py`` for one measured along training)."""
-    return fingerprint(type(task), retrain, *([trajectory] if cfg is not None and cfg.checkpoints else []))
+    (and ``trajectory.py`` for one measured along training).  ``task``: an instance or its class."""
+    cls = task if isinstance(task, type) else type(task)
+    return fingerprint(cls, retrain, *([trajectory] if cfg is not None and cfg.checkpoints else []))
 
 
 class GroundTruthStore:

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from . import retrain
+from .groundtruth import code_fingerprint, config_of
 from .config import content_hash
 from .fingerprint import digest, fingerprint
 from .pipeline import scores_code
@@ -58,7 +58,7 @@ def is_stale(record: RunResult, metric: str) -> bool:
         return True
     now = scores_code(task, method)
     entry = record.metrics.get(metric, {})
-    truth_code = digest(fingerprint(task, retrain))
+    truth_code = digest(code_fingerprint(task, config_of(record.ground_truth)))
     return (record.code != now or record.ground_truth.get("code") != truth_code or entry.get("version") != metric_cls.version
             or entry.get("code") != digest(fingerprint(metric_cls)))
 

@@ -3,14 +3,13 @@ runs, nothing is retrained.  A record whose ground truth is missing or was built
 reported, not guessed at."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Optional
 
 from .config import with_values
 from .fingerprint import digest
-from .groundtruth import GroundTruthConfig, code_fingerprint, load_ground_truth
+from .groundtruth import code_fingerprint, config_of, load_ground_truth
 from .metric import Metric
 from .pipeline import at_checkpoint, metric_entry
 from .records import RunResult
@@ -18,12 +17,6 @@ from .registry import METRICS, TASKS
 from .store import load_scores
 
 log = logging.getLogger("tdabench")
-
-
-def gt_config_of(record: RunResult) -> GroundTruthConfig:
-    """The ground-truth settings a record was measured against."""
-    names = {f.name for f in dataclasses.fields(GroundTruthConfig)}
-    return GroundTruthConfig(**{k: v for k, v in record.ground_truth.items() if k in names})
 
 
 def _metrics_for(names: tuple[str, ...], kind: str) -> list[Metric]:
@@ -39,7 +32,7 @@ def reevaluate(path: Path, results_dir: Path, names: tuple[str, ...] = ()) -> tu
         raise FileNotFoundError(f"{path}: no stored scores next to the record; rerun it with `tdabench run`")
     cls = TASKS.get(record.task)
     task = cls(with_values(cls.Config, record.task_config), device="cpu")
-    gt = gt_config_of(record)
+    gt = config_of(record.ground_truth)
     truth = at_checkpoint(load_ground_truth(task, gt, record.seed, results_dir), record.ground_truth.get("at_checkpoint", 0))
     scores, exact = load_scores(path.parent / record.scores_file)
     metrics = _metrics_for(names, gt.kind)

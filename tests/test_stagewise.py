@@ -33,6 +33,11 @@ def test_the_last_checkpoint_is_the_ordinary_evaluation(tmp_path):
     assert lds[3] == pytest.approx(end[0]["per_seed"], abs=1e-5)
     assert lds[1] != pytest.approx(lds[3], abs=1e-3)
     assert len({r["ground_truth"] for r in report["rows"]}) == 3
+    from tdabench.leaderboard import is_stale
+    from tdabench.records import RunResult
+
+    records = [RunResult.load(p) for p in (tmp_path / "runs").glob("digits/gradsim/*/seed*.json")]
+    assert len(records) == 6 and not any(is_stale(r, "lds") for r in records)     # 3 checkpoints × 2 seeds
     saved = json.loads((tmp_path / "stagewise" / "digits.json").read_text())
     assert len(saved["rows"]) == 3 and (tmp_path / "stagewise" / "digits.png").stat().st_size > 1000
 

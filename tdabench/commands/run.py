@@ -60,6 +60,7 @@ def run_suite(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]
     from ..pipeline import evaluate
     from ..presets import get_suite
     from ..scaling import scaling_study
+    from ..stagewise import stagewise
 
     suite = get_suite(args.suite)
     summaries: list[dict[str, Any]] = []
@@ -74,6 +75,11 @@ def run_suite(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]
                 got, errors = evaluate(_spec(ns, step.methods))
                 summaries += got
                 failures += errors
+            elif step.kind == "stagewise":
+                report = stagewise(_spec(ns, step.methods))
+                summaries += [r for r in report["rows"] if r["checkpoint"] == len(report["steps"])]
+                failures += report["failures"]
+                log.info("stagewise report written to %s", report["json"])
             else:
                 study = scaling_study(_spec(ns, step.methods), step.vary)
                 log.info("scaling study written to %s and %s", study["json"], study["plot"])

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .checkpoints import checkpoint_steps
@@ -33,6 +34,33 @@ def pair_correlations(scores: torch.Tensor, effects: torch.Tensor) -> torch.Tens
     NaN where either trajectory is constant.  Shape ``[m, q]``."""
     a, b = scores.double() - scores.double().mean(0), effects.double() - effects.double().mean(0)
     return (a * b).sum(0) / (a.norm(dim=0) * b.norm(dim=0))
+
+
+def _significant(x: torch.Tensor, floor: float) -> torch.Tensor:
+    """Signs of ``x`` ``[C, P]`` where |x| exceeds ``floor`` × each column's largest |x|, else 0."""
+    return torch.where(x.abs() > floor * x.abs().amax(0).clamp(min=1e-30), x.sign(), torch.zeros_like(x))
+
+
+def flip_times(x: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
+    """Per column of ``x`` ``[C, P]``: the first checkpoint whose clear sign (|x| above ``floor`` of the
+    column's peak) differs from the first clear sign; −1 where the sign never flips."""
+    signs = _significant(x, floor)
+    first = signs.gather(0, (signs != 0).float().argmax(0, keepdim=True))      # the first clear sign, [1, P]
+    flipped = (signs == -first) & (first != 0)
+    return torch.where(flipped.any(0), flipped.float().argmax(0), torch.full_like(first[0], -1).long())
+
+
+def timing_agreement(scores: torch.Tensor, effects: torch.Tensor, tolerance: int = 1) -> dict[str, float]:
+    """How often a method's trajectory peaks and changes sign when the retrained one does, within
+    ``tolerance`` checkpoints (``[C, m, q]`` each): the fraction of pairs whose peaks (largest |value|)
+    agree, and over the pairs whose retrained effect flips sign, the fraction the method flips with."""
+    s, e = scores.flatten(1).double(), effects.flatten(1).double()
+    peaks = (s.abs().argmax(0) - e.abs().argmax(0)).abs() <= tolerance
+    fs, fe = flip_times(s), flip_times(e)
+    flips = fe >= 0
+    with_it = (fs[flips] >= 0) & ((fs[flips] - fe[flips]).abs() <= tolerance)
+    return {"peak_agreement": float(peaks.double().mean()), "flip_pairs": int(flips.sum()),
+            "flip_agreement": float(with_it.double().mean()) if flips.any() else math.nan}
 
 
 def _loo_effects(spec: RunSpec, plan: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,20 +83,24 @@ def _trajectory_of(spec: RunSpec, plan: Any, method: Any, seed: int, count: int)
 def _pairs(spec: RunSpec, plan: Any, steps: list[int], failed: set[str], out_dir: Path) -> dict[str, Any]:
     """Per method that ran at every checkpoint: the median trajectory correlation over every seed's
     pairs, and the pair count; draws the first seed's most moving pairs."""
-    out, count = {}, len(steps)
+    out, timing, count = {}, {}, len(steps)
     methods = [m for m in plan.methods if m.name not in failed]
     for seed in spec.seeds:
         removed, effects = _loo_effects(spec, plan, seed)
         curves = {m.name: _trajectory_of(spec, plan, m, seed, count)[:, removed] for m in methods}
         for name, scores in curves.items():
             out.setdefault(name, []).append(pair_correlations(scores, effects).flatten())
+            timing.setdefault(name, []).append(timing_agreement(scores, effects))
         if seed == spec.seeds[0]:
             plot_pairs(steps, effects, curves, removed, out_dir / f"{plan.task.name}-pairs.png")
     summary = {}
     for name, values in out.items():
         pooled = torch.cat(values)
         pooled = pooled[~pooled.isnan()]
-        summary[name] = {"median": float(pooled.median()) if pooled.numel() else math.nan, "pairs": int(pooled.numel())}
+        summary[name] = {"median": float(pooled.median()) if pooled.numel() else math.nan, "pairs": int(pooled.numel()),
+                         "peak_agreement": float(np.mean([t["peak_agreement"] for t in timing[name]])),
+                         "flip_pairs": sum(t["flip_pairs"] for t in timing[name]),
+                         "flip_agreement": float(np.nanmean([t["flip_agreement"] for t in timing[name]]))}
     return summary
 
 

@@ -74,3 +74,17 @@ def test_hierarchy_loo_trajectories_pairs_and_mds(tmp_path):
     mean = truth.trajectory.mean(0)                                      # shape: [K, C, Q]
     sibling = mean[0, :, 1] - mean[1, :, 1]                             # including item 0, on query 1 (its sibling)
     assert sibling.min() < -1e-3 and sibling.max() > 1e-3
+
+
+def test_flip_and_peak_times():
+    from tdabench.stagewise import flip_times, timing_agreement
+
+    t = torch.arange(8.0)[:, None]
+    down_up = torch.tensor([[-1, -2, -3, -1, 0.5, 2, 3, 1], [0, 0, 1, 2, 3, 2, 1, 0]]).T   # flips at 4; never
+    assert flip_times(down_up).tolist() == [4, -1]
+    assert flip_times(torch.zeros(8, 1)).tolist() == [-1]                           # no clear sign at all
+    effects = torch.sin(t / 2)[:, :, None].expand(8, 3, 2)                          # flips after step 6
+    same = timing_agreement(3 * effects, effects)
+    assert same == {"peak_agreement": 1.0, "flip_pairs": 6, "flip_agreement": 1.0}
+    late = timing_agreement(torch.roll(effects, 3, 0), effects)
+    assert late["flip_agreement"] == 0.0 and late["flip_pairs"] == 6

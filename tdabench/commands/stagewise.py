@@ -33,7 +33,9 @@ def format_stagewise(report: dict) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
     for method, pair in report.get("pair_correlation", {}).items():
         lines.append(f"{method}: median Pearson of influence and leave-one-out trajectories over "
-                     f"{pair['pairs']} pairs: {_fmt(pair['median'])}")
+                     f"{pair['pairs']} pairs: {_fmt(pair['median'])}; peaks within one checkpoint: "
+                     f"{_fmt(pair['peak_agreement'], 2)}; sign flips matched (of {pair['flip_pairs']}): "
+                     f"{_fmt(pair['flip_agreement'], 2)}")
     return "\n".join(lines)
 
 

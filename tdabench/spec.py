@@ -45,6 +45,21 @@ class RunSpec:
     tf32: bool = False                   # CUDA: allow TF32 matmuls/convolutions (recorded; keys the ground truth)
     at_checkpoint: int = 0               # c in 1..gt.checkpoints: evaluate at that point of training (0: the end)
 
+    def __post_init__(self) -> None:
+        """Paths may be given as strings (the Python API); everything else must have its declared type."""
+        for name in ("results_dir", "method_cache", "records_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+            elif value is not None and not isinstance(value, Path):
+                raise ConfigError(f"RunSpec.{name}={value!r}: must be a path (str or pathlib.Path)")
+        if isinstance(self.methods, str) or not all(isinstance(m, str) for m in self.methods):
+            raise ConfigError(f"RunSpec.methods={self.methods!r}: must be a tuple of method names, e.g. ('gradsim', 'if')")
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise ConfigError(f"RunSpec.seeds={self.seeds!r}: must be a non-empty tuple of integers, e.g. (0, 1, 2)")
+        if not isinstance(self.at_checkpoint, int) or self.at_checkpoint < 0:
+            raise ConfigError(f"RunSpec.at_checkpoint={self.at_checkpoint!r}: must be 0 (the end) or a checkpoint 1..C")
+
     def replace(self, **changes: Any) -> "RunSpec":
         return dataclasses.replace(self, **changes)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -348,3 +349,13 @@ def test_two_concurrent_runs_build_the_ground_truth_once_and_agree(tmp_path):
     assert "waiting for another tdabench run" in logs          # the other one waited for it
     assert len(list((tmp_path / "ground_truth").rglob("k*_r*.pt"))) == 200
     assert json.loads(outs[0][0]) == json.loads(outs[1][0])    # the same numbers
+
+
+def test_runspec_takes_string_paths_and_refuses_wrong_types(tmp_path):
+    spec = RunSpec(task="digits", methods=("gradsim",), results_dir=str(tmp_path), records_dir=str(tmp_path / "r"))
+    assert spec.results_dir == tmp_path and spec.records_dir == tmp_path / "r"
+    for bad, field in (({"methods": "gradsim"}, "RunSpec.methods"), ({"seeds": ()}, "RunSpec.seeds"),
+                       ({"seeds": (0.5,)}, "RunSpec.seeds"), ({"results_dir": 3}, "RunSpec.results_dir"),
+                       ({"at_checkpoint": -1}, "RunSpec.at_checkpoint")):
+        with pytest.raises(ConfigError, match=re.escape(field)):
+            RunSpec(task="digits", **{"methods": ("gradsim",), **bad})

@@ -59,7 +59,6 @@ class Magic(Method):
         unroll = task.unroll(task.make_model(ctx.train_seed), torch.arange(ctx.n_train), ctx.train_seed)
         template = unroll.model(unroll.initial())            # eval mode: how φ is measured
         beta = unroll.ones()
-        self._check_reproduces(ctx, unroll.model(unroll.run(beta)))     # before the expensive part
         size = cfg.query_batch or ctx.n_query
         parts, stats = [], []
         for start in range(0, ctx.n_query, size):
@@ -70,7 +69,8 @@ class Magic(Method):
                 return out.reshape(rows[0].shape[0], -1).mean(1)          # shape: [Q]
 
             replay = Replay(unroll, cfg.branching)
-            scores, _ = replay(phi, beta)
+            check = (lambda final: self._check_reproduces(ctx, unroll.model(final))) if start == 0 else None
+            scores, _ = replay(phi, beta, check)        # the check runs before the expensive backward pass
             parts.append(scores)
             stats.append(replay.stats)
         self._extras |= {**stats[0].as_dict(), "seconds": sum(s.seconds for s in stats), "query_batches": len(stats),

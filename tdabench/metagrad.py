@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -91,6 +91,11 @@ class Replay:
         for a, b in zip(bounds[:-2], bounds[1:-1]):
             states.append(self._forward(states[-1], a, b, beta))
             self._hold(1)
+        return self._sweep(states, bounds, adj, beta, out)
+
+    def _sweep(self, states: list[State], bounds: list[int], adj: State, beta: Tensor, out: Tensor) -> State:
+        """The parts [bounds[i], bounds[i+1]) last to first, ``states[i]`` holding s at bounds[i]; each
+        held state is released once its part is done (``states[0]`` belongs to the caller)."""
         for i in reversed(range(len(bounds) - 1)):
             adj = self._segment(states[i], bounds[i], bounds[i + 1], adj, beta, out)
             if i:
@@ -98,8 +103,10 @@ class Replay:
                 self._hold(-1)
         return adj
 
-    def __call__(self, phi: Observable, beta: Tensor) -> tuple[Tensor, Tensor]:
-        """``(scores [n_train, Q], φ(s_T) [Q])`` with scores[i, j] = ∂φ_j(s_T)/∂β_i."""
+    def __call__(self, phi: Observable, beta: Tensor,
+                 check: Optional[Callable[[State], None]] = None) -> tuple[Tensor, Tensor]:
+        """``(scores [n_train, Q], φ(s_T) [Q])`` with scores[i, j] = ∂φ_j(s_T)/∂β_i; ``check(s_T)`` runs
+        after the forward run, before the backward pass (to refuse a run cheaply)."""
         start = time.perf_counter()
         s0 = self.unroll.initial()
         self.stats.state_bytes = _nbytes(s0)
@@ -109,6 +116,8 @@ class Replay:
             states.append(self._forward(states[-1], a, b, beta))
         self._hold(len(states) - 2)
         final = states.pop()
+        if check is not None:
+            check(final)
         values, pullback = vjp(phi, final["params"])
         eye = torch.eye(values.shape[0], dtype=values.dtype, device=values.device)
         adj_params = vmap(pullback)(eye)[0]                            # ∂φ_j/∂θ_T, each [Q, *shape]
@@ -116,10 +125,6 @@ class Replay:
                       "opt": {n: torch.zeros(values.shape[0], *b.shape, dtype=b.dtype, device=b.device)
                               for n, b in final["opt"].items()}}
         out = torch.zeros(beta.shape[0], values.shape[0], dtype=torch.float64, device=values.device)
-        for i in reversed(range(len(top) - 1)):
-            adj = self._segment(states[i], top[i], top[i + 1], adj, beta, out)
-            if i:
-                states.pop()
-                self._hold(-1)
+        self._sweep(states, top, adj, beta, out)
         self.stats.seconds = time.perf_counter() - start
         return out, values.detach()

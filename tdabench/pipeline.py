@@ -73,12 +73,13 @@ def fit_and_score(method: Method, ctx: Context) -> Scored:
     return Scored(scores.detach().float().cpu(), fit.usage, sc.usage, method.extras())
 
 
-def make_context(spec: RunSpec, task: Task, method: Method, seed: int) -> Context:
-    """The reference model (cached) and data; the method's private cache is keyed by its code."""
+def make_context(spec: RunSpec, task: Task, method: Method, seed: int, along: int = 0) -> Context:
+    """The reference model (cached) and data; the method's private cache is keyed by its code.  With
+    ``spec.at_checkpoint`` = c, the model is checkpoint c of the ``along`` (gt.checkpoints) evenly spaced ones."""
     if spec.at_checkpoint:   # an endpoint method on the reference run's checkpoint c of gt.checkpoints
-        model, along, key = reference_model(task, seed, spec.results_dir, plan_checkpoints(spec), "even")
-        model.load_state_dict(along[spec.at_checkpoint - 1].state)
-        model, checkpoints, key = model.eval(), [], f"{key}-c{spec.at_checkpoint}of{len(along)}"
+        model, along_run, key = reference_model(task, seed, spec.results_dir, along, "even")
+        model.load_state_dict(along_run[spec.at_checkpoint - 1].state)
+        model, checkpoints, key = model.eval(), [], f"{key}-c{spec.at_checkpoint}of{along}"
     else:
         model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints,
                                                  method.checkpoint_spacing)
@@ -88,11 +89,6 @@ def make_context(spec: RunSpec, task: Task, method: Method, seed: int) -> Contex
     return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),
                    device=task.device, seed=seed, cache_dir=cache, checkpoints=checkpoints, model_key=key,
                    train_seed=reference_seed(seed))
-
-
-def plan_checkpoints(spec: RunSpec) -> int:
-    """``gt.checkpoints`` as the user set it (the ground truth's points along training)."""
-    return int(spec.overrides.get("gt", {}).get("checkpoints", 0))
 
 
 def at_checkpoint(truth: GroundTruth, c: int) -> GroundTruth:
@@ -205,7 +201,7 @@ def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: GroundTruth
     """Fit, score, store the scores, compute every metric; the new record (saved)."""
     method, task = todo.method, plan.task
     log.info("%s on %s, seed %d: fit and score", method.name, task.name, seed)
-    scored = fit_and_score(method, make_context(spec, task, method, seed))
+    scored = fit_and_score(method, make_context(spec, task, method, seed, plan.gt.checkpoints))
     scores_name = todo.path.with_suffix(".scores.pt").name
     save_scores(todo.path.with_name(scores_name), scored.scores, plan.store)
     cuda = [u.peak_cuda_mb for u in (scored.fit, scored.score) if u.peak_cuda_mb is not None]

@@ -14,8 +14,8 @@ from tdabench.unroll import stateless
 
 
 def _linear(**kw) -> Regression:
-    return Regression(RegressionConfig(kind="linear", n_train=30, n_query=7, dim=4, optimizer="gd", steps=25,
-                                       lr=0.3, **kw))
+    return Regression(RegressionConfig(**{"kind": "linear", "n_train": 30, "n_query": 7, "dim": 4, "optimizer": "gd",
+                                          "steps": 25, "lr": 0.3, **kw}))
 
 
 def _digits(**kw) -> Digits:
@@ -120,3 +120,15 @@ def test_tasks_without_the_hook_are_refused_with_its_name(tmp_path, capsys):
         err = capsys.readouterr().err
         assert all(e in err for e in expected) and "Traceback" not in err, err
     assert not (tmp_path / "ground_truth").exists() and not (tmp_path / "models").exists()
+
+
+def test_a_model_that_is_not_the_end_of_the_run_is_refused_before_the_backward_pass(tmp_path, monkeypatch):
+    """A stagewise checkpoint (here: the run stopped after 10 of 25 steps) is another model: refused."""
+    task = _linear()
+    ctx = make_context(task, tmp_path)
+    early = task.make_model(ctx.train_seed)
+    _linear(steps=10).train(early, torch.arange(task.n_train), ctx.train_seed)
+    ctx.model = early
+    monkeypatch.setattr(Replay, "_sweep", lambda *a: pytest.fail("the backward pass started"))
+    with pytest.raises(RuntimeError, match="does not end at the given model"):
+        _magic(task, ctx)

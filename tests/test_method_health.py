@@ -50,6 +50,19 @@ BAD = [
     ("trak", "subset_fraction", 1.5), ("trak", "damping", -0.1), ("trak", "batch_size", 0),
     ("trak", "projector_memory_mb", -1),
     ("random", "salt", 1.5), ("random", "salt", "7"),
+    ("repsim", "batch_size", 0), ("repsim", "module", 3),
+    ("trackstar", "proj_dim", -1), ("trackstar", "eps", 0.0), ("trackstar", "batch_size", 0), ("trackstar", "patterns", ("[",)),
+    ("cg", "damping", -1.0), ("cg", "max_iter", 0), ("cg", "tol", 0.0), ("cg", "patterns", ("(",)),
+    ("lissa", "scaling", 0.0), ("lissa", "depth", 0), ("lissa", "repeats", 0), ("lissa", "hessian_batch", 0),
+    ("lissa", "damping", math.nan),
+    ("arnoldi", "proj_dim", 0), ("arnoldi", "max_iter", 1), ("arnoldi", "damping", -1e-3),
+    ("datainf", "damping", 0.0), ("datainf", "fit_fraction", 0.0), ("datainf", "fit_fraction", 1.5),
+    ("logra", "proj_dim", 10), ("logra", "proj_dim", 0), ("logra", "hessian", "kfac"), ("logra", "damping", 0.0),
+    ("logra", "batch_size", 0),
+    ("factgrass", "proj_dim", 0), ("factgrass", "blowup", 3), ("factgrass", "damping", -1.0), ("factgrass", "batch_size", 0),
+    ("rps", "l2", 0.0), ("rps", "epochs", 0),
+    ("knn_shapley", "k", 0), ("knn_shapley", "features", "pixels"), ("knn_shapley", "batch_size", 0),
+    ("dvemb", "proj_dim", -1), ("dvemb", "max_gigabytes", 0.0), ("dvemb", "tolerance", 0.0),
 ]
 
 #: Edge values that are valid and must stay accepted.

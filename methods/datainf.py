@@ -1,0 +1,55 @@
+"""datainf: DataInf (Kwon et al. 2024) through dattri's ``IFAttributorDataInf`` — per layer l, the
+damped empirical Fisher (Gₗ + λI) is inverted as the mean of rank-one Sherman–Morrison inverses,
+(Gₗ + λI)⁻¹v ≈ (1/n)Σᵢ (v − (gᵢᵀv)/(λ + ‖gᵢ‖²)·gᵢ)/λ, which swaps the order of averaging and inversion
+(exact for one example, an approximation otherwise; cheap, closed-form, built for LoRA-sized layers).
+Layers are the model's parameter tensors grouped by module.  score[i, j] = −(1/n)·Σₗ ∇ₗℓᵢᵀ(…)⁻¹∇ₗφⱼ.
+``damping`` must be positive (it divides); DataInf's paper scales it per layer, here it is one λ."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tdabench.checks import choices_and_patterns, number
+from tdabench.dattri_bridge import DattriMethod, attribution_task, curvature_damping, dtype_of, layer_names, loader, session
+from tdabench.method import Context, MethodConfig
+from tdabench.registry import register_method
+from tdabench.task import take
+
+
+@dataclass(frozen=True)
+class DataInfConfig(MethodConfig):
+    damping: float = 0.1             # λ of each layer's (G + λI); > 0 (plus the task's L2 curvature)
+    fit_fraction: float = 1.0        # share of the attribution set (its first rows) estimating the Fisher
+    patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
+
+    def __post_init__(self) -> None:
+        choices_and_patterns(self, "datainf")
+        number(self, "datainf", "damping", "λ of each layer's damped Fisher (it divides)", above=0)
+        number(self, "datainf", "fit_fraction", "share of the attribution set estimating the Fisher",
+               above=0, at_most=1)
+
+
+@register_method
+class DataInf(DattriMethod):
+    name = "datainf"
+    description = "DataInf: per-layer Fisher inverted by averaged Sherman-Morrison (dattri)"
+    Config = DataInfConfig
+
+    def fit(self, ctx: Context) -> None:
+        rows = max(1, math.ceil(ctx.n_train * self.config.fit_fraction))   # the Fisher sample: the first rows
+        with session(dtype_of(ctx.model)):
+            self._attributor = self.attributor(ctx)
+            self._attributor.cache(loader(take(ctx.train_data, torch.arange(rows)), rows))
+        self._info["fisher_rows"] = rows
+        self._fitted = ctx.model_key or id(ctx.model)
+
+    def attributor(self, ctx: Context) -> Any:
+        from dattri.algorithm import IFAttributorDataInf
+
+        cfg = self.config
+        damping, self._info = curvature_damping(ctx, cfg.damping, cfg.patterns)
+        return IFAttributorDataInf(task=attribution_task(ctx), layer_name=layer_names(ctx.model, cfg.patterns),
+                                   device=str(ctx.device), regularization=damping)

@@ -2,14 +2,20 @@
 Hessian-vector products (Schioppa et al. 2022) through dattri's ``IFAttributorArnoldi``:
 score[i, j] = −(1/n)·Σ_k (vₖᵀ∇ℓᵢ)(vₖᵀ∇φⱼ)/(μₖ + λ) over the ``proj_dim`` eigenpairs (μₖ, vₖ) of largest
 |μ|.  With every eigenvector it equals ``if`` (tested).  ``proj_dim`` above the parameter count or
-``max_iter`` − 1 uses as many as there are; the run record says how many."""
+``max_iter`` − 1 uses as many as there are; the run record says how many.  Away from a minimum H is
+indefinite and a kept eigenvalue of H + λI can be negative (dattri divides by its square root, which
+would make every score NaN): ``fit`` finds the eigenpairs and refuses, naming the damping that would
+make them all positive; the smallest is in the run record."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from tdabench.checks import choices_and_patterns, integer, number
-from tdabench.dattri_bridge import DattriMethod, attribution_task, curvature_damping, layer_names
+from tdabench.dattri_bridge import DattriMethod, attribution_task, curvature_damping, dtype_of, layer_names, session
 from tdabench.grads import num_params, select_params
 from tdabench.method import Context, MethodConfig
 from tdabench.registry import register_method
@@ -47,3 +53,31 @@ class Arnoldi(DattriMethod):
         return IFAttributorArnoldi(task=attribution_task(ctx), layer_name=layer_names(ctx.model, cfg.patterns),
                                    device=str(ctx.device), proj_dim=self._info["eigenvectors"], max_iter=iters,
                                    regularization=damping, seed=derive_seed(ctx.seed, 0xA5401D))
+
+    def fit(self, ctx: Context) -> None:
+        super().fit(ctx)
+        with session(dtype_of(ctx.model)):
+            eigenvalues = _eigenvalues(self._attributor, num_params(select_params(ctx.model, self.config.patterns)))
+        if eigenvalues is None:
+            return
+        smallest = float(eigenvalues.min())
+        self._info["min_eigenvalue_damped"] = smallest
+        if smallest <= 0:
+            need = self.config.damping - smallest * 1.5
+            raise FloatingPointError(
+                f"arnoldi: {int((eigenvalues <= 0).sum())} of the {len(eigenvalues)} kept eigenvalues of H + λI are "
+                f"not positive (smallest {smallest:.3g}): the Hessian is indefinite at this model; "
+                f"set --set arnoldi.damping={need:.2g} (or larger)")
+
+
+def _eigenvalues(attributor: Any, d: int) -> Tensor | None:
+    """The kept eigenvalues of H + λI: projecting a zero vector makes dattri compute the eigenpairs, which
+    its projector object (held by the projection function's closure) keeps; None if it is not there."""
+    project = attributor.arnoldi_projectors[0]
+    with torch.no_grad():
+        project(torch.zeros(1, d, dtype=torch.get_default_dtype()))
+    for cell in project.__closure__ or ():
+        values = getattr(cell.cell_contents, "eigvals", None)
+        if isinstance(values, Tensor):
+            return values.detach()
+    return None

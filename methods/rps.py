@@ -105,4 +105,6 @@ class RPS(DattriMethod):
             raw = self._attributor.attribute(self._train, loader((ctx.query_data[0], y_query), ctx.n_query))
         if self._model.final.out_features == 1:
             raw = raw * (2 * y_query.to(raw) - 1)          # towards the query's label, not up the logit
-        return (-raw).float()                              # shape: [n_train, n_query]
+        # dattri divides the gradient of its (mean) loss by 2λn once more: ×n restores the theorem's αᵢ, so that
+        # a query's column sums to its re-fitted logit (tested)
+        return (-raw * ctx.n_train).float()               # shape: [n_train, n_query]

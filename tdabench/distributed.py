@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from typing import Any, Iterator, Optional, Protocol
 
 import torch
@@ -109,6 +110,16 @@ def _remote_retrain(name: str, config: dict[str, Any], group: list[Job], numeric
     return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints)
 
 
+def start_ray(ray: Any, address: Optional[str], **kwargs: Any) -> None:
+    """``ray.init(address, **kwargs)``, logged before (a local start is ~30 s of silence the first
+    time on a machine) and after, with the seconds it took."""
+    log.info("%s ...", f"joining the Ray cluster at {address}" if address
+             else "starting a local Ray instance (the first start takes ~30 s)")
+    began = time.perf_counter()
+    ray.init(address=address, **kwargs)
+    log.info("Ray %s in %.1f s", "joined" if address else "started", time.perf_counter() - began)
+
+
 class RayExecutor:
     """Runs each retrain (or chunk of retrains, for a task that trains many at once) as one Ray task (1 CPU, or ``task.num_gpus_per_retrain`` GPUs on CUDA).
 
@@ -129,7 +140,7 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": True}
             if address is None:
                 kwargs |= {"num_cpus": num_cpus or os.cpu_count(), "object_store_memory": 512 * 2**20}
-            ray.init(address=address, **kwargs)
+            start_ray(ray, address, **kwargs)
         self.max_retries = max_retries
         self._fn = ray.remote(_remote_retrain)
 

@@ -138,6 +138,24 @@ def table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     return out
 
 
+#: Text → LaTeX: the ten special characters, and the non-ASCII ones the board uses (pdflatex has no glyphs for them).
+LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "α": r"$\alpha$", "β": r"$\beta$",
+         "λ": r"$\lambda$", "±": r"$\pm$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", "·": r"$\cdot$",
+         "→": r"$\to$", "—": "---", "–": "--", "…": r"\ldots{}", "<": r"\textless{}",
+         ">": r"\textgreater{}", "|": r"\textbar{}"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` as LaTeX that typesets it verbatim: every special character escaped, so no cell can end a row
+    (``\\``), open a group or switch to math."""
+    return "".join(LATEX.get(c, c) for c in text)
+
+
+def _latex_row(cells: tuple[str, ...]) -> str:
+    return " & ".join(latex_escape(c) for c in cells) + r" \\"
+
+
 def render(rows: list[dict[str, Any]], fmt: str, metric: str = "lds") -> str:
     """The board as ``md``, ``csv``, ``latex`` or ``json``."""
     if fmt == "json":
@@ -152,9 +170,8 @@ def render(rows: list[dict[str, Any]], fmt: str, metric: str = "lds") -> str:
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body]) + "\n"
     if fmt == "latex":
-        esc = lambda s: s.replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")  # noqa: E731
-        lines = [r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule", " & ".join(columns) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
+        lines = [r"\begin{tabular}{" + "l" * len(columns) + "}", r"\toprule", _latex_row(columns), r"\midrule"]
+        lines += [_latex_row(row) for row in body]
         return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
     raise ValueError(f"unknown format {fmt!r}: use md, csv, latex or json")
 

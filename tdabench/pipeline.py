@@ -41,7 +41,7 @@ from .task import Task
 
 log = logging.getLogger("tdabench")
 
-__all__ = ["RunSpec", "Plan", "prepare", "evaluate", "fit_and_score", "make_context", "metric_entry"]
+__all__ = ["RunSpec", "Plan", "Outcome", "prepare", "evaluate", "fit_and_score", "make_context", "metric_entry"]
 
 
 @dataclass
@@ -241,9 +241,28 @@ def rescore_metrics(record: RunResult, path: Path, plan: Plan, names: tuple[str,
     return record
 
 
-def evaluate(spec: RunSpec) -> tuple[list[dict[str, Any]], list[str]]:
+@dataclass(frozen=True)
+class Outcome:
+    """What :func:`evaluate` did for one (method, seed): ``scored`` (fit, score, record written),
+    ``metrics`` (metrics recomputed from stored scores) or ``reused`` (the stored record, as it is)."""
+
+    method: str
+    seed: int
+    record: Path
+    scores: Optional[Path]      # the stored score matrix; None when there is none (committed records carry none)
+    action: str
+
+
+def _outcome(todo: _Todo, seed: int, record: RunResult) -> Outcome:
+    scores = todo.path.parent / record.scores_file if record.scores_file else None
+    action = "scored" if todo.rescore else "metrics" if todo.metrics else "reused"
+    return Outcome(todo.method.name, seed, todo.path, scores if scores and scores.exists() else None, action)
+
+
+def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Run every method on every seed (reusing what is still true); return per-(method, metric)
-    summaries and the failures collected (one failing method does not stop the others)."""
+    summaries and the failures collected (one failing method does not stop the others).  ``outcomes``,
+    when given, receives what was done for each (method, seed) and where its files are."""
     plan = prepare(spec)
     executor = _LazyExecutor(spec)
     results: dict[str, list[RunResult]] = {m.name: [] for m in plan.methods}
@@ -262,6 +281,8 @@ def evaluate(spec: RunSpec) -> tuple[list[dict[str, Any]], list[str]]:
                             todo = _triage(spec, plan, todo.method, seed, truth_code)
                         record = _run_todo(spec, plan, todo, seed, truth)
                     results[todo.method.name].append(record)
+                    if outcomes is not None:
+                        outcomes.append(_outcome(todo, seed, record))
                 except Exception as err:  # collected and reported at the end; other methods go on
                     failures.append(f"{todo.method.name} seed {seed}: {type(err).__name__}: {err}")
                     log.debug("%s", traceback.format_exc())

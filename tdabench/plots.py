@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -21,9 +21,12 @@ def _setup() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
+    plt.close(fig)   # pyplot keeps every open figure alive otherwise
     return path
 
 
@@ -52,39 +55,91 @@ def lds_bars(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
 
 def lds_vs_cost(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
     """LDS against fit+score seconds and against peak memory: the accuracy/cost trade-off."""
+    return _save(lds_vs_cost_figure(rows, task), path)
+
+
+def lds_vs_cost_figure(rows: list[dict[str, Any]], task: str) -> Any:
+    """The figure of :func:`lds_vs_cost`, laid out, its point labels nudged apart."""
     plt = _setup()
     board = [r for r in rows if r["task"] == task]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    labels = []
     for ax, key, xlabel in ((axes[0], "seconds", "fit + score time (s, log scale)"),
                             (axes[1], "peak_rss_mb", "peak resident memory (MB, log scale)")):
-        for r in board:
-            x = r["fit_seconds"] + r["score_seconds"] if key == "seconds" else r["peak_rss_mb"]
-            se = 0 if r["se"] is None or np.isnan(r["se"]) else r["se"]
-            ax.errorbar(max(x, 1e-3), r["mean"], yerr=se, fmt="o", capsize=3)
-            ax.annotate(r["method"], (max(x, 1e-3), r["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        labels.append([_point(ax, r, key) for r in board])
         ax.set_xscale("log")
         ax.set(xlabel=xlabel)
     axes[0].set(ylabel="LDS (mean ± SE)")
     fig.suptitle(f"{task}: LDS against cost")
-    return _save(fig, path)
+    fig.tight_layout()
+    for texts in labels:
+        spread_labels(fig, texts)
+    return fig
 
 
-def per_query(records: list[Any], task: str, path: Path) -> Path:
-    """The distribution of per-query LDS (all seeds pooled) per method, as box plots."""
+def _point(ax: Any, row: dict[str, Any], key: str) -> Any:
+    """One method's point (± SE) and its label (in the point's colour, outside the layout); the label."""
+    x = max(row["fit_seconds"] + row["score_seconds"] if key == "seconds" else row["peak_rss_mb"], 1e-3)
+    se = 0 if row["se"] is None or np.isnan(row["se"]) else row["se"]
+    line = ax.errorbar(x, row["mean"], yerr=se, fmt="o", capsize=3)
+    text = ax.annotate(row["method"], (x, row["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8,
+                       color=line[0].get_color())
+    text.set_in_layout(False)   # so that laying the figure out again never moves the points under placed labels
+    return text
+
+
+def spread_labels(fig: Any, texts: list[Any], pad: float = 2.0) -> None:
+    """Move each annotation label (lowest first) by the smallest vertical shift that clears the labels
+    already placed, inside its axes when it can be: a greedy pass in display coordinates, ``pad`` pixels apart."""
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    for text in sorted(texts, key=lambda t: t.get_window_extent(renderer).y0):
+        box = text.get_window_extent(renderer)
+        shift = _free_shift(box, placed, text.axes.get_window_extent(renderer), pad)
+        dx, dy = text.xyann
+        text.xyann = (dx, dy + shift * 72 / fig.dpi)
+        placed.append(box.translated(0, shift))
+
+
+def _free_shift(box: Any, placed: list[Any], frame: Any, pad: float) -> float:
+    """The vertical shift of ``box`` closest to 0 that overlaps none of ``placed`` (within ``frame`` if one does)."""
+    candidates = sorted({0.0, *(b.y1 + pad - box.y0 for b in placed), *(b.y0 - pad - box.y1 for b in placed)}, key=abs)
+    free = [s for s in candidates if not any(box.translated(0, s).overlaps(b) for b in placed)]
+    inside = [s for s in free if frame.y0 <= box.y0 + s and box.y1 + s <= frame.y1]
+    return (inside or free)[0]   # never empty: just above the highest label is free
+
+
+def per_query(records: list[Any], task: str, path: Path, order: Optional[list[str]] = None) -> Path:
+    """The distribution of per-query LDS (all seeds pooled) per method, as box plots, in ``order`` (the
+    leaderboard's; default: by mean LDS, best first, as the bar chart)."""
+    return _save(per_query_figure(records, task, order), path)
+
+
+def per_query_figure(records: list[Any], task: str, order: Optional[list[str]] = None) -> Any:
+    """The figure of :func:`per_query`."""
     plt = _setup()
     import seaborn as sns
 
-    data = {"method": [], "LDS": []}
+    data: dict[str, list[Any]] = {"method": [], "LDS": []}
+    means: dict[str, list[float]] = {}
     for rec in records:
         if rec.task == task and "lds" in rec.metrics:
             values = [v for v in rec.metrics["lds"]["per_query"] if v is not None]
             data["method"] += [rec.method] * len(values)
             data["LDS"] += values
-    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(set(data["method"])), 4))
-    sns.boxplot(data=data, x="method", y="LDS", ax=ax, color="tab:blue", fliersize=2)
+            means.setdefault(rec.method, []).append(_nan(rec.metrics["lds"]["value"]))
+    ranked = sorted(means, key=lambda m: -np.nan_to_num(np.mean(means[m]), nan=-np.inf))
+    first = [m for m in order or [] if m in means]
+    order = first + [m for m in ranked if m not in first]
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(order), 4))
+    sns.boxplot(data=data, x="method", y="LDS", order=order, ax=ax, color="tab:blue", fliersize=2)
     ax.axhline(0, color="black", lw=0.8)
     ax.set(ylabel="per-query LDS (Spearman over subsets)", title=f"{task}: per-query LDS spread")
-    return _save(fig, path)
+    return fig
+
+
+def _nan(value: Optional[float]) -> float:
+    return np.nan if value is None else float(value)
 
 
 def scaling(study: dict[str, Any], path: Path) -> Path:
@@ -100,7 +155,7 @@ def scaling(study: dict[str, Any], path: Path) -> Path:
             if max(p[key] for p in points) < 1e-3:      # no fit stage: nothing to draw
                 continue
             axes[0].plot(x, [p[key] for p in points], style, marker="o", color=colors[method],
-                         label=f"{method} {key.split('_')[0]} (slope {study['exponents'][method][key]:.2f})")
+                         label=f"{method} {key.split('_')[0]} (slope {_slope(study['exponents'][method][key])})")
         axes[1].plot(x, [p["peak_rss_mb"] for p in points], marker="o", color=colors[method], label=method)
     for ax, ylabel in ((axes[0], "seconds (dashed: fit, solid: score)"), (axes[1], "peak resident memory (MB)")):
         ax.set_xscale("log")
@@ -109,6 +164,10 @@ def scaling(study: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     fig.suptitle(f"{study['task']}: cost as {study['field']} grows")
     return _save(fig, path)
+
+
+def _slope(value: float) -> str:
+    return "—" if np.isnan(value) else f"{value:.2f}"
 
 
 def loss_traces(record: Any, path: Path) -> Path:

@@ -29,13 +29,36 @@ def parse_vary(item: str) -> tuple[str, str, tuple[str, ...]]:
     return scope, key, vals
 
 
+#: Values at or below this are left out of a fit: a time under 1 ms is timer noise, and zero has no logarithm.
+FLOOR = 1e-3
+
+
+def _usable(x: list[float], y: list[float]) -> list[tuple[float, float]]:
+    return [(a, b) for a, b in zip(x, y) if a > 0 and b > FLOOR]
+
+
 def exponent(x: list[float], y: list[float]) -> float:
-    """Slope of log y against log x (NaN when fewer than two measurable points)."""
-    pts = [(math.log(a), math.log(b)) for a, b in zip(x, y) if a > 0 and b > 1e-3]  # below 1 ms: timer noise
-    if len(pts) < 2:
+    """Slope of log y against log x (NaN when fewer than two measurable points of different sizes;
+    :func:`exponent_note` says why)."""
+    pts = _usable(x, y)
+    if len({a for a, _ in pts}) < 2:
         return math.nan
-    lx, ly = np.array(pts).T
+    lx, ly = np.log(np.array(pts)).T
     return float(np.polyfit(lx, ly, 1)[0])
+
+
+def exponent_note(x: list[float], y: list[float]) -> str:
+    """Why :func:`exponent` of ``x, y`` is missing ("" when it is not)."""
+    pts = _usable(x, y)
+    if len({a for a, _ in pts}) >= 2:
+        return ""
+    reasons = [f"{n} {why}" for n, why in (
+        (sum(a <= 0 for a in x), "with a non-positive size"),
+        (sum(a > 0 and b <= FLOOR for a, b in zip(x, y)), f"at or below {FLOOR:g}: under 1 ms is timer noise, "
+                                                          f"0 s means no such stage")) if n]
+    if len(pts) >= 2:
+        reasons.append(f"{len(pts)} at one and the same size")
+    return f"{len(pts)} of {len(x)} points usable, needs 2 of different sizes; " + "; ".join(reasons)
 
 
 def measure_point(run: RunSpec, seed: int) -> dict[str, dict[str, float]]:
@@ -75,9 +98,11 @@ def scaling_study(run: RunSpec, vary: str) -> dict[str, Any]:
             points[method].append({"value": x, "setting": value, **cost})
     exponents = {m: {k: exponent([p["value"] for p in pts], [p[k] for p in pts])
                      for k in ("fit_seconds", "score_seconds", "peak_rss_mb")} for m, pts in points.items()}
+    notes = {m: {k: exponent_note([p["value"] for p in pts], [p[k] for p in pts]) for k in exponents[m]}
+             for m, pts in points.items()}
     numeric = all(_is_number(v) for v in values)
     study = {"task": run.task, "field": f"{scope}.{key}" if numeric else f"parameters (varying {scope}.{key})", "values": list(values), "points": points,
-             "exponents": exponents, "overrides": run.overrides}
+             "exponents": exponents, "exponent_notes": notes, "overrides": run.overrides}
     folder = Path(run.results_dir) / "scaling" / run.task
     stem = f"{key}-{content_hash([run.methods, study['values'], run.overrides], 8)}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,21 +7,23 @@ data.  Every trial reuses the one cached ground truth and reference model built 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from . import pipeline
-from .config import ConfigError, content_hash
+from .config import ConfigError, coerce_known, content_hash
+from .distributed import start_ray
 from .groundtruth import GroundTruth, build_ground_truth
 from .lds import lds_per_query, mean_se
 from .seeds import derive_seed
-from .spec import RunSpec, _LazyExecutor, prepare
+from .spec import Plan, RunSpec, _LazyExecutor, prepare
 
 log = logging.getLogger("tdabench")
 
@@ -94,6 +96,11 @@ def _trainable(config: dict[str, str], run: RunSpec, truths: dict[int, GroundTru
 def _prepare(spec: SweepSpec) -> dict[int, GroundTruth]:
     """Check every grid value (each builds its config, whose own checks run), then build (or load)
     the ground truth and the reference models, before the first trial."""
+    return _build(spec, _check(spec))
+
+
+def _check(spec: SweepSpec) -> Plan:
+    """The run's plan, after every grid value has built its config (whose own checks run)."""
     run = spec.run
     plan = prepare(run)
     if plan.gt.kind != "subsets":
@@ -102,6 +109,12 @@ def _prepare(spec: SweepSpec) -> dict[int, GroundTruth]:
     for key, values in spec.grid.items():
         for value in values:
             prepare(run.replace(overrides={**run.overrides, run.methods[0]: {**run.overrides.get(run.methods[0], {}), key: value}}))
+    return plan
+
+
+def _build(spec: SweepSpec, plan: Plan) -> dict[int, GroundTruth]:
+    """Build (or load) each seed's ground truth and reference model (on the running Ray, if any)."""
+    run = spec.run
     executor = _LazyExecutor(run)
     try:
         truths = {s: build_ground_truth(plan.task, plan.gt, s, run.results_dir, executor) for s in run.seeds}
@@ -119,45 +132,83 @@ def trial_resources(task: Any) -> dict[str, float]:
 
 
 def sweep(spec: SweepSpec) -> dict[str, Any]:
-    """Run the sweep on Ray Tune; return (and write) its report."""
+    """Run the sweep on Ray Tune; return (and write) its report.  Ray Tune's own console output
+    (its banner, progress tables, TensorBoard hint) goes to ``<report>.tune.log``, not to stdout."""
     import ray
-    from ray import tune
 
-    truths = _prepare(spec)
+    plan = _check(spec)                   # a bad setting fails before Ray starts
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=spec.run.ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 logging_level="ERROR")
-    space = {k: (tune.grid_search(list(v)) if spec.samples == 0 else tune.choice(list(v))) for k, v in spec.grid.items()}
-    run = spec.run.replace(results_dir=spec.run.results_dir.resolve())  # trials chdir
-    trainable = tune.with_parameters(_trainable, run=run, truths=truths)
-    storage = (spec.run.results_dir / "tune").resolve()
-    tuner = tune.Tuner(tune.with_resources(trainable, trial_resources(prepare(spec.run).task)), param_space=space,
-                       tune_config=tune.TuneConfig(metric="tune_lds", mode="max", num_samples=max(1, spec.samples)),
-                       run_config=tune.RunConfig(name=f"{spec.run.task}-{spec.run.methods[0]}", storage_path=str(storage),
-                                                 verbose=0))
+    if started:                           # once, for the ground truth's retrains and the trials alike
+        start_ray(ray, spec.run.ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                  logging_level="ERROR")
     try:
-        return _report(spec, tuner.fit())
+        return _tune(spec, plan)
     finally:
         if started:
             ray.shutdown()
 
 
-def _report(spec: SweepSpec, grid: Any) -> dict[str, Any]:
-    trials = [{"config": r.config, "tune_lds": r.metrics.get("tune_lds"), "seconds": r.metrics.get("seconds")}
+def _tune(spec: SweepSpec, plan: Plan) -> dict[str, Any]:
+    """Ground truth and reference models, then the trials on Ray Tune; the report."""
+    from ray import tune
+
+    truths = _build(spec, plan)
+    space = {k: (tune.grid_search(list(v)) if spec.samples == 0 else tune.choice(list(v))) for k, v in spec.grid.items()}
+    run = spec.run.replace(results_dir=spec.run.results_dir.resolve())  # trials chdir
+    trainable = tune.with_parameters(_trainable, run=run, truths=truths)
+    storage = (spec.run.results_dir / "tune").resolve()
+    tuner = tune.Tuner(tune.with_resources(trainable, trial_resources(plan.task)), param_space=space,
+                       tune_config=tune.TuneConfig(metric="tune_lds", mode="max", num_samples=max(1, spec.samples)),
+                       run_config=tune.RunConfig(name=f"{spec.run.task}-{spec.run.methods[0]}", storage_path=str(storage),
+                                                 verbose=0))
+    tune_log = report_path(spec).with_suffix(".tune.log")
+    with quiet_stdout(tune_log):
+        grid = tuner.fit()
+    return {**_report(spec, grid, plan.methods[0]), "tune_log": str(tune_log)}
+
+
+@contextlib.contextmanager
+def quiet_stdout(path: Path) -> Iterator[None]:
+    """Send what is printed on stdout (Ray Tune's console output) to the file ``path`` instead, and say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("Ray Tune's own output goes to %s", path)
+    with open(path, "w") as fh, contextlib.redirect_stdout(fh):
+        yield
+
+
+def report_path(spec: SweepSpec) -> Path:
+    """Where the sweep's report is written (its Ray Tune log sits next to it)."""
+    grid = {k: list(v) for k, v in spec.grid.items()}
+    key = content_hash([spec.run.task, spec.run.methods, spec.run.overrides, grid, spec.samples, list(spec.run.seeds)])
+    return spec.run.results_dir / "sweeps" / spec.run.task / spec.run.methods[0] / f"{key}.json"
+
+
+def typed(config: Any, values: dict[str, Any], scope: str) -> dict[str, Any]:
+    """Grid values parsed as ``config``'s fields type them (``'0'`` → 0, ``'true'`` → True), JSON-ready."""
+    parsed = {k: coerce_known(config, k, v, scope) if isinstance(v, str) else v for k, v in values.items()}
+    return json.loads(json.dumps(parsed))
+
+
+def _report(spec: SweepSpec, grid: Any, method: Any = None) -> dict[str, Any]:
+    """The report of a finished Tune run (settings typed as ``method``'s config types them), written as JSON."""
+    method = method or prepare(spec.run).methods[0]
+
+    def as_set(values: dict[str, Any]) -> dict[str, Any]:
+        return typed(method.config, values, method.name)
+
+    trials = [{"config": as_set(r.config), "tune_lds": r.metrics.get("tune_lds"), "seconds": r.metrics.get("seconds")}
               for r in grid if r.error is None]
-    failures = [f"{r.config}: {type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
+    failures = [f"{as_set(r.config)}: {type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
     if not trials:
         raise RuntimeError("every trial failed:\n" + "\n".join(failures))
     best = grid.get_best_result(metric="tune_lds", mode="max", filter_nan_and_inf=True)
     report = {"task": spec.run.task, "method": spec.run.methods[0], "seeds": list(spec.run.seeds),
-              "grid": {k: list(v) for k, v in spec.grid.items()}, "samples": spec.samples,
+              "grid": {k: [as_set({k: v})[k] for v in vs] for k, vs in spec.grid.items()}, "samples": spec.samples,
               "trials": sorted(trials, key=lambda t: -(t["tune_lds"] or -1)), "failures": failures,
-              "chosen": best.config, "chosen_tune_lds": best.metrics["tune_lds"],
+              "chosen": as_set(best.config), "chosen_tune_lds": best.metrics["tune_lds"],
               "heldout_lds": best.metrics["heldout_lds"], "heldout_se": best.metrics["heldout_se"],
               "heldout_per_seed": best.metrics["heldout_per_seed"]}
-    key = content_hash([spec.run.task, spec.run.methods, spec.run.overrides, report["grid"], spec.samples, report["seeds"]])
-    path = spec.run.results_dir / "sweeps" / spec.run.task / spec.run.methods[0] / f"{key}.json"
+    path = report_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, default=lambda x: None))
     report["path"] = str(path)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from .base import Command
+
+log = logging.getLogger("tdabench")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
 
     text = leaderboard(args.results_dir, args.task, args.format, args.metric)
     print(text, end="")
+    log.info("rendered from the stored records under %s: nothing was run (`tdabench run ... --force` recomputes a "
+             "row)", args.results_dir / "runs")
     if args.output:
         args.output.write_text(text)
     return 0

@@ -14,16 +14,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import plots
-    from ..leaderboard import group, load_records
+    from ..leaderboard import group, load_records, rank
 
     records = load_records(args.results_dir, args.task)
     if not records:
         raise FileNotFoundError(f"no run records under {args.results_dir / 'runs'}; run `tdabench run` first")
-    rows, folder = group(records), args.results_dir / "plots"
+    rows, folder = rank(group(records)), args.results_dir / "plots"
     for task in sorted({r.task for r in records}):
+        order = list(dict.fromkeys(r["method"] for r in rows if r["task"] == task))   # the leaderboard's
         for path in (plots.lds_bars(rows, task, folder / f"{task}-lds.png"),
                      plots.lds_vs_cost(rows, task, folder / f"{task}-lds-vs-cost.png"),
-                     plots.per_query(records, task, folder / f"{task}-per-query.png")):
+                     plots.per_query(records, task, folder / f"{task}-per-query.png", order)):
             print(f"wrote {path}")
     for rec in records:
         if "train_loss_trace" in rec.extras:

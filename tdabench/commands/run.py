@@ -5,11 +5,15 @@ import argparse
 import json
 import logging
 import math
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..cli import _common, _spec, format_table
 from ..config import ConfigError
 from .base import Command
+
+if TYPE_CHECKING:
+    from ..pipeline import Outcome
 
 log = logging.getLogger("tdabench")
 
@@ -36,8 +40,9 @@ def _json_safe(obj: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import evaluate
 
+    outcomes: list[Outcome] = []
     if args.suite:
-        summaries, failures = run_suite(args)
+        summaries, failures = run_suite(args, outcomes)
     elif not (args.task and args.method):
         raise ConfigError("run needs --task and --method (or --suite NAME)")
     else:
@@ -45,17 +50,48 @@ def run(args: argparse.Namespace) -> int:
         if not methods:
             raise ConfigError(f"--method {args.method!r} names no method; give one or more, e.g. --method gradsim,if "
                               f"(`tdabench list` shows them)")
-        summaries, failures = evaluate(_spec(args, methods))
+        summaries, failures = evaluate(_spec(args, methods), outcomes)
     if args.json:
         print(json.dumps(_json_safe(summaries), indent=1))
     else:
         print(format_table(summaries))
+    if lines := where_written(outcomes):   # after a blank line on stdout; on stderr with --json
+        print(("" if args.json else "\n") + "\n".join(lines), file=sys.stderr if args.json else sys.stdout)
     for failure in failures:
         log.error("failed: %s", failure)
     return 1 if failures else 0
 
 
-def run_suite(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+def where_written(outcomes: list[Outcome]) -> list[str]:
+    """Closing lines: per method and record folder, what was done and where its records (``seed<N>.json``)
+    and score matrices (``seed<N>.scores.pt``) are; a note when stored records were shown as they are."""
+    groups: dict[tuple[str, str, str], list[Outcome]] = {}
+    for o in outcomes:
+        groups.setdefault((o.method, str(o.record.parent), o.action), []).append(o)
+    lines = [_where(method, folder, action, done) for (method, folder, action), done in groups.items()]
+    reused = sum(o.action == "reused" for o in outcomes)
+    if reused:
+        lines.append(f"{reused} of {len(outcomes)} record(s) were stored ones, shown as they are: nothing was trained "
+                     f"or scored for them (committed results, or an earlier run); --force recomputes them")
+    return lines
+
+
+_ACTIONS = {"scored": "records and score matrices written to",
+            "metrics": "metrics recomputed from the stored scores; records rewritten in",
+            "reused": "stored records shown as they are, from"}
+
+
+def _where(method: str, folder: str, action: str, done: list[Outcome]) -> str:
+    """One closing line: ``gradsim (seeds 0,1): records and score matrices written to DIR/``."""
+    seeds = ",".join(str(o.seed) for o in done)
+    n = sum(o.scores is not None for o in done)
+    matrices = "score matrices" if n == len(done) else f"{n} of {len(done)} score matrices" if n else "no score matrices"
+    where = "" if action == "scored" else f" ({matrices} there)"
+    return f"{method} (seeds {seeds}): {_ACTIONS[action]} {folder}/{where}"
+
+
+def run_suite(args: argparse.Namespace,
+              outcomes: Optional[list[Outcome]] = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Every step of a suite; a failing step is collected and the next one still runs."""
     from ..pipeline import evaluate
     from ..presets import get_suite
@@ -72,7 +108,7 @@ def run_suite(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]
                                    "sets": [*step.sets, *args.sets]})
         try:
             if step.kind == "run":
-                got, errors = evaluate(_spec(ns, step.methods))
+                got, errors = evaluate(_spec(ns, step.methods), outcomes)
                 summaries += got
                 failures += errors
             elif step.kind == "stagewise":

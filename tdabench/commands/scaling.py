@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..cli import _common, _spec
 from .base import Command
@@ -22,11 +23,20 @@ def run(args: argparse.Namespace) -> int:
         for p in points:
             print(f"  {method:<10} {p['setting']:>14}  fit {p['fit_seconds']:8.3f} s  score {p['score_seconds']:8.3f} s"
                   f"  peak {p['peak_rss_mb']:8.0f} MB")
-        e = study["exponents"][method]
-        print(f"  {method:<10} growth exponents: fit {e['fit_seconds']:.2f}, score {e['score_seconds']:.2f}, "
-              f"peak memory {e['peak_rss_mb']:.2f}")
+        print(f"  {method:<10} growth exponents: " + format_exponents(study["exponents"][method],
+                                                                      study.get("exponent_notes", {}).get(method, {})))
     print(f"wrote {study['json']}\nwrote {study['plot']}")
     return 0
+
+
+def format_exponents(exponents: dict[str, float], notes: dict[str, str]) -> str:
+    """``fit 1.02, score 0.98, peak memory 0.31``; a missing exponent shows ``—`` and why."""
+    parts = []
+    for key, label in (("fit_seconds", "fit"), ("score_seconds", "score"), ("peak_rss_mb", "peak memory")):
+        value = exponents[key]
+        note = notes.get(key) or "fewer than two measurable points"
+        parts.append(f"{label} {value:.2f}" if not math.isnan(value) else f"{label} — ({note})")
+    return ", ".join(parts)
 
 
 COMMAND = Command("scaling", "fit/score seconds and peak memory as a setting grows; exponents and plot",

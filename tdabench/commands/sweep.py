@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     for trial in report["trials"]:
         print(f"{_fmt(trial['tune_lds']):>16}  {trial['config']}")
     print(f"chosen on the tuning split: {report['chosen']}; held-out LDS {_fmt(report['heldout_lds'])} ± "
-          f"{_fmt(report['heldout_se'])} over {len(report['seeds'])} seed(s)  [{report['path']}]")
+          f"{_fmt(report['heldout_se'])} over {len(report['seeds'])} seed(s)")
+    print(f"report written to {report['path']}; Ray Tune's own output (banner, progress, TensorBoard hint) "
+          f"in {report['tune_log']}")
     for failure in report["failures"]:
         log.error("trial failed: %s", failure)
     return 1 if report["failures"] else 0

@@ -56,7 +56,7 @@ class Arnoldi(DattriMethod):
 
     def fit(self, ctx: Context) -> None:
         super().fit(ctx)
-        with session(dtype_of(ctx.model)):
+        with session(dtype_of(ctx.model), ctx.seed):
             eigenvalues = _eigenvalues(self._attributor, num_params(select_params(ctx.model, self.config.patterns)))
         if eigenvalues is None:
             return

@@ -40,7 +40,7 @@ class DataInf(DattriMethod):
 
     def fit(self, ctx: Context) -> None:
         rows = max(1, math.ceil(ctx.n_train * self.config.fit_fraction))   # the Fisher sample: the first rows
-        with session(dtype_of(ctx.model)):
+        with session(dtype_of(ctx.model), ctx.seed):
             self._attributor = self.attributor(ctx)
             self._attributor.cache(loader(take(ctx.train_data, torch.arange(rows)), rows))
         self._info["fisher_rows"] = rows

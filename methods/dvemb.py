@@ -54,7 +54,7 @@ class DVEmb(DattriMethod):
         unroll = ctx.task.unroll(ctx.task.make_model(ctx.train_seed), torch.arange(ctx.n_train), ctx.train_seed)
         self._check_memory(ctx, unroll)
         model = unroll.model(unroll.initial())                   # replayed in place, step by step
-        with session(dtype_of(ctx.model)):
+        with session(dtype_of(ctx.model), ctx.seed):
             self._attributor = DVEmbAttributor(task=attribution_task(ctx, model, one_row=True),
                                                proj_dim=self.config.proj_dim or None,
                                                proj_seed=derive_seed(ctx.seed, 0xD5E4B))

@@ -22,6 +22,7 @@ class LiSSAConfig(MethodConfig):
     depth: int = 1000                # recursion steps per estimate
     repeats: int = 1                 # independent estimates averaged
     hessian_batch: int = 64          # rows of the attribution set per Hessian sample
+    query_batch: int = 16            # queries whose recursions run together (vmapped: memory grows with it); 0: all
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
 
     def __post_init__(self) -> None:
@@ -31,6 +32,7 @@ class LiSSAConfig(MethodConfig):
         integer(self, "lissa", "depth", "recursion steps per estimate", minimum=1)
         integer(self, "lissa", "repeats", "independent estimates averaged", minimum=1)
         integer(self, "lissa", "hessian_batch", "rows per Hessian sample", minimum=1)
+        integer(self, "lissa", "query_batch", "queries whose recursions run together; 0: all", minimum=0)
 
 
 @register_method

@@ -56,14 +56,14 @@ class BlockProjected(DattriMethod):
         return self._scratch.name
 
     def fit(self, ctx: Context) -> None:
-        with session(torch.float32):    # see Measured
+        with session(torch.float32, ctx.seed):    # see Measured
             self._attributor = self.attributor(ctx)
             self._attributor.cache(rows(ctx.train_data, self.config.batch_size))
         self._fitted = ctx.model_key or id(ctx.model)
 
     def score(self, ctx: Context) -> Tensor:
         self.fitted(ctx)
-        with session(torch.float32):    # see Measured
+        with session(torch.float32, ctx.seed):    # see Measured
             raw = self._attributor.attribute(rows(ctx.train_data, self.config.batch_size),
                                              rows(ctx.query_data, self.config.batch_size))
         return to_scores(raw, ctx.n_train)                        # shape: [n_train, n_query]

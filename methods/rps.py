@@ -93,7 +93,7 @@ class RPS(DattriMethod):
         """The last layer's re-fit (query-independent)."""
         self._info = {}
         self._train = loader((ctx.train_data[0], class_labels(ctx.task, ctx.train_data, self.name)), ctx.n_train)
-        with session(dtype_of(ctx.model)):
+        with session(dtype_of(ctx.model), ctx.seed):
             self._attributor = self.attributor(ctx)
             self._attributor.cache(self._train)
         self._fitted = ctx.model_key or id(ctx.model)
@@ -101,7 +101,7 @@ class RPS(DattriMethod):
     def score(self, ctx: Context) -> Tensor:
         self.fitted(ctx)
         y_query = class_labels(ctx.task, ctx.query_data, self.name)
-        with session(dtype_of(ctx.model)):
+        with session(dtype_of(ctx.model), ctx.seed):
             raw = self._attributor.attribute(self._train, loader((ctx.query_data[0], y_query), ctx.n_query))
         if self._model.final.out_features == 1:
             raw = raw * (2 * y_query.to(raw) - 1)          # towards the query's label, not up the logit

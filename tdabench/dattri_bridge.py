@@ -38,17 +38,20 @@ INSTALL_HINT = "pip install 'tdabench[dattri]'"
 
 
 @contextlib.contextmanager
-def session(dtype: torch.dtype) -> Iterator[None]:
+def session(dtype: torch.dtype, seed: int = 0) -> Iterator[None]:
     """Around every dattri call: its progress bars (tqdm on stderr, which reads TQDM_DISABLE only at
     import), info logs and "not cached" warnings off, since they would flood a sweep's log; and torch's
     default dtype set to ``dtype`` (the model's), since dattri draws some start vectors (Arnoldi's) in the
-    default dtype, which a float64 model cannot multiply."""
+    default dtype, which a float64 model cannot multiply; and torch's global generator seeded with ``seed``
+    (LiSSA samples its minibatches from it) and restored afterwards, so scores repeat and nothing else's
+    random stream moves."""
     level, before = logging.getLogger("dattri").level, torch.get_default_dtype()
     logging.getLogger("dattri").setLevel(logging.WARNING)
     torch.set_default_dtype(dtype)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), torch.random.fork_rng(devices=[]):
             warnings.filterwarnings("ignore", module="dattri")
+            torch.manual_seed(seed)
             yield
     finally:
         logging.getLogger("dattri").setLevel(level)
@@ -166,7 +169,7 @@ class DattriMethod(Method):
 
     def fit(self, ctx: Context) -> None:
         self._info: dict[str, Any] = {}
-        with session(dtype_of(ctx.model)):
+        with session(dtype_of(ctx.model), ctx.seed):
             self._attributor = self.attributor(ctx)
             self._attributor.cache(loader(ctx.train_data, ctx.n_train))
         self._fitted = ctx.model_key or id(ctx.model)
@@ -178,8 +181,9 @@ class DattriMethod(Method):
 
     def score(self, ctx: Context) -> Tensor:
         self.fitted(ctx)
-        with session(dtype_of(ctx.model)):
-            raw = self._attributor.attribute(loader(ctx.train_data, ctx.n_train), loader(ctx.query_data, ctx.n_query))
+        with session(dtype_of(ctx.model), ctx.seed):
+            raw = self._attributor.attribute(loader(ctx.train_data, ctx.n_train),
+                                             loader(ctx.query_data, getattr(self.config, "query_batch", 0) or ctx.n_query))
         return to_scores(raw, ctx.n_train, influence=self.influence_scale)     # shape: [n_train, n_query]
 
     def extras(self) -> dict[str, Any]:

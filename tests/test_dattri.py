@@ -176,3 +176,14 @@ def test_arnoldi_refuses_an_indefinite_hessian_naming_the_damping_that_fixes_it(
     method = make_method("arnoldi", task, {"damping": fix})
     method.fit(ctx)
     assert torch.isfinite(method.score(ctx)).all() and method.extras()["min_eigenvalue_damped"] > 0
+
+
+def test_lissa_minibatches_are_seeded_so_scores_repeat_and_other_streams_do_not_move(regression):
+    task, ctx = regression
+    settings = {"hessian_batch": 4, "depth": 20, "query_batch": 3}        # a stochastic recursion
+    torch.manual_seed(123)
+    first = _scores("lissa", task, ctx, settings)
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)                              # the caller's stream did not move
+    assert torch.equal(_scores("lissa", task, ctx, settings), first)

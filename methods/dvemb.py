@@ -78,14 +78,17 @@ class DVEmb(DattriMethod):
         return state
 
     def _check_memory(self, ctx: Context, unroll: Any) -> None:
+        """The per-step gradients (rows × k) plus dattri's k × k correction matrix must fit the budget."""
         rows = sum(len(s) for s in unroll.schedule)
         dim = self.config.proj_dim or num_params(select_params(ctx.model))
-        gigabytes = rows * dim * 4 / 1e9
+        size = next(ctx.model.parameters()).element_size()
+        gigabytes = (rows * dim + dim * dim) * size / 1e9
         self._info = {"cached_gigabytes": gigabytes, "steps": unroll.steps}
         if gigabytes > self.config.max_gigabytes:
-            raise ConfigError(f"dvemb would hold {gigabytes:.1f} GB of per-step gradients ({rows} rows × {dim} "
-                              f"dimensions) > dvemb.max_gigabytes={self.config.max_gigabytes}; project them: "
-                              f"set --set dvemb.proj_dim=1024 (or raise dvemb.max_gigabytes)")
+            raise ConfigError(f"dvemb would hold {gigabytes:.1f} GB: per-step gradients ({rows} rows × {dim} "
+                              f"dimensions) and a {dim} × {dim} correction matrix > dvemb.max_gigabytes="
+                              f"{self.config.max_gigabytes}; project them: set --set dvemb.proj_dim=1024 "
+                              "(or raise dvemb.max_gigabytes)")
 
     def _check_reproduces(self, ctx: Context, replayed: torch.nn.Module) -> None:
         values, expected = (ctx.task.measure(m, ctx.query_data) for m in (replayed, ctx.model))

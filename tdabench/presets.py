@@ -57,6 +57,15 @@ def _magic_steps() -> tuple[Step, ...]:
                  for task, sets in tasks.items() for alpha in (0.5, 0.99) for order in ORDERS.values())
 
 
+# The field's other methods (dattri's nine, repsim, trackstar) on every CPU task they can serve.  Digits'
+# Hessian at Adam's end point is indefinite: Arnoldi keeps eigenvalues down to −0.051 and asks for damping
+# ≥ 0.077.  On tinylm (d = 165,632, 1,000 × 64-token sequences) the HVP-based cg, lissa, arnoldi and datainf
+# did not finish one seed in 5–8 minutes on 2 cores, rps and knn_shapley need a classifier, and dvemb's full
+# 165,632² correction matrix would be 110 GB: it projects to 1,024 dimensions.
+BREADTH = ("cg", "lissa", "arnoldi", "datainf", "logra", "factgrass", "rps", "knn_shapley", "dvemb", "repsim",
+           "trackstar")
+BREADTH_TINYLM = ("logra", "factgrass", "dvemb", "repsim", "trackstar")
+
 SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("cpu", "every CPU task × method at the committed leaderboard settings (3 seeds; 2 retraining seeds "
           "per subset, so every row has its noise ceiling)", (
@@ -66,6 +75,9 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
         Step("run", "regression", ("random", "gradsim", "if", "tracin", "source", "bif", "ekfac", "trak", "magic"), 3,
              (*REGRESSION_GD, "gt.num_subsets=200", "gt.retrain_seeds=2")),
         Step("run", "tinylm", ("random", "gradsim", "tracin", "bif", "ekfac"), 3, ("gt.retrain_seeds=2",)),
+        Step("run", "digits", BREADTH, 3, ("gt.num_subsets=200", "gt.retrain_seeds=2", "arnoldi.damping=0.08")),
+        Step("run", "regression", BREADTH, 3, (*REGRESSION_GD, "gt.num_subsets=200", "gt.retrain_seeds=2")),
+        Step("run", "tinylm", BREADTH_TINYLM, 3, ("gt.retrain_seeds=2", "dvemb.proj_dim=1024")),
     )),
     Suite("magic-cpu", "004 §4.2.2's regime table: MAGIC's exact metagradients next to every approximate method "
           "on digits and regression (GD), α = 0.5 and 0.99, independent and reference data order, 3 seeds",

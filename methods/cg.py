@@ -19,6 +19,7 @@ class CGConfig(MethodConfig):
     damping: float = 1e-3            # λ added to the mean-loss Hessian (plus the task's L2 curvature)
     max_iter: int = 50               # CG iterations per query (exact after d iterations in exact arithmetic)
     tol: float = 1e-7                # stop when the residual norm falls below this
+    query_batch: int = 16            # queries solved together (vmapped: 200 digits queries at once took 10 GB); 0: all
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
 
     def __post_init__(self) -> None:
@@ -26,6 +27,7 @@ class CGConfig(MethodConfig):
         number(self, "cg", "damping", "λ added to the Hessian's diagonal", at_least=0)
         integer(self, "cg", "max_iter", "conjugate-gradient iterations", minimum=1)
         number(self, "cg", "tol", "residual norm at which CG stops", above=0)
+        integer(self, "cg", "query_batch", "queries solved together; 0: all", minimum=0)
 
 
 @register_method

@@ -1,7 +1,7 @@
 """The ``tdabench`` subcommands: one module each, registered in :data:`COMMANDS` (in ``--help`` order)."""
 from __future__ import annotations
 
-from . import evaluate, ground_truth, kernel, leaderboard, listing, plot, regress, run, scaling, stagewise, sweep, verify
+from . import evaluate, ground_truth, kernel, leaderboard, listing, plot, regress, report, run, scaling, stagewise, sweep, verify
 from .base import Command
 
 COMMANDS: tuple[Command, ...] = (
@@ -15,6 +15,7 @@ COMMANDS: tuple[Command, ...] = (
     stagewise.COMMAND,
     kernel.COMMAND,
     plot.COMMAND,
+    report.COMMAND,
     regress.COMMAND,
     verify.COMMAND,
 )

@@ -117,7 +117,8 @@ def token_stream(tokenizer: Any, docs: Sequence[str], needed: int, start: int = 
     tokens (or the documents run out); shape ``[≥needed]``, and the index after the last document used."""
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the tokenizer has no eos_token; documents are separated by it when packing")
+        raise ValueError("the tokenizer has no eos_token, which separates documents when packing; set task.tokenizer "
+                         "to a tokenizer that has one (its tokenizer_config.json names eos_token)")
     tokens: list[int] = []
     end = start
     while len(tokens) < needed and end < len(docs):

@@ -1,10 +1,13 @@
-"""pythia: finetune a pretrained Pythia model (transformers GPT-NeoX) for one epoch on packed text.
+"""pythia: finetune a pretrained causal LM (Pythia by default; any transformers architecture) for one
+epoch on packed text.
 
 The language benchmark of the local-BIF paper (001, Appendix C.3): Pythia-14M at step 45,000,
 finetuned with AdamW (one epoch, linear learning-rate decay, batch 256, weight decay 0.01) on 4,096
 attribution sequences of 1,024 tokens; the measurement is the mean token loss of 256 query
-sequences.  The model and tokenizer come from a local directory (``save_pretrained``) or the Hugging
-Face cache; the text from a local directory / JSON-lines file or a ``datasets`` name.  Tokenized,
+sequences.  The model (``AutoModelForCausalLM``: GPT-NeoX, GPT-2, Llama, ...) and tokenizer
+(``AutoTokenizer``) come from a local directory (``save_pretrained``) or the Hugging Face cache; the
+layers that BIF and EK-FAC restrict themselves to are found in the loaded model (``_hf_arch``).  The
+text comes from a local directory / JSON-lines file or a ``datasets`` name.  Tokenized,
 packed data are cached under ``task.cache_dir`` keyed by their content.  ``tasks/tinylm.py`` runs
 this same code path on a tiny model for the CPU.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -28,11 +32,11 @@ from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
 from tdabench.training import epoch_batches
 from tdabench.unroll import Optimizer, Unroll, weighted_mean
+from tdabench.tasks._hf_arch import attention_pattern, block_pattern, linearize
 from tdabench.tasks._lm_data import (DATASET_MARKERS, INSTALL, MissingResource, Shuffled, dataset_documents,
                                      fingerprint, load_pretrained, local_documents, pack, token_stream)
 
-ATTENTION_WEIGHTS = r"attention\.(query_key_value|dense)\.weight"   # BIF's parameters on LMs (001 B.1)
-BLOCK_PARAMS = r"^gpt_neox\.layers\."                               # everything but embeddings/output layer
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ def train_lm(model: nn.Module, data: Batch, indices: Tensor, seed: int, cfg: Pyt
 class Pythia(Task):
     name = "pythia"
     version = "1"
-    description = "finetune pretrained Pythia (GPT-NeoX, transformers) one epoch on packed text; mean token loss"
+    description = "finetune a pretrained causal LM (Pythia-14M; any transformers architecture) one epoch on text; mean token loss"
     Config = PythiaConfig
 
     # ----- where model, tokenizer and text come from (tinylm overrides these) -----
@@ -184,17 +188,50 @@ class Pythia(Task):
 
     @cached_property
     def base_model(self) -> nn.Module:
-        """The starting model on the CPU in float32 (copied for every run)."""
+        """The starting model on the CPU in float32 (copied for every run), any causal-LM architecture;
+        ``Conv1D`` layers become ``nn.Linear``; its positions and vocabulary must fit the data."""
         try:
-            from transformers import GPTNeoXForCausalLM
+            from transformers import AutoModelForCausalLM
+            from transformers.utils.logging import disable_progress_bar
         except ImportError:
             raise ImportError(f"the {self.name} task needs transformers: {INSTALL}") from None
+        disable_progress_bar()       # a bar per load, in every Ray worker, says nothing the log does not
         name, rev = self.model_source()
         own = bool(self.config.tokenizer)
-        model = load_pretrained(GPTNeoXForCausalLM.from_pretrained, name, rev, "model", "model_name",
-                                self._fetch(tokenizer=not own, model=True),
-                                attn_implementation=self.config.attn_implementation)
+        try:
+            model = load_pretrained(AutoModelForCausalLM.from_pretrained, name, rev, "model", "model_name",
+                                    self._fetch(tokenizer=not own, model=True),
+                                    attn_implementation=self.config.attn_implementation)
+        except ValueError as err:    # an architecture without this attention kernel, or not a causal LM
+            raise ValueError(f"task.model_name={name!r} cannot be loaded as a causal LM with "
+                             f"task.attn_implementation={self.config.attn_implementation!r}: {str(err)[:300]} "
+                             "(try task.attn_implementation=eager, or a causal LM checkpoint)") from None
+        linearize(model)
+        self._check_fits(model)
         return model.float().eval()   # Hub checkpoints may be stored in float16
+
+    def _check_fits(self, model: nn.Module) -> None:
+        """The packed sequences fit the model's positions and the tokenizer's ids its vocabulary."""
+        c, positions = self.config, getattr(model.config, "max_position_embeddings", None)
+        if positions is not None and c.context_length > positions:
+            raise ValueError(f"task.context_length={c.context_length} exceeds the model's {positions} positions "
+                             f"(max_position_embeddings); set task.context_length<={positions}")
+        rows = model.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > rows:
+            raise ValueError(f"the tokenizer has {len(self.tokenizer)} ids but the model's embedding has {rows} rows; "
+                             "set task.tokenizer to the model's own tokenizer (empty: the one saved with the model)")
+
+    @cached_property
+    def layer_patterns(self) -> dict[str, Optional[str]]:
+        """Regexes of the attention projections' weights and of the transformer blocks' parameters,
+        found in the model (None where it has none: BIF and EK-FAC then keep their own defaults)."""
+        found = {"attention": attention_pattern(self.base_model), "blocks": block_pattern(self.base_model)}
+        for what, setting in (("attention", "bif.patterns"), ("blocks", "ekfac.patterns")):
+            if found[what] is None:
+                log.warning("%s: no %s found in %s; %s is left at its default (every weight); set it to choose",
+                            self.name, "attention layers" if what == "attention" else "list of transformer blocks",
+                            type(self.base_model).__name__, setting)
+        return found
 
     @cached_property
     def _split(self) -> tuple[Tensor, Tensor]:
@@ -281,12 +318,13 @@ class Pythia(Task):
         attention weights (001 B.1).  The paper gives no step size: ε=2·10⁻⁶ keeps ε·γ/(2δ) at 0.5 for
         RMSprop-SGLD (sweep it).  Recording and the SGLD minibatch's backward pass run 32 sequences at a
         time: the full vocabulary's logits of 128 sequences of 1,024 tokens take 26 GB in float32."""
-        return {"patterns": (ATTENTION_WEIGHTS,), "batch_size": 128, "chains": 4, "draws": 300, "burn_in": 150,
+        attention = self.layer_patterns["attention"]
+        return {"patterns": (attention,) if attention else (), "batch_size": 128, "chains": 4, "draws": 300, "burn_in": 150,
                 "nbeta": 800.0, "gamma": 50000.0, "epsilon": 2e-6, "record_batch_size": 32}
 
     def recommendations(self) -> dict[str, dict[str, Any]]:
         """BIF: ``bif_defaults``; on the CPU, EK-FAC without the embeddings and output layer."""
         recs: dict[str, dict[str, Any]] = {"bif": self.bif_defaults()}
         if self.device.type == "cpu":
-            recs["ekfac"] = {"patterns": (BLOCK_PARAMS,)}
+            recs["ekfac"] = {"patterns": (self.layer_patterns["blocks"],)} if self.layer_patterns["blocks"] else {}
         return recs

@@ -17,7 +17,7 @@ from tdabench.grads import select_params  # noqa: E402
 from tdabench.pipeline import evaluate as run
 from tdabench.spec import RunSpec  # noqa: E402
 from tdabench.tasks._lm_data import MissingResource  # noqa: E402
-from tdabench.tasks.pythia import ATTENTION_WEIGHTS, BLOCK_PARAMS, Pythia, PythiaConfig, linear_schedule  # noqa: E402
+from tdabench.tasks.pythia import Pythia, PythiaConfig, linear_schedule  # noqa: E402
 from tdabench.tasks.tinylm import train_tokenizer  # noqa: E402
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
@@ -167,11 +167,13 @@ def test_training_steps_checkpoints_and_linear_schedule(saved, tmp_path):
     assert task.measure(model, task.train_data()).mean() < before.mean() - 0.05
 
 
-def test_method_default_patterns_pick_attention_weights_and_spare_the_output_layer(saved):
-    attention = select_params(saved["model"], (ATTENTION_WEIGHTS,))
+def test_method_default_patterns_pick_attention_weights_and_spare_the_output_layer(saved, tmp_path):
+    recs = _task(saved, tmp_path).recommendations()
+    assert recs["bif"]["patterns"] == (r"attention\.(query_key_value|dense)\.weight",)   # as before any other architecture
+    attention = select_params(saved["model"], recs["bif"]["patterns"])
     assert sorted(attention) == [f"gpt_neox.layers.{i}.attention.{n}.weight" for i in (0, 1)
                                  for n in ("dense", "query_key_value")]
-    blocks = select_params(saved["model"], (BLOCK_PARAMS,))
+    blocks = select_params(saved["model"], recs["ekfac"]["patterns"])
     assert not any("embed" in n or "lm_head" in n for n in blocks) and len(blocks) == 24
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tdabench.checks import choices_and_patterns, fail, integer, number
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
 
@@ -79,15 +80,31 @@ class Cifar10Config(TaskConfig):
     gpu_fraction: float = 0.25       # GPU share of one retrain under Ray
 
     def __post_init__(self) -> None:
+        choices_and_patterns(self, "task")
         if len(self.widths) != 3 or min(self.widths) < 1:
-            raise ValueError(f"task.widths={self.widths}: give three positive block widths, e.g. 64,256,256")
-        if not 9 <= self.image_size <= 32:
-            raise ValueError(f"task.image_size={self.image_size}: must lie in 9..32 (three 2× poolings after a 2×2 conv)")
-        for name in ("n_train", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"task.{name}={getattr(self, name)}: must be at least 1")
-        if min(self.warmup_size, self.warmup_steps, self.n_query, self.translate) < 0:
-            raise ValueError("task.warmup_size, warmup_steps, n_query and translate must be ≥ 0")
+            fail("task", "widths", self.widths, "three positive block widths", "channels of the conv blocks", (64, 256, 256))
+        integer(self, "task", "image_size", "image side after downsampling (three 2× poolings after a 2×2 conv)", minimum=9)
+        if self.image_size > 32:
+            fail("task", "image_size", self.image_size, "in 9..32", "CIFAR-10 images are 32×32", 32)
+        for name, meaning in (("n_train", "attribution set size"), ("epochs", "training passes"),
+                              ("batch_size", "images per SGD step")):
+            integer(self, "task", name, meaning, minimum=1)
+        for name, meaning in (("warmup_size", "held-out warmup images"), ("warmup_steps", "warmup steps"),
+                              ("n_query", "query images (0: the full test set)"), ("translate", "random translation")):
+            integer(self, "task", name, meaning, minimum=0)
+        if self.n_train + self.warmup_size > 50000:
+            fail("task", "n_train", self.n_train, f"at most {50000 - self.warmup_size} with task.warmup_size="
+                 f"{self.warmup_size}", "the training set has 50,000 images", 50000 - self.warmup_size)
+        if self.n_query > 10000:
+            fail("task", "n_query", self.n_query, "at most 10000", "the test set has 10,000 images", 0)
+        for name, meaning in (("lr", "learning rate per 1024 examples"), ("bias_scaler", "BatchNorm shift lr multiplier"),
+                              ("whiten_eps", "whitening eigenvalue floor")):
+            number(self, "task", name, meaning, above=0)
+        number(self, "task", "momentum", "Nesterov momentum", at_least=0, below=1)
+        number(self, "task", "weight_decay", "decoupled weight decay", at_least=0)
+        number(self, "task", "label_smoothing", "training-loss label smoothing", at_least=0, below=1)
+        number(self, "task", "bn_momentum", "running-statistics decay", at_least=0, at_most=1)
+        number(self, "task", "gpu_fraction", "GPU share of one retrain", above=0, at_most=1)
 
 
 # ----- data -----------------------------------------------------------------------------------

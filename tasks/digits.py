@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tdabench.batched import train_many_adam
+from tdabench.checks import fail, integer, number
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
 from tdabench.training import epoch_batches, minibatch_train, steps_per_run
@@ -26,6 +27,19 @@ class DigitsConfig(TaskConfig):
     lr: float = 0.01           # Adam
     weight_decay: float = 1e-4 # Adam's L2 penalty
     data_seed: int = 0         # fixes the split, not the training randomness
+
+    def __post_init__(self) -> None:
+        integer(self, "task", "n_train", "attribution set size", minimum=2)
+        integer(self, "task", "n_query", "query set size", minimum=1)
+        if self.n_train + self.n_query > 1797:
+            fail("task", "n_train", self.n_train, f"at most {1797 - self.n_query} with task.n_query={self.n_query}",
+                 "the data set has 1,797 images", 1797 - self.n_query)
+        integer(self, "task", "hidden", "MLP width", minimum=1)
+        integer(self, "task", "epochs", "passes over the training subset", minimum=1)
+        integer(self, "task", "batch_size", "examples per Adam step", minimum=1)
+        number(self, "task", "lr", "Adam's learning rate", above=0)
+        number(self, "task", "weight_decay", "Adam's L2 penalty", at_least=0)
+        integer(self, "task", "data_seed", "the split's seed")
 
 
 @register_task

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tdabench.checks import integer, number
 from tdabench.config import content_hash
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
@@ -63,6 +64,18 @@ class PythiaConfig(TaskConfig):
     attn_implementation: str = "sdpa"      # transformers attention kernel ("eager" is faster for tiny models on CPU)
     cache_dir: str = ""                    # prepared data; empty: $TDABENCH_CACHE or ~/.cache/tdabench
     gpu_fraction: float = 1.0              # share of a GPU each Ray retrain asks for
+
+    def __post_init__(self) -> None:
+        integer(self, "task", "context_length", "tokens per packed sequence", minimum=2)
+        for name, meaning in (("n_train", "attribution sequences"), ("n_query", "query sequences"),
+                              ("epochs", "finetuning passes"), ("batch_size", "sequences per optimiser step"),
+                              ("micro_batch", "sequences per forward pass")):
+            integer(self, "task", name, meaning, minimum=1)
+        integer(self, "task", "warmup_steps", "linear warmup steps", minimum=0)
+        integer(self, "task", "data_seed", "the document order's seed")
+        number(self, "task", "lr", "AdamW's peak learning rate", above=0)
+        number(self, "task", "weight_decay", "AdamW's decoupled weight decay", at_least=0)
+        number(self, "task", "gpu_fraction", "GPU share of one retrain", above=0, at_most=1)
 
 
 # ----- per-token loss and the training loop ---------------------------------------------------------

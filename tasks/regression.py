@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tdabench.checks import choices_and_patterns, integer, number
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
 from tdabench.unroll import Optimizer, Unroll
@@ -33,6 +34,17 @@ class RegressionConfig(TaskConfig):
     steps: int = 200            # L-BFGS iterations or GD steps
     lr: float = 0.5             # GD step size (unused by L-BFGS)
     data_seed: int = 0          # the generated data set
+
+    def __post_init__(self) -> None:
+        choices_and_patterns(self, "task")
+        integer(self, "task", "n_train", "attribution examples", minimum=2)
+        integer(self, "task", "n_query", "query examples", minimum=1)
+        integer(self, "task", "dim", "input features", minimum=1)
+        number(self, "task", "noise", "label noise", at_least=0)
+        number(self, "task", "l2", "ridge strength", at_least=0)
+        integer(self, "task", "steps", "L-BFGS iterations or GD steps", minimum=1)
+        number(self, "task", "lr", "the GD step size", above=0)
+        integer(self, "task", "data_seed", "the data set's seed")
 
 
 @register_task

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
+from tdabench.checks import fail, integer, number
 from tdabench.config import content_hash
 from tdabench.registry import register_task
 from tdabench.tasks._lm_data import INSTALL, pack, token_stream
@@ -58,6 +59,20 @@ class TinyLMConfig(PythiaConfig):
     pretrain_epochs: int = 2        # base pretraining passes
     pretrain_lr: float = 3e-3       # base pretraining peak AdamW learning rate (10 warmup steps)
     pretrain_seed: int = 0          # base initialisation and pretraining order
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        integer(self, "task", "vocab_size", "BPE vocabulary: 256 bytes, end-of-text, merges", minimum=257)
+        if self.vocab_size > 1024:
+            fail("task", "vocab_size", self.vocab_size, "at most 1024", "BPE vocabulary size", 512)
+        for name, meaning in (("hidden", "GPT-NeoX width"), ("layers", "transformer blocks"), ("heads", "attention heads"),
+                              ("topics", "topics of the grammar"), ("pretrain_sequences", "pretraining sequences"),
+                              ("pretrain_epochs", "pretraining passes")):
+            integer(self, "task", name, meaning, minimum=1)
+        if self.hidden % self.heads:
+            fail("task", "heads", self.heads, f"a divisor of task.hidden={self.hidden}", "attention heads", 4)
+        number(self, "task", "repeat_fraction", "documents whose second half repeats", at_least=0, at_most=1)
+        number(self, "task", "pretrain_lr", "pretraining peak learning rate", above=0)
 
 
 # ----- the generated text -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from tdabench.checks import choices_and_patterns, number
-from tdabench.dattri_bridge import DattriMethod, attribution_task, curvature_damping, dtype_of, layer_names, loader, session
+from tdabench.dattri_bridge import DattriMethod, attribution_task, curvature_damping, layer_names, loader
 from tdabench.method import Context, MethodConfig
 from tdabench.registry import register_method
 from tdabench.task import take
@@ -38,13 +38,11 @@ class DataInf(DattriMethod):
     description = "DataInf: per-layer Fisher inverted by averaged Sherman-Morrison (dattri)"
     Config = DataInfConfig
 
-    def fit(self, ctx: Context) -> None:
-        rows = max(1, math.ceil(ctx.n_train * self.config.fit_fraction))   # the Fisher sample: the first rows
-        with session(dtype_of(ctx.model), ctx.seed):
-            self._attributor = self.attributor(ctx)
-            self._attributor.cache(loader(take(ctx.train_data, torch.arange(rows)), rows))
+    def fit_data(self, ctx: Context) -> Any:
+        """The Fisher sample: the first ``fit_fraction`` of the attribution rows."""
+        rows = max(1, math.ceil(ctx.n_train * self.config.fit_fraction))
         self._info["fisher_rows"] = rows
-        self._fitted = ctx.model_key or id(ctx.model)
+        return loader(take(ctx.train_data, torch.arange(rows)), rows)
 
     def attributor(self, ctx: Context) -> Any:
         from dattri.algorithm import IFAttributorDataInf

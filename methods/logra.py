@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import torch
-from torch import Tensor
 
 from tdabench.checks import choices_and_patterns, fail, integer, number
-from tdabench.dattri_bridge import DattriMethod, linear_layers, measured_task, rows, session, to_scores
+from tdabench.dattri_bridge import DattriMethod, linear_layers, measured_task, rows
 from tdabench.method import Context, MethodConfig
 from tdabench.registry import register_method
 
@@ -55,18 +54,14 @@ class BlockProjected(DattriMethod):
         self._scratch = tempfile.TemporaryDirectory(dir=ctx.cache_dir, prefix=f"{self.name}-")
         return self._scratch.name
 
-    def fit(self, ctx: Context) -> None:
-        with session(torch.float32, ctx.seed):    # see Measured
-            self._attributor = self.attributor(ctx)
-            self._attributor.cache(rows(ctx.train_data, self.config.batch_size))
-        self._fitted = ctx.model_key or id(ctx.model)
+    def dtype(self, ctx: Context) -> torch.dtype:
+        return torch.float32                      # see Measured
 
-    def score(self, ctx: Context) -> Tensor:
-        self.fitted(ctx)
-        with session(torch.float32, ctx.seed):    # see Measured
-            raw = self._attributor.attribute(rows(ctx.train_data, self.config.batch_size),
-                                             rows(ctx.query_data, self.config.batch_size))
-        return to_scores(raw, ctx.n_train)                        # shape: [n_train, n_query]
+    def fit_data(self, ctx: Context) -> Any:
+        return rows(ctx.train_data, self.config.batch_size)
+
+    def score_data(self, ctx: Context) -> tuple[Any, Any]:
+        return rows(ctx.train_data, self.config.batch_size), rows(ctx.query_data, self.config.batch_size)
 
 
 @register_method

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tdabench.checks import choices_and_patterns, integer, number
-from tdabench.dattri_bridge import DattriMethod, class_labels, dtype_of, loader, session
+from tdabench.dattri_bridge import DattriMethod, class_labels, loader, session
 from tdabench.method import Context, MethodConfig
 from tdabench.registry import register_method
 from tdabench.task import Task, take
@@ -89,19 +89,15 @@ class RPS(DattriMethod):
         return RPSAttributor(task=task, final_linear_layer_name="final", l2_strength=self.config.l2,
                              epoch=self.config.epochs, device=str(ctx.device))
 
-    def fit(self, ctx: Context) -> None:
-        """The last layer's re-fit (query-independent)."""
-        self._info = {}
+    def fit_data(self, ctx: Context) -> Any:
+        """Inputs with class labels: what the last layer's (query-independent) re-fit runs on."""
         self._train = loader((ctx.train_data[0], class_labels(ctx.task, ctx.train_data, self.name)), ctx.n_train)
-        with session(dtype_of(ctx.model), ctx.seed):
-            self._attributor = self.attributor(ctx)
-            self._attributor.cache(self._train)
-        self._fitted = ctx.model_key or id(ctx.model)
+        return self._train
 
     def score(self, ctx: Context) -> Tensor:
         self.fitted(ctx)
         y_query = class_labels(ctx.task, ctx.query_data, self.name)
-        with session(dtype_of(ctx.model), ctx.seed):
+        with session(self.dtype(ctx), ctx.seed):
             raw = self._attributor.attribute(self._train, loader((ctx.query_data[0], y_query), ctx.n_query))
         if self._model.final.out_features == 1:
             raw = raw * (2 * y_query.to(raw) - 1)          # towards the query's label, not up the logit

@@ -167,11 +167,24 @@ class DattriMethod(Method):
         """The configured dattri attributor for ``ctx`` (``cache`` not yet called)."""
         raise NotImplementedError(f"{type(self).__name__} must implement attributor()")
 
+    def dtype(self, ctx: Context) -> torch.dtype:
+        """The default dtype the attributor runs under (``session``): the model's."""
+        return dtype_of(ctx.model)
+
+    def fit_data(self, ctx: Context) -> Any:
+        """What ``cache`` is given: the whole attribution set as one batch."""
+        return loader(ctx.train_data, ctx.n_train)
+
+    def score_data(self, ctx: Context) -> tuple[Any, Any]:
+        """The (training, query) loaders ``attribute`` is given."""
+        return (loader(ctx.train_data, ctx.n_train),
+                loader(ctx.query_data, getattr(self.config, "query_batch", 0) or ctx.n_query))
+
     def fit(self, ctx: Context) -> None:
         self._info: dict[str, Any] = {}
-        with session(dtype_of(ctx.model), ctx.seed):
+        with session(self.dtype(ctx), ctx.seed):
             self._attributor = self.attributor(ctx)
-            self._attributor.cache(loader(ctx.train_data, ctx.n_train))
+            self._attributor.cache(self.fit_data(ctx))
         self._fitted = ctx.model_key or id(ctx.model)
 
     def fitted(self, ctx: Context) -> None:
@@ -181,9 +194,8 @@ class DattriMethod(Method):
 
     def score(self, ctx: Context) -> Tensor:
         self.fitted(ctx)
-        with session(dtype_of(ctx.model), ctx.seed):
-            raw = self._attributor.attribute(loader(ctx.train_data, ctx.n_train),
-                                             loader(ctx.query_data, getattr(self.config, "query_batch", 0) or ctx.n_query))
+        with session(self.dtype(ctx), ctx.seed):
+            raw = self._attributor.attribute(*self.score_data(ctx))
         return to_scores(raw, ctx.n_train, influence=self.influence_scale)     # shape: [n_train, n_query]
 
     def extras(self) -> dict[str, Any]:

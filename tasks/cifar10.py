@@ -24,7 +24,7 @@ import os
 import pickle
 import tarfile
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -175,10 +175,16 @@ def resize(x: Tensor, size: int) -> Tensor:
                       for part in x.split(4096)])
 
 
+@lru_cache(maxsize=None)
+def channel_stats(device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std ``[3, 1, 1]`` on ``device``, built once per device: a host-to-device
+    copy on every step would make the host wait for the GPU."""
+    return torch.tensor(MEAN, device=device).view(3, 1, 1), torch.tensor(STD, device=device).view(3, 1, 1)
+
+
 def normalize(x: Tensor) -> Tensor:
     """uint8 (or 0–255 float) images ``[B, 3, H, W]`` → per-channel standardised float32."""
-    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
+    mean, std = channel_stats(x.device)
     return (x.float() - mean) / std
 
 

@@ -38,6 +38,9 @@ from tdabench.tasks._lm_data import (DATASET_MARKERS, INSTALL, MissingResource, 
                                      fingerprint, load_pretrained, local_documents, pack, token_stream)
 
 log = logging.getLogger(__name__)
+MEASURE_BYTES = 2 << 30         # logits memory of one measuring pass
+GRADIENT_BYTES = 2 << 30        # float32 per-example gradients of every example above this: project them
+PROJECTED = ("gradsim", "tracin", "trackstar")   # methods whose gradients a proj_dim setting shrinks
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,13 @@ class Pythia(Task):
         """A copy of the pretrained model (finetuning starts from the same weights for every seed)."""
         return copy.deepcopy(self.base_model).to(self.device)
 
+    @property
+    def measure_batch_size(self) -> int:
+        """Sequences per measuring pass: one sequence's float32 logits and their log-softmax take
+        8·T·V bytes (412 MB for Pythia-14M at T=1,024, V=50,304), so passes stay within 2 GiB."""
+        per_sequence = 8 * self.config.context_length * self.base_model.config.vocab_size
+        return max(1, min(1024, MEASURE_BYTES // per_sequence))
+
     def token_measurement(self, model: nn.Module, batch: Batch) -> Tensor:
         return token_losses(model, batch[0])   # shape: [B, context-1]
 
@@ -336,8 +346,14 @@ class Pythia(Task):
                 "nbeta": 800.0, "gamma": 50000.0, "epsilon": 2e-6, "record_batch_size": 32}
 
     def recommendations(self) -> dict[str, dict[str, Any]]:
-        """BIF: ``bif_defaults``; on the CPU, EK-FAC without the embeddings and output layer."""
+        """As data, on every device: BIF ``bif_defaults``; EK-FAC on the transformer blocks (without the
+        embeddings and the output layer, whose vocabulary-square covariance is 50,304² on Pythia); a
+        4,096-dimensional projection for gradient methods when float32 gradients of every attribution
+        and query sequence exceed 2 GiB (230 GB for Pythia-14M's 4,096 + 256 sequences)."""
         recs: dict[str, dict[str, Any]] = {"bif": self.bif_defaults()}
-        if self.device.type == "cpu":
-            recs["ekfac"] = {"patterns": (self.layer_patterns["blocks"],)} if self.layer_patterns["blocks"] else {}
+        if self.layer_patterns["blocks"]:
+            recs["ekfac"] = {"patterns": (self.layer_patterns["blocks"],)}
+        n_params = sum(p.numel() for p in self.base_model.parameters())
+        if 4 * n_params * (self.config.n_train + self.config.n_query) > GRADIENT_BYTES:
+            recs |= {method: {"proj_dim": 4096} for method in PROJECTED}
         return recs

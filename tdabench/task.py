@@ -193,8 +193,16 @@ class Task(ABC):
     def n_query(self) -> int:
         return int(self.query_data()[0].shape[0])
 
-    def measure(self, model: nn.Module, data: Batch, batch_size: int = 1024) -> Tensor:
-        """φ of ``model`` on every row of ``data`` in eval mode without gradients, shape ``[n]``."""
+    @property
+    def measure_batch_size(self) -> int:
+        """Rows per forward pass of ``measure`` (ground truth, trajectories, checks): bounds its memory.
+        Override where one row's outputs are large (a language model's logits)."""
+        return 1024
+
+    def measure(self, model: nn.Module, data: Batch, batch_size: Optional[int] = None) -> Tensor:
+        """φ of ``model`` on every row of ``data`` in eval mode without gradients, shape ``[n]``, in
+        passes of ``batch_size`` rows (default ``measure_batch_size``)."""
+        batch_size = batch_size or self.measure_batch_size
         was_training = model.training
         model.eval()
         with torch.no_grad():

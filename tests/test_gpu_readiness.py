@@ -1,0 +1,121 @@
+"""GPU readiness checked on the CPU (issue 18): measurement in bounded passes, the language task's
+method recommendations as data (the same on every device, derived from the shapes), the reference
+model never overwritten and keyed by device, and CIFAR-10's constants built once per device."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from tdabench import reference
+from tdabench.reference import reference_key, reference_model
+from tdabench.tasks.regression import Regression, RegressionConfig
+
+
+class CountingRegression(Regression):
+    """Regression whose measurement records the rows of every pass."""
+    passes: list[int] = []
+
+    @property
+    def measure_batch_size(self) -> int:
+        return 7
+
+    def measurement(self, model, batch):
+        self.passes.append(batch[0].shape[0])
+        return super().measurement(model, batch)
+
+
+def test_measure_runs_in_passes_of_the_tasks_batch_size_with_the_same_values():
+    task = CountingRegression(RegressionConfig(n_train=40, n_query=30, dim=4))
+    model = task.train(task.make_model(0), torch.arange(40), 0)
+    task.passes.clear()
+    chunked = task.measure(model, task.query_data())
+    assert task.passes == [7, 7, 7, 7, 2]
+    torch.testing.assert_close(chunked, task.measure(model, task.query_data(), batch_size=1024))
+
+
+def test_the_reference_model_is_never_overwritten_when_checkpoints_are_first_asked_for(tmp_path, caplog):
+    task = Regression(RegressionConfig(n_train=30, n_query=5, dim=3, optimizer="gd", steps=20))
+    model, _, key = reference_model(task, 0, tmp_path)
+    path = tmp_path / "models" / "regression" / key / "model.pt"
+    before = path.read_bytes()
+    again, checkpoints, same = reference_model(task, 0, tmp_path, n_checkpoints=4)
+    assert same == key and len(checkpoints) == 4 and path.read_bytes() == before
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert "differs from the cached one" not in caplog.text
+
+    real = task.train                   # a repeat that lands elsewhere (as non-deterministic kernels would)
+
+    def drifting(m, *args, **kwargs):
+        out = real(m, *args, **kwargs)
+        with torch.no_grad():
+            next(out.parameters()).add_(1e-3)
+        return out
+    task.train = drifting
+    with caplog.at_level(logging.WARNING):
+        kept, _, _ = reference_model(task, 0, tmp_path, n_checkpoints=2)
+    assert path.read_bytes() == before and "differs from the cached one by up to 0.001" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), kept.state_dict().values()))
+
+
+def test_the_reference_key_names_the_device():
+    cfg = RegressionConfig(n_train=30, n_query=5)
+    assert reference_key(Regression(cfg), 0) != reference_key(Regression(cfg, device="cuda"), 0)
+    assert reference_key(Regression(cfg), 0) == reference_key(Regression(cfg), 0)
+    assert reference.__name__ == "tdabench.reference"
+
+
+def test_cifar10_normalisation_constants_are_built_once_per_device():
+    from tdabench.tasks.cifar10 import channel_stats, normalize
+
+    channel_stats.cache_clear()
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    outs = [normalize(images) for _ in range(5)]
+    assert channel_stats.cache_info().misses == 1 and channel_stats.cache_info().hits == 4
+    assert all(torch.equal(o, outs[0]) for o in outs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cifar10_normalisation_does_not_synchronise_on_cuda():
+    from tdabench.tasks.cifar10 import normalize
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, device="cuda")
+    normalize(images)                                        # builds the constants once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        normalize(images)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ----- the language task at Pythia-14M's shapes (a tiny random model with Pythia's vocabulary) -----
+@pytest.fixture(scope="module")
+def pythia_shaped(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from tdabench.tasks.tinylm import train_tokenizer
+
+    root = tmp_path_factory.mktemp("pythia-shaped")
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=50304, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=2048)).save_pretrained(root)
+    train_tokenizer(["a b c d e f"] * 20, 300).save_pretrained(root)
+    return root
+
+
+def test_pythia_measures_within_two_gib_and_recommends_the_same_on_every_device(pythia_shaped):
+    from tdabench.tasks.pythia import Pythia, PythiaConfig
+
+    cfg = PythiaConfig(model_name=str(pythia_shaped), revision="")    # 4,096 + 256 sequences of 1,024 tokens
+    cpu, cuda = Pythia(cfg), Pythia(cfg, device="cuda")
+    assert cpu.measure_batch_size == 5                                # 5 × 412 MB of logits and log-softmax
+    assert 8 * 1024 * 50304 * cpu.measure_batch_size <= 2 << 30 < 8 * 1024 * 50304 * (cpu.measure_batch_size + 1)
+    recs = cpu.recommendations()
+    assert recs == cuda.recommendations()
+    assert recs["ekfac"]["patterns"] == (r"^gpt_neox\.layers\.",)      # no embedding, no 50,304-wide output layer
+    assert all(recs[m]["proj_dim"] == 4096 for m in ("gradsim", "tracin", "trackstar"))
+    small = Pythia(PythiaConfig(model_name=str(pythia_shaped), revision="", n_train=8, n_query=2, context_length=16))
+    assert "gradsim" not in small.recommendations()                   # 4·0.8M·10 bytes: exact gradients fit

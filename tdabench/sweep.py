@@ -46,6 +46,8 @@ def parse_grid(items: list[str], method: str) -> dict[str, tuple[str, ...]]:
         key, values = item.split("=", 1)
         key = key.removeprefix(f"{method}.")
         grid[key] = tuple(v for v in values.split(",") if v)
+        if not grid[key]:
+            raise ConfigError(f"--grid {item!r}: gives no value for {key}; list the candidates, e.g. {key}=V1,V2")
     return grid
 
 

@@ -18,8 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..registry import METRICS, TASKS
     from ..restore import reevaluate_all
 
+    for name in _names(args.metric):         # unknown names fail before any record is read
+        METRICS.get(name)
+    if args.task:
+        TASKS.get(args.task)
     lines, failures = reevaluate_all(args.results_dir, args.task, _names(args.metric))
     print("\n".join(lines))
     for failure in failures:

@@ -56,6 +56,13 @@ def auto_chunk(task: Task, n_jobs: int, workers: int, requested: int = 0, order:
     return max(1, min(256, CHUNK_BYTES // (8 * params), math.ceil(n_jobs / max(1, workers))))
 
 
+def payload(group: list[Job]) -> list[Job]:
+    """A chunk's jobs as sent to a worker: each mask copied out of the ``[K, n_train]`` mask matrix it
+    is a row of (pickling a row view would ship the whole matrix with every task: 1 MB per task at
+    K=5,000, n=200, which filled Ray's object store and spilled 4 GB to disk)."""
+    return [(k, r, mask.cpu().clone(), seed) for k, r, mask, seed in group]
+
+
 def _train_chunk(task: Task, group: list[Job], order: str = "independent", checkpoints: int = 0) -> Tensor:
     masks = torch.stack([mask.cpu() for _, _, mask, _ in group])               # shape: [M, n_train]
     seeds = [seed for _, _, _, seed in group]
@@ -156,7 +163,7 @@ class RayExecutor:
         opts = {"num_cpus": 1, "num_gpus": task.num_gpus_per_retrain if use_gpu else 0,
                 "max_retries": self.max_retries, "retry_exceptions": False}
         config, numerics = config_dict(task.config), current_numerics(task)
-        pending = {self._fn.options(**opts).remote(task.name, config, [(k, r, m.cpu(), s) for k, r, m, s in group],
+        pending = {self._fn.options(**opts).remote(task.name, config, payload(group),
                                                    numerics, order, checkpoints):
                    [(k, r) for k, r, _, _ in group] for group in chunks(jobs, chunk)}
         try:

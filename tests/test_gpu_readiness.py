@@ -119,3 +119,4 @@ def test_pythia_measures_within_two_gib_and_recommends_the_same_on_every_device(
     assert all(recs[m]["proj_dim"] == 4096 for m in ("gradsim", "tracin", "trackstar"))
     small = Pythia(PythiaConfig(model_name=str(pythia_shaped), revision="", n_train=8, n_query=2, context_length=16))
     assert "gradsim" not in small.recommendations()                   # 4·0.8M·10 bytes: exact gradients fit
+

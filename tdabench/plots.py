@@ -30,12 +30,17 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _in(regime: str) -> str:
+    return f" [{regime}]" if regime else ""
+
+
 def _label(row: dict[str, Any]) -> str:
     return row["method"] + (f"\n{row['method_settings']}" if row.get("method_settings") else "")
 
 
-def lds_bars(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
-    """LDS mean per method (± SE error bars) on one task, with the noise ceiling when known."""
+def lds_bars(rows: list[dict[str, Any]], task: str, path: Path, regime: str = "") -> Path:
+    """LDS mean per method (± SE error bars) on one task, with the noise ceiling when known; ``regime``
+    (a ground-truth label) is named in the title."""
     plt = _setup()
     board = sorted((r for r in rows if r["task"] == task), key=lambda r: -r["mean"])
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(board), 4))
@@ -49,16 +54,16 @@ def lds_bars(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
         ax.legend(loc="upper right")
     ax.axhline(0, color="black", lw=0.8)
     seeds = max(len(r["seeds"]) for r in board)
-    ax.set(ylabel="LDS (mean ± SE over seeds)", title=f"{task}: LDS per method ({seeds} seeds)")
+    ax.set(ylabel="LDS (mean ± SE over seeds)", title=f"{task}{_in(regime)}: LDS per method ({seeds} seeds)")
     return _save(fig, path)
 
 
-def lds_vs_cost(rows: list[dict[str, Any]], task: str, path: Path) -> Path:
+def lds_vs_cost(rows: list[dict[str, Any]], task: str, path: Path, regime: str = "") -> Path:
     """LDS against fit+score seconds and against peak memory: the accuracy/cost trade-off."""
-    return _save(lds_vs_cost_figure(rows, task), path)
+    return _save(lds_vs_cost_figure(rows, task, regime), path)
 
 
-def lds_vs_cost_figure(rows: list[dict[str, Any]], task: str) -> Any:
+def lds_vs_cost_figure(rows: list[dict[str, Any]], task: str, regime: str = "") -> Any:
     """The figure of :func:`lds_vs_cost`, laid out, its point labels nudged apart."""
     plt = _setup()
     board = [r for r in rows if r["task"] == task]
@@ -70,7 +75,7 @@ def lds_vs_cost_figure(rows: list[dict[str, Any]], task: str) -> Any:
         ax.set_xscale("log")
         ax.set(xlabel=xlabel)
     axes[0].set(ylabel="LDS (mean ± SE)")
-    fig.suptitle(f"{task}: LDS against cost")
+    fig.suptitle(f"{task}{_in(regime)}: LDS against cost")
     fig.tight_layout()
     for texts in labels:
         spread_labels(fig, texts)
@@ -109,13 +114,13 @@ def _free_shift(box: Any, placed: list[Any], frame: Any, pad: float) -> float:
     return (inside or free)[0]   # never empty: just above the highest label is free
 
 
-def per_query(records: list[Any], task: str, path: Path, order: Optional[list[str]] = None) -> Path:
+def per_query(records: list[Any], task: str, path: Path, order: Optional[list[str]] = None, regime: str = "") -> Path:
     """The distribution of per-query LDS (all seeds pooled) per method, as box plots, in ``order`` (the
     leaderboard's; default: by mean LDS, best first, as the bar chart)."""
-    return _save(per_query_figure(records, task, order), path)
+    return _save(per_query_figure(records, task, order, regime), path)
 
 
-def per_query_figure(records: list[Any], task: str, order: Optional[list[str]] = None) -> Any:
+def per_query_figure(records: list[Any], task: str, order: Optional[list[str]] = None, regime: str = "") -> Any:
     """The figure of :func:`per_query`."""
     plt = _setup()
     import seaborn as sns
@@ -134,7 +139,7 @@ def per_query_figure(records: list[Any], task: str, order: Optional[list[str]] =
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(order), 4))
     sns.boxplot(data=data, x="method", y="LDS", order=order, ax=ax, color="tab:blue", fliersize=2)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set(ylabel="per-query LDS (Spearman over subsets)", title=f"{task}: per-query LDS spread")
+    ax.set(ylabel="per-query LDS (Spearman over subsets)", title=f"{task}{_in(regime)}: per-query LDS spread")
     return fig
 
 

@@ -217,15 +217,15 @@ def test_cost_plot_writes_a_png(tmp_path):
 
 # h: the per-query plot follows the leaderboard's ranking
 
-def _record(root: Path, method: str, lds: float) -> None:
+def _record(root: Path, method: str, lds: float, alpha: float = 0.5) -> None:
     from tdabench.groundtruth import GroundTruthConfig
 
-    gt = {**GroundTruthConfig().settings(), "label": "α=0.5 K=100 R=1"}
+    gt = {**GroundTruthConfig(alpha=alpha).settings(), "label": f"α={alpha:g} K=100 R=1"}
     rec = RunResult(task="regression", task_version="1", task_config={}, method=method, method_config={}, seed=0,
                     ground_truth=gt, metrics={"lds": {"value": lds, "per_query": [lds - 0.1, lds, lds + 0.1],
                                                       "ceiling": None, "version": "1", "code": ""}},
                     fit_seconds=1.0, score_seconds=1.0, peak_rss_mb=100.0)
-    rec.save(root / "runs" / "regression" / method / "k" / "seed0.json")
+    rec.save(root / "runs" / "regression" / method / f"k{alpha:g}" / "seed0.json")
 
 
 def test_per_query_plot_is_in_leaderboard_order(tmp_path, monkeypatch):
@@ -242,11 +242,34 @@ def test_per_query_plot_is_in_leaderboard_order(tmp_path, monkeypatch):
     orders: list[Any] = []
     real = plots.per_query
 
-    def spy(rec: Any, task: str, path: Path, order: Any = None) -> Path:
+    def spy(rec: Any, task: str, path: Path, order: Any = None, regime: str = "") -> Path:
         orders.append(order)
-        return real(rec, task, path, order)
+        return real(rec, task, path, order, regime)
 
     monkeypatch.setattr(plots, "per_query", spy)
     assert cli.main(["plot", "--results-dir", str(tmp_path)]) == 0
     assert orders == [["if", "random", "gradsim"]]
     assert (tmp_path / "plots" / "regression-per-query.png").exists()
+
+
+def test_plots_keep_ground_truth_regimes_apart(tmp_path, monkeypatch):
+    """Two regimes of one task (α = 0.5 and 0.99): one set of plots each, each drawing only its own
+    records, the regime in the file name and the title (their LDS are not comparable)."""
+    from tdabench import plots
+
+    for method, lds in (("gradsim", 0.1), ("if", 0.9)):
+        _record(tmp_path, method, lds)
+    _record(tmp_path, "random", 0.5, alpha=0.99)
+    drawn: list[tuple[list[str], str]] = []
+    real = plots.per_query
+
+    def spy(rec: Any, task: str, path: Path, order: Any = None, regime: str = "") -> Path:
+        drawn.append((sorted(r.method for r in rec), regime))
+        return real(rec, task, path, order, regime)
+
+    monkeypatch.setattr(plots, "per_query", spy)
+    assert cli.main(["plot", "--results-dir", str(tmp_path)]) == 0
+    assert sorted(drawn) == [(["gradsim", "if"], "α=0.5 K=100 R=1"), (["random"], "α=0.99 K=100 R=1")]
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == sorted(f"regression-{r}-{kind}.png" for r in ("a0.5-K100-R1", "a0.99-K100-R1")
+                           for kind in ("lds", "lds-vs-cost", "per-query"))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from typing import Any, Iterator, Optional, Protocol
 
 import torch
 from torch import Tensor
 
-from .config import config_dict, with_values
+from .config import ConfigError, config_dict, with_values
 from .numerics import Numerics, current_numerics
 from .retrain import train_and_measure_many
 from .trajectory import measure_many_along
@@ -112,9 +113,29 @@ def _worker_task(name: str, config: dict[str, Any], numerics: Numerics) -> Task:
 def _remote_retrain(name: str, config: dict[str, Any], group: list[Job], numerics: Numerics = Numerics(),
                     order: str = "independent", checkpoints: int = 0) -> Tensor:
     numerics.apply()
+    import ray
+
     if numerics.device == "cpu":
         torch.set_num_threads(1)  # one CPU per Ray task: Ray runs one task per core
-    return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints)
+    return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints), ray.get_runtime_context().get_node_id()
+
+
+def check_address(address: Optional[str], timeout: float = 3.0) -> None:
+    """Fail at once, naming the flag, when ``address`` (``--ray-address`` or ``RAY_ADDRESS``) is not
+    ``HOST:PORT`` (or ``ray://HOST:PORT``, or ``auto``) or nothing listens there: ``ray.init`` would retry
+    a dead address for minutes before failing with a traceback."""
+    if not address or address == "auto":
+        return
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    fix = ("start a head node there (`ray start --head --port PORT`), or leave --ray-address out "
+           "(and unset RAY_ADDRESS) for a local instance")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address!r}: expected HOST:PORT of a Ray head node (e.g. 10.0.0.5:6379); {fix}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({err.strerror or err}); {fix}") from None
 
 
 def start_ray(ray: Any, address: Optional[str], **kwargs: Any) -> None:
@@ -123,7 +144,15 @@ def start_ray(ray: Any, address: Optional[str], **kwargs: Any) -> None:
     log.info("%s ...", f"joining the Ray cluster at {address}" if address
              else "starting a local Ray instance (the first start takes ~30 s)")
     began = time.perf_counter()
-    ray.init(address=address, **kwargs)
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as err:
+        if not address:
+            raise
+        hint = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
+                "; a cluster started with token authentication (Ray's default for `ray start --head`) also needs "
+                "RAY_AUTH_MODE=token here and its token (~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise ConfigError(f"--ray-address {address}: could not join the Ray cluster ({err}){hint}") from None
     log.info("Ray %s in %.1f s", "joined" if address else "started", time.perf_counter() - began)
 
 
@@ -150,6 +179,7 @@ class RayExecutor:
             start_ray(ray, address, **kwargs)
         self.max_retries = max_retries
         self._fn = ray.remote(_remote_retrain)
+        self.nodes: dict[str, int] = {}      # retrains per Ray node id, reported by ``close``
 
     @property
     def workers(self) -> int:
@@ -170,12 +200,17 @@ class RayExecutor:
             while pending:
                 done, _ = self.ray.wait(list(pending), num_returns=1)
                 keys = pending.pop(done[0])
-                for (k, r), targets in zip(keys, self.ray.get(done[0])):
+                measured, node = self.ray.get(done[0])
+                self.nodes[node] = self.nodes.get(node, 0) + len(keys)
+                for (k, r), targets in zip(keys, measured):
                     yield k, r, targets
         finally:
             for ref in pending:
                 self.ray.cancel(ref, force=True)
 
     def close(self) -> None:
+        if self.nodes:
+            log.info("Ray ran %d retrains on %d node(s): %s", sum(self.nodes.values()), len(self.nodes),
+                     ", ".join(f"{node[:8]} {n}" for node, n in sorted(self.nodes.items())))
         if self._started and self.ray.is_initialized():
             self.ray.shutdown()

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 
 from .config import ConfigError, apply_overrides, coerce_known
-from .distributed import RayExecutor, SerialExecutor
+from .distributed import RayExecutor, SerialExecutor, check_address
 from .groundtruth import GroundTruthConfig
 from .method import Method
 from .metric import Metric
@@ -163,6 +163,7 @@ def resolve(spec: RunSpec) -> Plan:
     built = [resolve_method(m, task, spec.overrides.get(m, {})) for m in spec.methods]
     metrics = pick_metrics(spec.metrics, gt)
     check_writable(spec.results_dir)
+    check_address(spec.ray_address or os.environ.get("RAY_ADDRESS"))
     return Plan(task=task, methods=[b[0] for b in built], gt=gt, store=store, metrics=metrics,
                 recommended={b[0].name: b[1] for b in built}, overrides={b[0].name: b[2] for b in built})
 

@@ -101,6 +101,8 @@ CASES: list[tuple[list[str], str]] = [
     (D + ["--device", "tpu"], "--device 'tpu'"),
     (D + ["--device", "cuda:abc"], "--device"),
     (D + ["--results-dir", "{tmp}/a-file/sub"], "--results-dir"),
+    (D + ["--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: no Ray cluster answers there"),
+    (D + ["--ray-address", "nonsense"], "--ray-address 'nonsense': expected HOST:PORT"),
     (S + ["--grid", "proj_dim=0,8", "--samples", "-1"], "--samples -1"),
     (S + ["--grid", "proj_dim=0,8", "--samples", "many"], "--samples: invalid int value"),
     (S + ["--grid", "proj_dim=abc,8"], "gradsim.proj_dim='abc'"),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -78,3 +80,42 @@ def test_a_ray_task_carries_its_own_mask_not_the_whole_mask_matrix():
     shipped = pickle.dumps(payload(jobs))
     assert len(shipped) < 10_000 < len(pickle.dumps(jobs))           # 3 rows of 200, not 3 × 1 MB
     assert all(torch.equal(a[2], b[2]) for a, b in zip(payload(jobs), jobs))
+
+
+def test_serial_retrains_use_the_threads_of_a_ray_worker(monkeypatch):
+    """One model at a time on the CPU: one thread, as on Ray; many at once: the executor's threads."""
+    from tdabench import distributed
+    from tdabench.distributed import SerialExecutor
+    from tdabench.tasks.digits import Digits, DigitsConfig
+    from tdabench.tasks.regression import Regression, RegressionConfig
+
+    seen: list[int] = []
+    monkeypatch.setattr(distributed, "_train_chunk",
+                        lambda task, group, *a: seen.append(torch.get_num_threads()) or torch.zeros(len(group), 1))
+    mask = torch.ones(20, dtype=torch.bool)
+    before = torch.get_num_threads()
+    list(SerialExecutor(threads=2).run(Regression(RegressionConfig(n_train=20, n_query=4)), [(0, 0, mask, 0)] * 3))
+    list(SerialExecutor(threads=2).run(Digits(DigitsConfig(n_train=20, n_query=4)), [(0, 0, mask, 0)] * 3))
+    assert seen == [1, 1, 1, 2] and torch.get_num_threads() == before   # 3 single retrains, 1 chunk of 3
+
+
+def test_a_local_build_never_joins_a_cluster_left_by_ray_start(monkeypatch):
+    """`ray start` records its cluster in Ray's temp folder and a bare ``ray.init()`` joins it; a build
+    without --ray-address starts its own instance even when that record points at a dead cluster."""
+    import ray
+    from ray._common.utils import get_ray_address_file
+
+    from tdabench.distributed import RayExecutor
+
+    own = tempfile.mkdtemp(prefix="tdr-", dir="/tmp")          # short: Ray's socket paths stay under 108 bytes
+    monkeypatch.setenv("RAY_TMPDIR", own)                      # Ray's temp folder: this test's own
+    record = Path(get_ray_address_file(None))
+    assert str(record).startswith(own), record
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text("127.0.0.1:1")                           # a cluster that `ray start` left behind, now dead
+    executor = RayExecutor(num_cpus=1)
+    try:
+        assert ray.cluster_resources().get("CPU") == 1
+    finally:
+        executor.close()
+        shutil.rmtree(own, ignore_errors=True)

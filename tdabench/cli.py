@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from . import diskspace
 from .config import ConfigError, parse_set_args
 from .registry import UnknownNameError
 
@@ -122,6 +123,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = next(c for c in COMMANDS if c.name == args.command)
     try:
         return command.run(args)
+    except (OSError, RuntimeError) as err:
+        root = Path(getattr(args, "results_dir", None) or ".")
+        if not diskspace.out_of_space(err, root):
+            if isinstance(err, (FileNotFoundError, PermissionError, RuntimeError)):
+                print(f"tdabench: error: {err}", file=sys.stderr)
+                return 2
+            raise
+        print(f"tdabench: error: {diskspace.message(root, diskspace.remove_partial_files(root))}", file=sys.stderr)
+        return 1
     except (UnknownNameError, ConfigError, PermissionError, ImportError, FileNotFoundError, ValueError,
             RuntimeError) as err:
         print(f"tdabench: error: {err}", file=sys.stderr)

@@ -50,7 +50,10 @@ def test_ctrl_c_during_a_ray_build_stops_every_process_of_the_run(tmp_path):
     """SIGINT to the foreground process group, as a terminal's Ctrl-C sends it, once Ray workers retrain."""
     cmd = [sys.executable, "-m", "tdabench.cli", "ground-truth", "--task", "regression", "--seeds", "1",
            "--set", "gt.num_subsets=600", "--results-dir", str(tmp_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # A terminal's process: SIGINT at its default (a shell starts background jobs, CI's included, with it
+    # ignored, and Python then never installs its KeyboardInterrupt handler).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()

@@ -123,17 +123,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = next(c for c in COMMANDS if c.name == args.command)
     try:
         return command.run(args)
-    except (OSError, RuntimeError) as err:
+    except (UnknownNameError, ConfigError, ImportError, ValueError, OSError, RuntimeError) as err:
         root = Path(getattr(args, "results_dir", None) or ".")
-        if not diskspace.out_of_space(err, root):
-            if isinstance(err, (FileNotFoundError, PermissionError, RuntimeError)):
-                print(f"tdabench: error: {err}", file=sys.stderr)
-                return 2
-            raise
-        print(f"tdabench: error: {diskspace.message(root, diskspace.remove_partial_files(root))}", file=sys.stderr)
-        return 1
-    except (UnknownNameError, ConfigError, PermissionError, ImportError, FileNotFoundError, ValueError,
-            RuntimeError) as err:
+        if diskspace.out_of_space(err, root):
+            print(f"tdabench: error: {diskspace.message(root, diskspace.remove_partial_files(root))}", file=sys.stderr)
+            return 1
+        if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, PermissionError)):
+            raise                # an unexpected system error keeps its traceback
         print(f"tdabench: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:   # executors shut their Ray instance down on the way out (their finally blocks)

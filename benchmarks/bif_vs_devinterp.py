@@ -38,7 +38,8 @@ import torch  # noqa: E402
 from tdabench.config import parse_set_args  # noqa: E402
 from tdabench.grads import select_params  # noqa: E402
 from tdabench.meter import Meter  # noqa: E402
-from tdabench.runner import RunSpec, make_context, make_method, make_task, pick_device  # noqa: E402
+from tdabench.pipeline import make_context  # noqa: E402
+from tdabench.spec import RunSpec, make_method, make_task, pick_device  # noqa: E402
 from tdabench.sgld import StreamingEstimator, TraceEstimator, covariance, minibatch  # noqa: E402
 from tdabench.task import take  # noqa: E402
 

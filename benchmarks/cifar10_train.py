@@ -3,6 +3,7 @@ warmup phase, training, query measurement — the unit of ground-truth work) and
 
     python benchmarks/cifar10_train.py [--set n_train=45000 --set epochs=8] [--repeats 3] [--device cuda]
     python benchmarks/cifar10_train.py --random-data      # random uint8 images of CIFAR shape (no files needed)
+    python benchmarks/cifar10_train.py --device cuda --nondeterministic   # the cost of deterministic kernels
 
 Real data come from task.data_dir / $TDABENCH_CIFAR10_DIR as for `tdabench run`.  The first retrain
 also pays one-off costs (cuDNN autotuning, lazy imports) and is reported separately.
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 from tdabench.config import apply_overrides, parse_set_args
-from tdabench.runner import pick_device
+from tdabench.numerics import Numerics
+from tdabench.spec import pick_device
 from tdabench.tasks.cifar10 import TRAIN_FILES, Cifar10, Cifar10Config
 
 
@@ -72,6 +74,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--alpha", type=float, default=0.5, help="subset fraction per retrain (1: whole attribution set)")
     parser.add_argument("--random-data", action="store_true", help="random uint8 data of CIFAR shape (accuracy ≈ 10%%)")
+    parser.add_argument("--nondeterministic", action="store_true", help="CUDA: allow nondeterministic kernels (cuDNN autotuning)")
+    parser.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 matmuls and convolutions")
     args = parser.parse_args()
     overrides = parse_set_args([f"task.{s}" for s in args.set]).get("task", {})
     tmp = tempfile.TemporaryDirectory()
@@ -80,12 +84,15 @@ def main() -> None:
         overrides |= {"data_dir": tmp.name, "verify": "false", "download": "false"}
     config = apply_overrides(Cifar10Config(), overrides, "task")
     device = pick_device(args.device)
+    numerics = Numerics(device=device.type, deterministic=not args.nondeterministic, tf32=args.tf32)
+    numerics.apply()   # the settings `tdabench run` uses (deterministic, no TF32 by default)
     task = Cifar10(config, device=device)
     start = time.perf_counter()
     task.train_data()
     print(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}; "
           f"data loaded in {time.perf_counter() - start:.1f}s; N={task.n_train}, queries={task.n_query}, "
-          f"epochs={config.epochs}, warmup {config.warmup_steps} steps, size {config.image_size}, widths {config.widths}")
+          f"epochs={config.epochs}, warmup {config.warmup_steps} steps, size {config.image_size}, widths {config.widths}; "
+          f"{numerics.key()}")
     warm_images = config.warmup_steps * min(config.batch_size, config.warmup_size) if config.warmup_size else 0
     cold = one_retrain(task, 0, args.alpha)
     print(f"first retrain (one-off costs included): train {cold[0]:.2f}s, retrain {cold[1]:.2f}s, accuracy {cold[2]:.4f}")

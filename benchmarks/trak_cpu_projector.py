@@ -23,7 +23,7 @@ from torch import nn
 from tdabench.grads import num_params, select_params
 from tdabench.method import Context
 from tdabench.reference import reference_model
-from tdabench.runner import make_method
+from tdabench.spec import make_method
 from tdabench.task import Batch, batches
 from tdabench.tasks.digits import Digits, DigitsConfig
 

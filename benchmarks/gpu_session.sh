@@ -4,12 +4,13 @@
 # Every step has its own time limit and the script goes on when one fails; logs and JSON go to $OUT.
 #   OUT=/tmp/out bash benchmarks/gpu_session.sh          # on the GPU machine
 #   SMALL=1 OUT=/tmp/out bash benchmarks/gpu_session.sh  # the same steps at toy shapes (a CPU dry run)
+#   ONLY='lm-fixture pythia-stages' ...                  # some steps only
 set -u
 OUT=${OUT:-/tmp/gpu-session}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 PY=${PY:-python3}; DEV=${DEV:-cuda}; W=/tmp/gpu-work; mkdir -p $W
 log() { echo "=== $* ($(date +%T))" | tee -a "$OUT/summary.txt"; }
 DEADLINE=$((SECONDS + ${BUDGET:-540}))   # the whole script ends inside one device call
-step() { local name=$1 limit=$2; shift 2; local left=$((DEADLINE - SECONDS)); [ $left -lt $limit ] && limit=$left
+step() { local name=$1 limit=$2; shift 2; case " ${ONLY:-$name} " in *" $name "*) ;; *) return ;; esac; local left=$((DEADLINE - SECONDS)); [ $left -lt $limit ] && limit=$left
          if [ $limit -lt 15 ]; then log "$name skipped: the time budget is spent"; return; fi
          log "$name (limit ${limit}s)"; timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; local rc=$?
          grep -v -i "warn\|^  " "$OUT/$name.log" | tail -25 | tee -a "$OUT/summary.txt"; echo "rc=$rc" | tee -a "$OUT/summary.txt"; }
@@ -41,7 +42,7 @@ step cifar10-run 90 tdabench run --task cifar10 $CDATA $CTASK --set task.n_train
      --set task.fit_on_full=false --set gt.num_subsets=8 --set gt.retrain_seeds=1 --seeds 1 --method gradsim,ekfac --serial --device $DEV --results-dir $W/results
 # 3. Pythia-14M's shapes (a random model of its exact dimensions): each stage's time and peak memory
 step lm-fixture 60 $PY benchmarks/lm_fixture.py --out $W/p14 --tokens $TOK
-step pythia-stages 150 $PY benchmarks/stage_costs.py $PYTHIA --device $DEV --method ekfac --json "$OUT/pythia-stages.json"
+step pythia-stages 240 $PY benchmarks/stage_costs.py $PYTHIA --device $DEV --method ekfac --json "$OUT/pythia-stages.json"
 # 4. the 8-epoch full-data recipe, and what deterministic kernels cost
 step cifar10-45k-8epochs 90 $PY benchmarks/cifar10_train.py --random-data --device $DEV --repeats 1 --alpha 1 $CIFAR8
 step cifar10-nondeterministic 60 $PY benchmarks/cifar10_train.py --random-data --device $DEV --repeats 2 --nondeterministic $CIFAR

@@ -63,6 +63,7 @@ class EKFACConfig(MethodConfig):
     max_examples: Optional[int] = None       # examples used to fit covariances and eigenvalues (None: all)
     batch_size: int = 64                     # training examples per batch when fitting and scoring
     query_batch_size: int = 256              # queries whose preconditioned gradients are held at once
+    query_micro_batch: int = 0               # queries per forward/backward pass (0: query_batch_size); bounds activation memory
     precision: Literal["auto", "float32", "float64", "bfloat16"] = "auto"   # factor/score dtype; auto: the model's
     amp: Literal["off", "bfloat16", "float16"] = "off"      # autocast while fitting and scoring (CUDA only)
     per_token: bool = False                  # save per-training-token scores [n_train, T, n_query] (token tasks)
@@ -75,6 +76,7 @@ class EKFACConfig(MethodConfig):
         integer(self, "ekfac", "max_examples", "examples per factor fit; none: all", minimum=1, optional=True)
         integer(self, "ekfac", "batch_size", "training examples per batch", minimum=1)
         integer(self, "ekfac", "query_batch_size", "queries preconditioned at once", minimum=1)
+        integer(self, "ekfac", "query_micro_batch", "queries per forward/backward pass; 0: query_batch_size", minimum=0)
 
 
 class _Root(nn.Module):
@@ -348,9 +350,12 @@ class EKFAC(Method):
 
         cfg, f = self.config, self._factors
         assert f is not None
+        held = min(cfg.query_batch_size, ctx.n_query)
+        micro = min(cfg.query_micro_batch or held, held)     # query passes stay small; their gradients accumulate
         score_args = ScoreArguments(damping_factor=cfg.damping, amp_dtype=f.amp, per_sample_gradient_dtype=f.dtype,
                                     precondition_dtype=f.dtype, score_dtype=f.dtype,
-                                    compute_per_token_scores=cfg.per_token)
+                                    compute_per_token_scores=cfg.per_token,
+                                    query_gradient_accumulation_steps=-(-held // micro))
         name = f"tdabench-{uuid.uuid4().hex}"      # scores depend on the queries: never reused
         try:
             with kronfluence_call():
@@ -358,7 +363,7 @@ class EKFAC(Method):
                     scores_name=name, factors_name=f.name, score_args=score_args,
                     query_dataset=torch.utils.data.TensorDataset(*ctx.query_data),
                     train_dataset=torch.utils.data.TensorDataset(*ctx.train_data),
-                    per_device_query_batch_size=min(cfg.query_batch_size, ctx.n_query),
+                    per_device_query_batch_size=micro,
                     per_device_train_batch_size=cfg.batch_size)
             return f.analyzer.load_pairwise_scores(name)["all_modules"].to(ctx.device)
         finally:

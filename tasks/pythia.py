@@ -349,11 +349,19 @@ class Pythia(Task):
         """As data, on every device: BIF ``bif_defaults``; EK-FAC on the transformer blocks (without the
         embeddings and the output layer, whose vocabulary-square covariance is 50,304² on Pythia); a
         4,096-dimensional projection for gradient methods when float32 gradients of every attribution
-        and query sequence exceed 2 GiB (230 GB for Pythia-14M's 4,096 + 256 sequences)."""
-        recs: dict[str, dict[str, Any]] = {"bif": self.bif_defaults()}
+        and query sequence exceed 2 GiB (230 GB for Pythia-14M's 4,096 + 256 sequences); and passes of
+        ``measure_batch_size`` sequences for EK-FAC (training and query) and the gradient methods when
+        that is under their 64 (on an H200, EK-FAC's 256 Pythia-14M queries in one pass asked for 49 GiB
+        of logits on top of 112 GiB, and GradSim's 64-sequence passes peaked at 50 GB)."""
+        recs: dict[str, dict[str, Any]] = {"bif": self.bif_defaults(), "ekfac": {}}
         if self.layer_patterns["blocks"]:
             recs["ekfac"] = {"patterns": (self.layer_patterns["blocks"],)}
         n_params = sum(p.numel() for p in self.base_model.parameters())
         if 4 * n_params * (self.config.n_train + self.config.n_query) > GRADIENT_BYTES:
             recs |= {method: {"proj_dim": 4096} for method in PROJECTED}
-        return recs
+        chunk = self.measure_batch_size
+        if chunk < 64:   # the methods' default of 64 sequences a pass would hold more logits than a measuring pass
+            recs["ekfac"] |= {"batch_size": chunk, "query_micro_batch": chunk}
+            for method in PROJECTED:
+                recs[method] = recs.get(method, {}) | {"batch_size": chunk}
+        return {k: v for k, v in recs.items() if v}

@@ -1,7 +1,7 @@
 """How a run computes: deterministic CUDA kernels and TF32, set once per process from the run's
 settings (the driver and every Ray worker alike) and recorded with every number.
 
-On CUDA, deterministic algorithms are on by default (cuBLAS workspace pinned, cuDNN autotuning off)
+On CUDA, deterministic algorithms are on by default (cuBLAS workspace pinned; cuDNN autotuning is always off)
 and TF32 is off, so "float32" in a record means float32.  On the CPU nothing needs setting.
 """
 from __future__ import annotations
@@ -28,7 +28,9 @@ class Numerics:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS's requirement for determinism
         torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
         torch.backends.cudnn.deterministic = self.deterministic
-        torch.backends.cudnn.benchmark = not self.deterministic
+        # cuDNN autotuning stays off either way: it re-tunes for every new input shape, and every retrain's
+        # subset ends in a last batch of a new size (on an H200 it made CIFAR-10 retrains 6x slower).
+        torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
 

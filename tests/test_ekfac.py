@@ -134,3 +134,21 @@ def test_per_token_needs_a_token_measurement(tmp_path, small_regression):
     ctx = make_context(small_regression, tmp_path)
     with pytest.raises(ValueError, match="per-token measurement"):
         _ekfac(small_regression, ctx, per_token=True)
+
+
+def test_query_micro_batches_give_the_scores_of_one_pass(tmp_path, monkeypatch):
+    """Queries run forward and backward a few at a time (their gradients accumulate, kronfluence's
+    query_gradient_accumulation_steps) and score the same as all at once, also when the micro-batch
+    does not divide the held batch."""
+    task = Regression(RegressionConfig(n_train=60, n_query=11))
+    ctx = make_context(task, tmp_path)
+    whole = _ekfac(task, ctx, damping=0.01)
+    sizes: list[int] = []
+    measurement = task.measurement
+    monkeypatch.setattr(task, "measurement", lambda model, batch: sizes.append(len(batch[0])) or measurement(model, batch))
+    for micro in (1, 4):
+        sizes.clear()
+        torch.testing.assert_close(_ekfac(task, ctx, damping=0.01, query_micro_batch=micro), whole, rtol=1e-5, atol=1e-9)
+        assert max(sizes) == micro and sum(sizes) == ctx.n_query         # the passes, not only the answer
+    held = _ekfac(task, ctx, damping=0.01, query_batch_size=5, query_micro_batch=2)
+    torch.testing.assert_close(held, whole, rtol=1e-5, atol=1e-9)

@@ -115,6 +115,10 @@ def test_pythia_measures_within_two_gib_and_recommends_the_same_on_every_device(
     assert recs == cuda.recommendations()
     assert recs["ekfac"]["patterns"] == (r"^gpt_neox\.layers\.",)      # no embedding, no 50,304-wide output layer
     assert all(recs[m]["proj_dim"] == 4096 for m in ("gradsim", "tracin", "trackstar"))
+    # passes of 5 sequences, not the methods' 64 (256 EK-FAC queries at once asked an H200 for 49 GiB more)
+    assert recs["ekfac"]["batch_size"] == recs["ekfac"]["query_micro_batch"] == 5
+    assert all(recs[m]["batch_size"] == 5 for m in ("gradsim", "tracin", "trackstar"))
     small = Pythia(PythiaConfig(model_name=str(pythia_shaped), revision="", n_train=8, n_query=2, context_length=16))
     assert "gradsim" not in small.recommendations()                   # 4·0.8M·10 bytes: exact gradients fit
+    assert "batch_size" not in small.recommendations()["ekfac"]       # 333 sequences of 16 tokens fit 2 GiB
 

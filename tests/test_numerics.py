@@ -40,6 +40,7 @@ def test_cuda_runs_are_deterministic_without_tf32_by_default(restore_torch_flags
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     Numerics(device="cuda", deterministic=False, tf32=True).apply()
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cuda.matmul.allow_tf32
+    assert not torch.backends.cudnn.benchmark      # autotuning re-tunes per new batch shape: 6x slower retrains
 
 
 def test_ground_truth_keys_carry_device_and_precision(tmp_path, restore_torch_flags):

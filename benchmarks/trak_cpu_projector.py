@@ -4,10 +4,11 @@ CNN on the same images (about 282k parameters).
     pip install --no-deps kronfluence==1.0.1 && pip install traker==0.3.2 ...   (see the README)
     python benchmarks/trak_cpu_projector.py [--proj-dim 2048] [--examples 256]
 
-TRAK is timed three ways on the CNN, each featurizing the same examples at the same projection:
+TRAK is timed four ways on the CNN, each featurizing the same examples at the same projection width:
 tdabench's path (SeededProjector: the matrix generated once), traker with its default CPU settings
-(BasicProjector, which regenerates its matrix in blocks of 100 columns for every batch), and traker
-with one block (fast, but finalize_features frees the matrix and scoring then fails — shown).
+(BasicProjector, which regenerates its matrix in blocks of 100 columns for every batch, the reference
+of the ratios), tdabench with the sparse JL projection (`trak.projector=sparse`), and traker with one
+block (fast, but finalize_features frees the matrix and scoring then fails — shown).
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def time_trak(ctx: Context, proj_dim: int, examples: int, batch_size: int) -> No
     d = num_params(select_params(model))
     common = dict(train_set_size=examples, device="cpu", proj_dim=proj_dim, use_half_precision=False,
                   logging_level=logging.WARNING)
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, tempfile.TemporaryDirectory() as c:
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, tempfile.TemporaryDirectory() as c, \
+            tempfile.TemporaryDirectory() as e:
         ours = TRAKer(model=model, task=TaskOutput(ctx.task.loss), save_dir=a, gradient_computer=gradient_computer(()),
                       projector=SeededProjector(d, proj_dim, 0, ctx.device), **common)
         start = time.perf_counter()
@@ -91,6 +93,14 @@ def time_trak(ctx: Context, proj_dim: int, examples: int, batch_size: int) -> No
                                model, data, batch_size)
         print(f"TRAK featurize, {d:,} parameters, k={proj_dim}: tdabench {fast:.1f} examples/s (matrix held), "
               f"traker default {stock:.1f} examples/s, ratio {fast / stock:.1f}x")
+        sparse = TRAKer(model=model, task=TaskOutput(ctx.task.loss), save_dir=e, gradient_computer=gradient_computer(()),
+                        projector=SeededProjector(d, proj_dim, 0, ctx.device, kind="sparse", nnz=2), **common)
+        start = time.perf_counter()
+        sparse.projector.project(torch.zeros(1, d), model_id=0)        # the one-time CSR matrix
+        built = time.perf_counter() - start
+        rate = featurize_rate(sparse, model, data, batch_size)
+        print(f"TRAK featurize, sparse JL projection (trak.projector=sparse, nnz=2; built in {built:.1f} s): "
+              f"{rate:.1f} examples/s, {rate / stock:.1f}x traker default, {rate / fast:.1f}x tdabench dense")
         one_block = BasicProjector(grad_dim=d, proj_dim=proj_dim, seed=0, proj_type=ProjectionType.normal,
                                    device="cpu", block_size=proj_dim)
         plain = TRAKer(model=model, task="image_classification", save_dir=c, projector=one_block, **common)

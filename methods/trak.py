@@ -13,8 +13,9 @@ tdabench's adapters around traker:
   is ill-conditioned, and undamped TRAK scored LDS ≈ 0.01 on digits.  The default is kronfluence's
   heuristic, 0.1 × the mean eigenvalue of F, per ensemble member.
 * gradients: tdabench.grads.per_example_grads (the shared code), w.r.t. ``patterns``.
-* projection: traker's CPU projector regenerates its random matrix for every block of every
-  batch, and with one block (fast) ``finalize_features`` frees the matrix that ``score`` then
+* projection: ``projector=sparse`` swaps the dense Gaussian for a sparse JL projection
+  (tdabench.sparse_projection: d·nnz work per example instead of d·k).  traker's CPU projector
+  regenerates its random matrix for every block of every batch, and with one block (fast) ``finalize_features`` frees the matrix that ``score`` then
   needs.  ``SeededProjector`` holds tdabench's seeded Gaussian projection once and regenerates it
   after ``free_memory``.  A projection at least as wide as the gradient is skipped (identity).
 * ensemble: ``models`` members trained through the task's recipe on random ``subset_fraction``
@@ -31,7 +32,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from tdabench.grads import ExampleFn, Projector, num_params, per_example_grads, 
 from tdabench.method import Context, Method, MethodConfig
 from tdabench.registry import register_method
 from tdabench.seeds import derive_seed
+from tdabench.sparse_projection import SparseProjector
 from tdabench.task import Batch, batches
 
 from tdabench.checks import choices_and_patterns, integer, number
@@ -63,6 +65,8 @@ class TRAKConfig(MethodConfig):
     batch_size: int = 128                # examples per featurize / score batch
     patterns: tuple[str, ...] = ()       # regexes of parameter names (empty: all)
     projector_memory_mb: int = 4096      # hold the d×k projection matrix up to this size, else regenerate in blocks
+    projector: Literal["dense", "sparse"] = "dense"   # dense Gaussian, or sparse JL (nnz ±1/√nnz per coordinate: d·nnz work)
+    nnz: int = 2                         # sparse: nonzeros per gradient coordinate
 
     def __post_init__(self) -> None:
         choices_and_patterns(self, "trak")
@@ -74,6 +78,7 @@ class TRAKConfig(MethodConfig):
         number(self, "trak", "damping", "λ on the mean empirical Fisher; none: 0.1 × its mean eigenvalue", at_least=0,
                optional=True)
         integer(self, "trak", "batch_size", "examples per featurize / score batch", minimum=1)
+        integer(self, "trak", "nnz", "nonzeros per gradient coordinate of the sparse projection", minimum=1)
         integer(self, "trak", "projector_memory_mb", "the largest projection matrix held in memory; 0: regenerate "
                 "it in blocks", minimum=0)
 
@@ -85,15 +90,19 @@ class SeededProjector:
 
     proj_type = "normal"
 
-    def __init__(self, grad_dim: int, proj_dim: int, seed: int, device: torch.device, memory_mb: int = 4096) -> None:
+    def __init__(self, grad_dim: int, proj_dim: int, seed: int, device: torch.device, memory_mb: int = 4096,
+                 kind: str = "dense", nnz: int = 2) -> None:
         self.grad_dim, self.proj_dim, self.seed, self.device = grad_dim, proj_dim, seed, device
         self.cache_limit = memory_mb * 2**20 // 4                  # float32 entries
-        self._proj: Optional[Projector] = None
+        self.kind, self.nnz = kind, nnz
+        self._proj: Optional[Callable[[Tensor], Tensor]] = None
 
     def project(self, grads: Tensor | dict[str, Tensor], model_id: int) -> Tensor:
         if isinstance(grads, dict):
             grads = torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1)
-        if self._proj is None:
+        if self._proj is None and self.kind == "sparse":
+            self._proj = SparseProjector(self.grad_dim, self.proj_dim, self.seed, self.device, self.nnz)
+        elif self._proj is None:
             self._proj = Projector(self.grad_dim, self.proj_dim, self.seed, self.device, cache_limit=self.cache_limit)
         return self._proj(grads.float())                               # shape: [B, k]
 
@@ -229,7 +238,8 @@ class TRAK(Method):
         if not ctx.model_key:
             return Path(tempfile.mkdtemp(prefix="trak-", dir=ctx.cache_dir)), True
         key = content_hash([ctx.model_key, cfg.models, cfg.use_reference, cfg.subset_fraction, cfg.checkpoints,
-                            cfg.proj_dim, cfg.patterns, cfg.damping, cfg.half_precision, d])
+                            cfg.proj_dim, cfg.patterns, cfg.damping, cfg.half_precision, d]
+                           + ([cfg.projector, cfg.nnz] if cfg.projector != "dense" else []))
         return ctx.cache_dir / "trak" / key, False
 
     def fit(self, ctx: Context) -> None:
@@ -249,7 +259,8 @@ class TRAK(Method):
         if cfg.proj_dim >= d:                   # a projection this wide cannot reduce anything: identity
             proj: Any = NoOpProjector(grad_dim=d, proj_dim=0, seed=0, proj_type="normal", device=ctx.device)
         else:
-            proj = SeededProjector(d, cfg.proj_dim, derive_seed(ctx.seed, 0x9A0), ctx.device, cfg.projector_memory_mb)
+            proj = SeededProjector(d, cfg.proj_dim, derive_seed(ctx.seed, 0x9A0), ctx.device, cfg.projector_memory_mb,
+                                   cfg.projector, cfg.nnz)
         self._dir, self._temporary = self._store(ctx, d)
         self._traker = TRAKer(model=model, task=TaskOutput(ctx.task.loss), train_set_size=ctx.n_train,
                               save_dir=str(self._dir), device=str(ctx.device), projector=proj,

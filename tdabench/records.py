@@ -21,7 +21,10 @@ _PACKAGES = ("tdabench", "torch", "numpy", "scipy", "ray", "scikit-learn", "tran
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Package versions, git commit, Python, host and device: what produced a number."""
+    """Package versions, git commit, Python, host, device and torch's CPU thread count (CPU training
+    sums in a thread-dependent order): what produced a number."""
+    import torch
+
     versions = {}
     for pkg in _PACKAGES:
         try:
@@ -29,7 +32,7 @@ def environment(device: str) -> dict[str, Any]:
         except PackageNotFoundError:
             pass
     return {"versions": versions, "git_commit": git_commit(), "python": platform.python_version(),
-            "platform": platform.platform(), "device": device_name(device),
+            "platform": platform.platform(), "device": device_name(device), "torch_threads": torch.get_num_threads(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

@@ -90,7 +90,8 @@ def _record_item(entry: Any, metric: str, output: Path) -> str:
     value = r.metrics[metric].get("value")
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
     facts = [("commit", env.get("git_commit") or "— (not recorded: no git checkout)"), ("device", env.get("device")),
-             ("python", env.get("python")), ("platform", env.get("platform")), ("time", env.get("time")),
+             ("torch threads", env.get("torch_threads")), ("python", env.get("python")), ("platform", env.get("platform")),
+             ("time", env.get("time")),
              ("versions", versions)]
     cost = f"fit {r.fit_seconds:.2f} s, score {r.score_seconds:.2f} s, peak {r.peak_rss_mb:.0f} MB"
     return (f'<li><a href="{esc(link)}">seed {r.seed}</a>: {esc(metric)} '

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import grad, vmap
 
 from tdabench.checks import choices_and_patterns, integer, number
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
-from tdabench.unroll import Optimizer, Unroll
+from tdabench.batched import stack_models, stacked_measure
+from tdabench.unroll import Optimizer, Unroll, stateless
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,29 @@ class Regression(Task):
             if on_checkpoint is not None and step in wanted:
                 on_checkpoint(step, model, lr)
         return model
+
+    @property
+    def trains_many(self) -> bool:
+        """Full-batch GD trains many models at once; L-BFGS's line search differs per model."""
+        return self.config.optimizer == "gd"
+
+    def train_many(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
+        """``train`` with ``task.optimizer=gd`` for M models at once: stacked weights, each model's own
+        initialisation and subset (example weights 0/1 over the whole set), one vmapped gradient a step."""
+        if not self.trains_many:
+            raise ValueError("task.optimizer=lbfgs trains one model at a time; set task.optimizer=gd")
+        models = [self.make_model(int(s)) for s in seeds]
+        template, params = models[0], {k: v.detach() for k, v in stack_models(models).items()}
+        data, weights = self.train_data(), masks.to(self.device, torch.float64)          # shape: [M, n_train]
+
+        def objective(p: dict[str, Tensor], w: Tensor) -> Tensor:   # as ``objective``: (1/N)·Σ w_i ℓ_i + penalty
+            return (self.loss(stateless(template, p), data) * w).sum() / self.n_train + self.penalty(p)
+
+        step = vmap(grad(objective))
+        for _ in range(self.config.steps):
+            grads = step(params, weights)
+            params = {k: v - self.config.lr * grads[k] for k, v in params.items()}
+        return stacked_measure(self, template, params, self.query_data()).cpu()
 
     def unroll_unavailable(self) -> str:
         if self.config.optimizer != "gd":       # L-BFGS's line search is not a fixed chain of steps

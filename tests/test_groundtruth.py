@@ -145,6 +145,21 @@ def test_batched_retrains_equal_the_one_model_path_with_unequal_subsets():
     assert not torch.allclose(one[0], one[1], atol=1e-3)        # the models really differ
 
 
+@pytest.mark.parametrize("kind", ["logistic", "linear"])
+def test_batched_regression_gd_equals_the_one_model_path(kind):
+    """regression with full-batch GD trains many models at once (each its own initialisation and
+    subset, four sizes in one batch) with the one-model path's measurements; L-BFGS does not."""
+    task = Regression(RegressionConfig(kind=kind, n_train=60, n_query=8, dim=4, optimizer="gd", steps=40, lr=0.5))
+    assert task.trains_many and not Regression(RegressionConfig(optimizer="lbfgs")).trains_many
+    gen = torch.Generator().manual_seed(1)
+    masks = torch.stack([torch.rand(60, generator=gen) < a for a in (0.1, 0.5, 0.9, 0.33)])
+    seeds = [5, 6, 7, 8]
+    many = task.train_many(masks, seeds)
+    one = torch.stack([train_and_measure(task, m, s) for m, s in zip(masks, seeds)])
+    torch.testing.assert_close(many, one, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(one[0], one[1], atol=1e-3)
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 0])
 def test_chunked_ground_truth_equals_one_by_one_and_resumes_per_chunk(tmp_path, chunk):
     from tdabench.tasks.digits import Digits, DigitsConfig

@@ -50,4 +50,13 @@ step cifar10-nondeterministic 60 $PY benchmarks/cifar10_train.py --random-data -
 step pythia-gradsim-bif-256 60 $PY benchmarks/stage_costs.py $PYTHIA $SMALLN --device $DEV --method gradsim,bif $BIF_SHORT --json "$OUT/pythia-small.json"
 step cifar10-stages 200 $PY benchmarks/stage_costs.py --task cifar10 $CDATA $CTASK --set task.n_query=$QN --device $DEV \
      --method gradsim,bif,ekfac $BIF_SHORT --json "$OUT/cifar10-stages.json"
+# 6. the language task's user path end to end on the GPU (small: 64 sequences, 4 retrains)
+step pythia-run 90 tdabench run $PYTHIA --set task.n_train=64 --set task.n_query=8 --set gt.num_subsets=4 --set gt.retrain_seeds=1 \
+     --seeds 1 --method gradsim,ekfac --serial --device $DEV --results-dir $W/results
+# 7. the sparse JL projection on the GPU draws the CPU's matrix (trak.projector=sparse)
+step sparse-projection 60 $PY -c "
+import torch; from tdabench.sparse_projection import SparseProjector
+g = torch.randn(64, 300000); cpu = SparseProjector(300000, 2048, 7, 'cpu', 2)(g)
+dev = SparseProjector(300000, 2048, 7, '$DEV', 2)(g.to('$DEV')).cpu()
+print('sparse projection on $DEV vs cpu: max abs diff', float((dev - cpu).abs().max()), 'of', float(cpu.abs().max()))"
 log done

@@ -75,7 +75,8 @@ def _spec(args: argparse.Namespace, methods: tuple[str, ...]) -> Any:
 
     return RunSpec(task=args.task, methods=methods, seeds=parse_seeds(args.seeds), overrides=parse_set_args(args.sets),
                    results_dir=args.results_dir, device=args.device, executor="serial" if args.serial else "ray",
-                   ray_address=args.ray_address, force=getattr(args, "force", False), metrics=_names(args.metric),
+                   ray_address=args.ray_address, force=getattr(args, "force", False),
+                   update_board=getattr(args, "update_board", False), metrics=_names(args.metric),
                    deterministic=not args.nondeterministic, tf32=args.tf32)
 
 

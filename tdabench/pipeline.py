@@ -23,7 +23,7 @@ from typing import Any, Optional
 import torch
 
 from . import reference as reference_module
-from .config import config_dict, content_hash
+from .config import ConfigError, config_dict, content_hash
 from .fingerprint import changes, digest, fingerprint
 from .groundtruth import GroundTruth, build_ground_truth, code_fingerprint
 from .locks import exclusive
@@ -32,7 +32,7 @@ from .method import Context, Method
 from .metric import Metric
 from .numerics import current_numerics
 from .quarantine import quarantine
-from .records import CorruptRecord, RunResult, environment, summarize
+from .records import CorruptRecord, RunResult, committed, environment, summarize
 from .reference import reference_model
 from .seeds import reference_seed
 from .spec import Plan, RunSpec, _LazyExecutor, prepare
@@ -264,6 +264,7 @@ def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[l
     summaries and the failures collected (one failing method does not stop the others).  ``outcomes``,
     when given, receives what was done for each (method, seed) and where its files are."""
     plan = prepare(spec)
+    _guard_committed(spec, plan)
     executor = _LazyExecutor(spec)
     results: dict[str, list[RunResult]] = {m.name: [] for m in plan.methods}
     failures: list[str] = []
@@ -290,6 +291,18 @@ def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[l
         executor.close()
     summaries = [summarize(r, m.name) for m in plan.metrics for r in results.values() if r]
     return summaries, failures
+
+
+def _guard_committed(spec: RunSpec, plan: Plan) -> None:
+    """``--force`` never rewrites records that git tracks (the committed board) unless asked to."""
+    if not spec.force or spec.update_board:
+        return
+    paths = [record_path(spec, plan, m, seed) for m in plan.methods for seed in spec.seeds]
+    tracked = committed(paths)
+    if tracked:
+        raise ConfigError(f"--force would rewrite {len(tracked)} committed record(s), e.g. {tracked[0]}; recompute into "
+                          f"a directory of your own with --results-dir DIR, or pass --update-board to rewrite the "
+                          f"committed board on purpose")
 
 
 def _run_todo(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: Optional[GroundTruth]) -> RunResult:

@@ -50,6 +50,26 @@ def git_commit() -> Optional[str]:
         return None
 
 
+def committed(paths: list[Path]) -> list[Path]:
+    """Those of ``paths`` that exist and that git tracks in the checkout holding them (none outside one)."""
+    existing = [p.resolve() for p in paths if p.exists()]
+    if not existing:
+        return []
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=existing[0].parent, capture_output=True,
+                             text=True, timeout=10)
+        if top.returncode != 0:
+            return []
+        root = Path(top.stdout.strip()).resolve()
+        inside = [p for p in existing if p.is_relative_to(root)]
+        listed = subprocess.run(["git", "ls-files", "-z", "--", *(str(p.relative_to(root)) for p in inside)],
+                                cwd=root, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    tracked = {root / name for name in listed.split("\0") if name}
+    return [p for p in inside if p in tracked]
+
+
 def device_name(device: str) -> str:
     import torch
 

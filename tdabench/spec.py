@@ -38,6 +38,7 @@ class RunSpec:
     executor: str = "ray"               # "ray" or "serial"
     ray_address: Optional[str] = None
     force: bool = False                 # recompute records that exist and are current
+    update_board: bool = False          # let --force rewrite records that git tracks (the committed board)
     method_cache: Optional[Path] = None  # methods' private state (factors, features); None: results_dir/cache
     records_dir: Optional[Path] = None   # run records; None: results_dir/runs
     metrics: tuple[str, ...] = ()        # metric names; empty: every registered metric of the ground truth's kind

@@ -23,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="method name(s), comma-separated")
     p.add_argument("--suite", help="run a named suite of the papers' experiments instead (see `tdabench list`)")
     p.add_argument("--json", action="store_true", help="print only a JSON array of summaries on stdout")
-    p.add_argument("--force", action="store_true", help="recompute records that already exist")
+    p.add_argument("--force", action="store_true", help="recompute records that already exist (not committed ones: see --update-board)")
+    p.add_argument("--update-board", action="store_true",
+                   help="with --force: also rewrite records that git tracks (the committed board)")
 
 
 def _json_safe(obj: Any) -> Any:

@@ -33,7 +33,7 @@ from .metric import Metric
 from .numerics import current_numerics
 from .quarantine import quarantine
 from .records import CorruptRecord, RunResult, committed, environment, summarize
-from .reference import reference_model
+from .reference import reference_key, reference_model
 from .seeds import reference_seed
 from .spec import Plan, RunSpec, _LazyExecutor, prepare
 from .store import load_scores, save_scores
@@ -197,11 +197,22 @@ def _decide(spec: RunSpec, plan: Plan, method: Method, seed: int, truth_code: st
     return _Todo(method, path, record=record, rescore=False, metrics=tuple(stale))
 
 
+def _fit_and_score_exclusively(spec: RunSpec, task: Task, method: Method, seed: int, along: int) -> Scored:
+    """Concurrent runs (other methods, other settings) share the reference model and a method's cache:
+    one run at a time trains the reference model (the others wait, then load it), and one at a time
+    writes a method's cache (factors, features) for a task."""
+    models = spec.results_dir / "models" / task.name
+    with exclusive(models / f"{reference_key(task, seed)}.lock", f"the reference model of {task.name} seed {seed}"):
+        ctx = make_context(spec, task, method, seed, along)
+    with exclusive(ctx.cache_dir.with_name(ctx.cache_dir.name + ".lock"), f"{method.name}'s cache for {task.name}"):
+        return fit_and_score(method, ctx)
+
+
 def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: GroundTruth) -> RunResult:
     """Fit, score, store the scores, compute every metric; the new record (saved)."""
     method, task = todo.method, plan.task
     log.info("%s on %s, seed %d: fit and score", method.name, task.name, seed)
-    scored = fit_and_score(method, make_context(spec, task, method, seed, plan.gt.checkpoints))
+    scored = _fit_and_score_exclusively(spec, task, method, seed, plan.gt.checkpoints)
     scores_name = todo.path.with_suffix(".scores.pt").name
     save_scores(todo.path.with_name(scores_name), scored.scores, plan.store)
     cuda = [u.peak_cuda_mb for u in (scored.fit, scored.score) if u.peak_cuda_mb is not None]

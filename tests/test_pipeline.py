@@ -352,6 +352,22 @@ def test_two_concurrent_runs_build_the_ground_truth_once_and_agree(tmp_path):
     assert json.loads(outs[0][0]) == json.loads(outs[1][0])    # the same numbers
 
 
+def test_concurrent_runs_of_different_methods_train_the_reference_model_once(tmp_path):
+    """Two runs with different methods share one ground truth and one reference model: each is
+    trained by one of them while the other waits, then loads it."""
+    import subprocess
+
+    base = [sys.executable, "-m", "tdabench.cli", "run", "--task", "regression", "--seeds", "1", "--serial", "--json",
+            "--set", "gt.num_subsets=40", "--results-dir", str(tmp_path)]
+    procs = [subprocess.Popen(base + ["--method", m], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for m in ("gradsim", "if")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    logs = "".join(err for _, err in outs)
+    assert logs.count("retrains to do") == 1 and logs.count("training the reference model") == 1
+    assert len(list((tmp_path / "models" / "regression").rglob("model.pt"))) == 1
+
+
 def test_runspec_takes_string_paths_and_refuses_wrong_types(tmp_path):
     spec = RunSpec(task="digits", methods=("gradsim",), results_dir=str(tmp_path), records_dir=str(tmp_path / "r"))
     assert spec.results_dir == tmp_path and spec.records_dir == tmp_path / "r"

@@ -1,6 +1,7 @@
 """Time and peak memory of every stage of one `tdabench run`, measured stage by stage in one process:
-loading the data, one retrain on an α-subset (the unit of ground-truth work), measuring the queries,
-the reference model, and each method's fit and score.  The figures a memory plan must predict.
+building the task (its data and base model), one retrain on an α-subset (the unit of ground-truth
+work), measuring the queries, the reference model, and each method's fit and score.  The figures a
+memory plan must predict.
 
     python benchmarks/stage_costs.py --task digits --method gradsim,ekfac
     python benchmarks/stage_costs.py --task cifar10 --set task.data_dir=DIR --method bif,ekfac,gradsim --device cuda
@@ -34,11 +35,8 @@ def row(stage: str, usage: Usage) -> dict:
 
 
 def task_stages(task, device: torch.device, alpha: float) -> list[dict]:
-    """Data loading, one retrain on an α-subset, and measuring every query on the trained model."""
+    """One retrain on an α-subset, and measuring every query on the trained model."""
     rows = []
-    with Meter(device) as m:
-        task.train_data(), task.query_data()
-    rows.append(row("load data", m.usage))
     indices = subset_masks(task.n_train, alpha, 1, 0)[0].nonzero().squeeze(1).to(device)
     with Meter(device) as m:
         model = task.make_model(1)
@@ -80,10 +78,12 @@ def main() -> None:
     overrides = parse_set_args(args.set)
     device = pick_device(args.device)
     Numerics(device=device.type, deterministic=not args.nondeterministic).apply()
-    task = make_task(args.task, overrides.get("task", {}), device)
+    with Meter(device) as built:               # loading (or preparing) the data and the base model
+        task = make_task(args.task, overrides.get("task", {}), device)
+        task.train_data(), task.query_data()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"task {args.task} on {device} ({name}); N={task.n_train}, queries={task.n_query}", flush=True)
-    rows = task_stages(task, device, args.alpha)
+    rows = [row("build the task (data, model)", built.usage)] + task_stages(task, device, args.alpha)
     with tempfile.TemporaryDirectory() as tmp:
         methods = tuple(m for m in args.method.split(",") if m)
         spec = RunSpec(task=args.task, methods=methods, results_dir=Path(tmp), device=args.device)

@@ -36,36 +36,34 @@ def environment(device: str) -> dict[str, Any]:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def _git(*args: str, cwd: Path) -> Optional[str]:
+    """git's standard output, or None where git is missing, fails or ``cwd`` is not in a checkout."""
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
 def git_commit() -> Optional[str]:
     """The commit of the tdabench checkout (with ``+dirty`` for local changes), if it is one."""
     here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+    sha = _git("rev-parse", "HEAD", cwd=here)
+    if sha is None:
         return None
+    dirty = (_git("status", "--porcelain", "--untracked-files=no", cwd=here) or "").strip()
+    return sha.strip() + ("+dirty" if dirty else "")
 
 
 def committed(paths: list[Path]) -> list[Path]:
     """Those of ``paths`` that exist and that git tracks in the checkout holding them (none outside one)."""
     existing = [p.resolve() for p in paths if p.exists()]
-    if not existing:
+    top = _git("rev-parse", "--show-toplevel", cwd=existing[0].parent) if existing else None
+    if top is None:
         return []
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=existing[0].parent, capture_output=True,
-                             text=True, timeout=10)
-        if top.returncode != 0:
-            return []
-        root = Path(top.stdout.strip()).resolve()
-        inside = [p for p in existing if p.is_relative_to(root)]
-        listed = subprocess.run(["git", "ls-files", "-z", "--", *(str(p.relative_to(root)) for p in inside)],
-                                cwd=root, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
+    root = Path(top.strip()).resolve()
+    inside = [p for p in existing if p.is_relative_to(root)]
+    listed = _git("ls-files", "-z", "--", *(str(p.relative_to(root)) for p in inside), cwd=root) or ""
     tracked = {root / name for name in listed.split("\0") if name}
     return [p for p in inside if p in tracked]
 

@@ -59,4 +59,8 @@ import torch; from tdabench.sparse_projection import SparseProjector
 g = torch.randn(64, 300000); cpu = SparseProjector(300000, 2048, 7, 'cpu', 2)(g)
 dev = SparseProjector(300000, 2048, 7, '$DEV', 2)(g.to('$DEV')).cpu()
 print('sparse projection on $DEV vs cpu: max abs diff', float((dev - cpu).abs().max()), 'of', float(cpu.abs().max()))"
+# 8. the memory plan (tdabench plan, traced on fake tensors on the GPU path) against each stage really run
+step plan-cifar10 220 $PY benchmarks/plan_check.py --task cifar10 $CDATA $CTASK --set task.n_query=$QN --device $DEV \
+     --method gradsim --trace-ops 30000 --json "$OUT/plan-cifar10.json"
+step plan-pythia 240 $PY benchmarks/plan_check.py $PYTHIA --device $DEV --method ekfac --trace-ops 30000 --json "$OUT/plan-pythia.json"
 log done

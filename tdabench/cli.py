@@ -37,6 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serial", action="store_true", help="retrain in this process without Ray (debugging)")
     p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 matmuls (faster, ~3 fewer digits; keys the ground truth)")
     p.add_argument("--nondeterministic", action="store_true", help="CUDA: allow nondeterministic kernels (14%% faster CIFAR-10 training on an H200; recorded)")
+    p.add_argument("--no-plan", action="store_true", help="CUDA: skip the memory plan traced before any work")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for fit and score in this process (tiny models run fastest on 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
@@ -77,7 +78,8 @@ def _spec(args: argparse.Namespace, methods: tuple[str, ...]) -> Any:
                    results_dir=args.results_dir, device=args.device, executor="serial" if args.serial else "ray",
                    ray_address=args.ray_address, force=getattr(args, "force", False),
                    update_board=getattr(args, "update_board", False), metrics=_names(args.metric),
-                   deterministic=not args.nondeterministic, tf32=args.tf32)
+                   deterministic=not args.nondeterministic, tf32=args.tf32,
+                   check_memory=not getattr(args, "no_plan", False))
 
 
 def _fmt(value: Optional[float], digits: int = 3) -> str:

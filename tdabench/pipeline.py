@@ -24,6 +24,7 @@ import torch
 
 from . import reference as reference_module
 from .config import ConfigError, config_dict, content_hash
+from .costplan import device_memory, refusal, trace
 from .fingerprint import changes, digest, fingerprint
 from .groundtruth import GroundTruth, build_ground_truth, code_fingerprint
 from .locks import exclusive
@@ -35,7 +36,7 @@ from .quarantine import quarantine
 from .records import CorruptRecord, RunResult, committed, environment, summarize
 from .reference import reference_key, reference_model
 from .seeds import reference_seed
-from .spec import Plan, RunSpec, _LazyExecutor, prepare
+from .spec import Plan, RunSpec, _LazyExecutor, make_task, prepare
 from .store import load_scores, save_scores
 from .task import Task
 
@@ -276,10 +277,13 @@ def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[l
     when given, receives what was done for each (method, seed) and where its files are."""
     plan = prepare(spec)
     _guard_committed(spec, plan)
+    truth_code = digest(code_fingerprint(plan.task, plan.gt))
+    if any(t.rescore or t.metrics for seed in spec.seeds for m in plan.methods
+           for t in [_triage(spec, plan, m, seed, truth_code)]):
+        _check_memory(spec, plan)
     executor = _LazyExecutor(spec)
     results: dict[str, list[RunResult]] = {m.name: [] for m in plan.methods}
     failures: list[str] = []
-    truth_code = digest(code_fingerprint(plan.task, plan.gt))
     try:
         for seed in spec.seeds:
             todos = [_triage(spec, plan, m, seed, truth_code) for m in plan.methods]
@@ -302,6 +306,20 @@ def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[l
         executor.close()
     summaries = [summarize(r, m.name) for m in plan.metrics for r in results.values() if r]
     return summaries, failures
+
+
+def _check_memory(spec: RunSpec, plan: Plan) -> None:
+    """On CUDA, trace every stage on fake tensors (``tdabench plan``) and stop before any work when
+    one does not fit the device, naming the settings to lower."""
+    if not spec.check_memory or plan.task.device.type != "cuda":
+        return
+    device = str(plan.task.device)
+    log.info("planning memory on %s before any work (--no-plan skips this)", device)
+    cost = trace(lambda d: make_task(spec.task, spec.overrides.get("task", {}), d), plan.methods, plan.gt,
+                 device, len(spec.seeds))
+    message = refusal(cost, device_memory(device))
+    if message:
+        raise ConfigError(message)
 
 
 def _guard_committed(spec: RunSpec, plan: Plan) -> None:

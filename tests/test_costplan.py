@@ -1,0 +1,95 @@
+"""The memory plan: fake-tensor bookkeeping against closed forms, the traced plan against the same
+code run on real tensors and against a trace at full size, and refusals before any work."""
+from __future__ import annotations
+
+import torch
+
+from tdabench import costplan
+from tdabench.cli import main
+from tdabench.costplan import StageCost, CostPlan, refusal, trace
+from tdabench.fakerun import LiveBytes, fake_run
+from tdabench.groundtruth import GroundTruthConfig
+from tdabench.spec import make_method, make_task
+
+MiB = 2**20
+
+
+def test_live_bytes_follow_allocation_and_release():
+    with fake_run(torch.device("cpu")) as (live, flops):
+        start = live.current
+        a = torch.empty(256, 1024)                          # 1 MiB of float32
+        b = torch.empty(512, 1024)                          # 2 MiB
+        assert live.current - start == 3 * MiB
+        del a
+        assert live.current - start == 2 * MiB and live.peak - start == 3 * MiB
+        c = b @ torch.empty(1024, 64)                       # 2·512·1024·64 FLOPs
+        assert flops.get_total_flops() == 2 * 512 * 1024 * 64
+        assert type(c).__name__ == "FakeTensor" and c.shape == (512, 64)
+
+
+def test_item_and_nonzero_are_stood_in_for():
+    with fake_run(torch.device("cpu")) as (live, _):
+        x = torch.randn(10)
+        assert (x > 0).nonzero().shape == (10, 1)           # the upper bound: every element
+        assert x.sum().item() == 1.0 and int((x > 0).sum()) == 0
+        assert live.guessed >= 3
+
+
+def _digits_gradsim(n_train: int):
+    task = make_task("digits", {"n_train": str(n_train)}, torch.device("cpu"))
+    return task, make_method("gradsim", task, {})
+
+
+def _real_peak(task, method) -> int:
+    """The same bookkeeping as the plan's, on real tensors: gradsim's score on an untrained model."""
+    from tdabench.costplan import _context
+
+    model = task.make_model(0).eval()
+    ctx = _context(task, model, [], __import__("pathlib").Path(__import__("tempfile").mkdtemp()))
+    live = LiveBytes(torch.device("cpu"), fake_only=False)
+    held = sum(t.untyped_storage().nbytes() for b in (task.train_data(), task.query_data()) for t in b)
+    with live:
+        method.score(ctx)
+    return held + live.peak
+
+
+def test_planned_peak_matches_the_real_run_within_10_percent():
+    task, method = _digits_gradsim(1000)
+    plan = trace(lambda d: make_task("digits", {"n_train": "1000"}, d), [method], GroundTruthConfig(), "cpu")
+    planned = next(s for s in plan.stages if s.stage == "gradsim score")
+    assert "extrapolated" in planned.note            # traced at fewer rows and queries than the run has
+    real = _real_peak(task, method)
+    assert abs(planned.peak_bytes - real) <= 0.10 * real, (planned.peak_bytes, real)
+
+
+def test_extrapolation_agrees_with_a_trace_at_full_size(monkeypatch):
+    make = lambda d: make_task("digits", {"n_train": "600"}, d)   # noqa: E731
+    _, method = _digits_gradsim(600)
+    small = {s.stage: s for s in trace(make, [method], GroundTruthConfig(), "cpu").stages}
+    monkeypatch.setattr(costplan, "trace_sizes", lambda n, *a, **k: (n,))
+    full = {s.stage: s for s in trace(make, [method], GroundTruthConfig(), "cpu").stages}
+    for name in ("retrain", "gradsim score"):   # measured: peaks 1.25× and 1.005×, FLOPs 1.002× and 1.000×
+        assert full[name].note == "" and small[name].note
+        assert abs(small[name].flops - full[name].flops) <= 0.01 * full[name].flops
+        assert 0.95 * full[name].peak_bytes <= small[name].peak_bytes <= 1.3 * full[name].peak_bytes
+
+
+def test_a_stage_over_the_memory_is_refused_naming_its_settings():
+    plan = CostPlan("t", "cuda", "cpu", (StageCost("data", 1 * MiB), StageCost("gradsim score", 50 * 2**30, settings="gradsim.batch_size=64")))
+    assert refusal(plan, 80 * 2**30) == ""
+    message = refusal(plan, 40 * 2**30)
+    assert "gradsim score" in message and "gradsim.batch_size=64" in message and "data" not in message.split(":")[1]
+
+
+def test_plan_command_refuses_an_oversized_setting(capsys, tmp_path):
+    code = main(["plan", "--task", "digits", "--method", "gradsim", "--device-memory", "0.001",
+                 "--results-dir", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "does not fit in" in out and "gradsim.batch_size" in out
+    assert not (tmp_path / "r").exists()               # nothing was trained or written
+
+
+def test_plan_command_rejects_bad_numbers(capsys):
+    assert main(["plan", "--task", "digits", "--method", "gradsim", "--device-memory", "-3"]) == 2
+    assert "--device-memory" in capsys.readouterr().err

@@ -50,7 +50,7 @@ def main() -> None:
     start = time.perf_counter()
     plan = trace(lambda d: make_task(args.task, overrides.get("task", {}), d), built, gt, str(device), 1, args.trace_ops)
     traced_s = time.perf_counter() - start
-    rate = sustained_tflops(str(device))[0]
+    rate = sustained_tflops(str(device), args.task)[0]
     print(f"plan traced in {traced_s:.1f} s on the {plan.traced_on} path", flush=True)
     with Meter(device) as built_usage:
         task = make_task(args.task, overrides.get("task", {}), device)

@@ -74,14 +74,17 @@ def _settings(scope: str, config: Any) -> str:
     return ", ".join(f"{scope}.{k}={v}" for k, v in _knobs(config).items())
 
 
-def trace_sizes(n: int, *configs: Any, query: bool = False) -> tuple[int, ...]:
-    """Rows to trace at: two sizes covering at least two of every batch of that set (so every
-    batch-sized buffer is seen full), the second twice the first; or all ``n`` when not smaller.
-    ``query``: the query set (its ``query_*`` batch settings) instead of the training rows."""
-    batch = max((int(v) for c in configs for k, v in _knobs(c).items()
-                 if "batch" in k and ("query" in k) == query and isinstance(v, int)), default=1)
+def trace_sizes(n: int, *configs: Any, query: bool = False, batch: int = 1) -> tuple[int, ...]:
+    """Rows to trace at: multiples (1, 2, 3, 4 for the training rows; 1, 2 for the queries) of at
+    least two of every batch that may cut that set (so every batch-sized buffer is seen full), those
+    below ``n``; or all ``n`` when fewer than two are.  The last two set the slope: a peak set by a
+    fixed part at small sizes (the queries' gradients) grows faster once the rows dominate it.  ``query``: the query set, which any batch setting may cut (the operator count depends on
+    the number of batches, not their size); the training rows: the settings not named ``query_*``."""
+    batch = max([batch] + [int(v) for c in configs for k, v in _knobs(c).items()
+                           if "batch" in k and (query or "query" not in k) and isinstance(v, int)])
     small = max(16, 2 * batch)
-    return (n,) if 2 * small >= n else (small, 2 * small)
+    sizes = tuple(small * k for k in ((1, 2) if query else (1, 2, 3, 4)) if small * k < n)
+    return sizes if len(sizes) > 1 else (n,)
 
 
 class _Tracer:
@@ -224,9 +227,11 @@ def _method_stages(tracer: _Tracer, task: Task, method: Method, rows: tuple[int,
 
 
 def _bilinear(values: dict[tuple[int, int], float], n: int, q: int) -> float:
-    """c0 + c1·r + c2·s + c3·r·s through the traced (rows r, queries s) points, at (n, q); the slopes
-    are clamped at 0 (costs do not shrink with more data), and never below the largest traced value."""
-    rs, ss = sorted({r for r, _ in values}), sorted({s for _, s in values})
+    """c0 + c1·r + c2·s + c3·r·s through the two largest traced sizes of each (rows r, queries s), at
+    (n, q): a peak set by a fixed part at small sizes grows faster later, so the last slope is the one
+    to follow.  Slopes are clamped at 0 (costs do not shrink with more data); never below the largest
+    traced value."""
+    rs, ss = sorted({r for r, _ in values})[-2:], sorted({s for _, s in values})[-2:]
     at = lambda i, j: values[(rs[min(i, len(rs) - 1)], ss[min(j, len(ss) - 1)])]  # noqa: E731
     dr = (n - rs[-1]) / (rs[1] - rs[0]) if len(rs) > 1 else 0.0
     ds = (q - ss[-1]) / (ss[1] - ss[0]) if len(ss) > 1 else 0.0
@@ -271,7 +276,8 @@ def trace(make_task: Callable[[torch.device], Task], methods: list[Method], gt: 
         alpha = gt.alpha if gt.kind == "subsets" else 1.0
         retrains = retrains_per_seed(gt, n) * seeds
         knobs = _settings("task", task.config)
-        raws = _task_stages(tracer, task, alpha, trace_sizes(n, task.config), trace_sizes(q, task.config, query=True))
+        raws = _task_stages(tracer, task, alpha, trace_sizes(n, task.config),
+                            trace_sizes(q, task.config, query=True, batch=task.measure_batch_size))
         stages = [data, _extrapolate("retrain", raws["retrain"], n, q, retrains, knobs),
                   _extrapolate("measure", raws["measure"], n, q, retrains * max(1, gt.checkpoints),
                                f"measure batch {task.measure_batch_size} rows")]
@@ -325,20 +331,25 @@ def refusal(plan: CostPlan, memory_bytes: int) -> str:
             + "; ".join(lines) + " (`tdabench plan` shows every stage; --no-plan skips this check)")
 
 
-#: Sustained throughput of whole stages on known GPUs, in TFLOP/s: the traced FLOPs of a stage divided
-#: by its measured seconds (README, "Measured on a GPU"; CIFAR-10 and Pythia-14M-shape retrains).
-MEASURED_TFLOPS: dict[str, float] = {}
+#: Sustained throughput of a retrain on known GPUs, in TFLOP/s: the traced FLOPs of one retrain divided
+#: by its measured seconds (README, "Measured on a GPU": CIFAR-10's 73.2 TFLOP in 0.63 s of training;
+#: Pythia-14M's shapes, 97.9 TFLOP in 11 s — a 128-wide model keeps the GPU far from its peak).
+MEASURED_TFLOPS: dict[tuple[str, str], float] = {("NVIDIA H200", "cifar10"): 116.0, ("NVIDIA H200", "pythia"): 8.9}
 
 
-def sustained_tflops(device: str) -> tuple[float, str]:
-    """(TFLOP/s, where the figure comes from) for the time estimate on ``device``."""
+def sustained_tflops(device: str, task: str = "") -> tuple[float, str]:
+    """(TFLOP/s, where the figure comes from) for the time estimate of ``task`` on ``device``: measured
+    for that task on that GPU when known, else the slowest rate measured on it (or on any GPU)."""
     if torch.device(device).type == "cuda":
         name = torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else ""
-        if name in MEASURED_TFLOPS:
-            return MEASURED_TFLOPS[name], f"measured on {name}"
-        known = min(MEASURED_TFLOPS.items(), key=lambda kv: kv[1], default=("", 50.0))
-        return known[1], f"assumed: the slowest measured GPU{', ' + known[0] if known[0] else ''}"
-    return _cpu_tflops(), "this CPU's float32 matmul rate, an upper bound for small models"
+        if (name, task) in MEASURED_TFLOPS:
+            return MEASURED_TFLOPS[(name, task)], f"measured for {task} on {name}"
+        if not name and (hit := [(gpu, v) for (gpu, t), v in MEASURED_TFLOPS.items() if t == task]):
+            return hit[0][1], f"measured for {task} on {hit[0][0]} (no GPU here)"
+        same = [(v, k) for k, v in MEASURED_TFLOPS.items() if k[0] == name] or [(v, k) for k, v in MEASURED_TFLOPS.items()]
+        rate, (gpu, known) = min(same)
+        return rate, f"assumed: the slowest rate measured, {known} on {gpu}; times may be 10x too long"
+    return _cpu_tflops(), "this CPU's float32 matmul rate; small models run far slower"
 
 
 def _cpu_tflops() -> float:

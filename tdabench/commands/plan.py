@@ -50,7 +50,7 @@ def plan_spec(task_name: str, methods: tuple[str, ...], overrides: dict[str, dic
                  TRACE_OPS if trace_ops is None else trace_ops)
     have_device = not wanted.startswith("cuda") or torch.cuda.is_available()
     memory = int(memory_gb * 2**30) if memory_gb else device_memory(wanted) if have_device else 80 * 2**30
-    rate, source = (tflops, "--tflops") if tflops else sustained_tflops(wanted)
+    rate, source = (tflops, "--tflops") if tflops else sustained_tflops(wanted, task_name)
     refused = refusal(plan, memory)
     return plan, table(plan, memory, rate, source, refused), bool(refused)
 

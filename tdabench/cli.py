@@ -24,7 +24,7 @@ log = logging.getLogger("tdabench")
 
 def _common(p: argparse.ArgumentParser) -> None:
     """The options shared by the commands that run methods (run, ground-truth, sweep, scaling)."""
-    p.add_argument("--task", required=p.prog.split()[-1] != "run", help="task name (see `tdabench list`)")
+    p.add_argument("--task", required=p.prog.split()[-1] not in ("run", "plan"), help="task name (see `tdabench list`)")
     p.add_argument("--seeds", default="3", help="number of seeds S (seeds 0..S-1), or a list like 0,4,7")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SCOPE.KEY=VALUE",
                    help="override a setting: task.KEY, gt.KEY (kind, alpha, num_subsets, retrain_seeds, "

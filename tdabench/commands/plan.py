@@ -80,6 +80,8 @@ def table(plan: Any, memory: int, rate: float, source: str, refused: str) -> str
 def run(args: argparse.Namespace) -> int:
     from ..presets import get_suite
 
+    if not (args.suite or args.task):
+        raise ConfigError("plan needs --task (and --method) or --suite NAME")
     steps = _steps(args, get_suite) if args.suite else [(args.task, _methods(args.method), args.sets, args.seeds)]
     worst = 0
     for task, methods, sets, seeds in steps:

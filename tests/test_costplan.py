@@ -6,7 +6,9 @@ import torch
 
 from tdabench import costplan
 from tdabench.cli import main
-from tdabench.costplan import StageCost, CostPlan, refusal, trace
+from tdabench import capacity
+from tdabench.capacity import refusal
+from tdabench.costplan import CostPlan, StageCost, trace
 from tdabench.fakerun import LiveBytes, fake_run
 from tdabench.groundtruth import GroundTruthConfig
 from tdabench.spec import make_method, make_task
@@ -108,10 +110,21 @@ def test_a_cuda_run_is_refused_before_any_work_when_its_plan_does_not_fit(monkey
     task, method = _digits_gradsim(300)
     spec = RunSpec(task="digits", methods=("gradsim",), overrides={"task": {"n_train": "300"}}, results_dir=tmp_path)
     plan = SimpleNamespace(task=SimpleNamespace(device=torch.device("cuda")), methods=[method], gt=GroundTruthConfig())
-    monkeypatch.setattr(pipeline, "device_memory", lambda device: 2**20 + costplan.CUDA_HEADROOM)
+    monkeypatch.setattr(pipeline, "device_memory", lambda device: 2**20 + capacity.CUDA_HEADROOM)
     with pytest.raises(ConfigError, match="gradsim score.*gradsim.batch_size"):
         pipeline._check_memory(spec, plan)
     monkeypatch.setattr(pipeline, "device_memory", lambda device: 80 * 2**30)
     pipeline._check_memory(spec, plan)                                   # fits: no error
     pipeline._check_memory(spec.replace(check_memory=False), plan)       # --no-plan: not traced
     assert not list(tmp_path.iterdir())
+
+
+def test_retrain_count_is_the_ground_truths_own():
+    """The plan's retrains per seed equal the rows of the masks the ground truth builds, times R."""
+    from tdabench.config import apply_overrides
+    from tdabench.groundtruth import make_masks
+
+    for sets in ({"num_subsets": "7", "retrain_seeds": "2"}, {"kind": "loo", "retrain_seeds": "3"},
+                 {"kind": "loo", "loo_examples": "9", "retrain_seeds": "2"}):
+        gt = apply_overrides(GroundTruthConfig(), sets, "gt")
+        assert costplan.retrains_per_seed(gt, 40) == make_masks(40, gt, 0)[0].shape[0] * gt.retrain_seeds

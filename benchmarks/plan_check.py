@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stage_costs import method_stages, row, task_stages  # noqa: E402
 
 from tdabench.config import apply_overrides, parse_set_args  # noqa: E402
-from tdabench.costplan import TRACE_OPS, GiB, sustained_tflops, trace  # noqa: E402
+from tdabench.capacity import sustained_tflops  # noqa: E402
+from tdabench.costplan import TRACE_OPS, GiB, trace  # noqa: E402
 from tdabench.groundtruth import GroundTruthConfig  # noqa: E402
 from tdabench.meter import Meter  # noqa: E402
 from tdabench.numerics import Numerics  # noqa: E402

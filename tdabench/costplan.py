@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import tempfile
 import traceback
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from .method import Context, Method
 from .retrain import subset_masks
 from .checkpoints import checkpoint_steps
 from .seeds import reference_seed
-from .task import Checkpoint, Task
+from .task import Checkpoint, Task, take
 
 GiB = 2**30
 
@@ -78,8 +77,9 @@ def trace_sizes(n: int, *configs: Any, query: bool = False, batch: int = 1) -> t
     """Rows to trace at: multiples (1, 2, 3, 4 for the training rows; 1, 2 for the queries) of at
     least two of every batch that may cut that set (so every batch-sized buffer is seen full), those
     below ``n``; or all ``n`` when fewer than two are.  The last two set the slope: a peak set by a
-    fixed part at small sizes (the queries' gradients) grows faster once the rows dominate it.  ``query``: the query set, which any batch setting may cut (the operator count depends on
-    the number of batches, not their size); the training rows: the settings not named ``query_*``."""
+    fixed part at small sizes (the queries' gradients) grows faster once the rows dominate it.
+    ``query``: the query set, which any batch setting may cut (the operator count depends on the
+    number of batches, not their size); the training rows: the settings not named ``query_*``."""
     batch = max([batch] + [int(v) for c in configs for k, v in _knobs(c).items()
                            if "batch" in k and (query or "query" not in k) and isinstance(v, int)])
     small = max(16, 2 * batch)
@@ -88,7 +88,8 @@ def trace_sizes(n: int, *configs: Any, query: bool = False, batch: int = 1) -> t
 
 
 class _Tracer:
-    """Runs stages inside one fake run; ``raw[name] = (peak bytes, FLOPs)`` or the failure's note."""
+    """Runs stages inside one fake run; ``raw[name] = (peak bytes, FLOPs, stopped at the budget)`` or
+    the failure's note."""
 
     def __init__(self, live: Any, flops: Any, max_ops: int) -> None:
         self.live, self.flop_counter, self.raw, self.max_ops = live, flops, {}, max_ops
@@ -118,7 +119,6 @@ class _Tracer:
         self.raw[name] = (self.live.peak, self.flop_counter.get_total_flops() - before, False)
         return out
 
-
     def completed(self, name: str) -> bool:
         """True when stage ``name`` ran to its end."""
         raw = self.raw.get(name)
@@ -126,14 +126,10 @@ class _Tracer:
 
 
 def retrains_per_seed(gt: GroundTruthConfig, n_train: int) -> int:
-    """Retrains of one ground-truth seed."""
-    if gt.kind == "loo":
-        return (gt.loo_examples or n_train) + gt.retrain_seeds
-    return gt.num_subsets * gt.retrain_seeds
-
-
-def _head(data: tuple, rows: int) -> tuple:
-    return tuple(t[:rows] for t in data)
+    """Retrains of one ground-truth seed: the rows of ``groundtruth.make_masks`` (for leave-one-out the
+    full set plus one per removed example) times the retraining seeds, without building the masks."""
+    rows = 1 + min(gt.loo_examples or n_train, n_train) if gt.kind == "loo" else gt.num_subsets
+    return rows * gt.retrain_seeds
 
 
 def view(task: Task, rows: int, queries: int) -> Task:
@@ -144,9 +140,9 @@ def view(task: Task, rows: int, queries: int) -> Task:
         return task
     fit_rows = max(1, round(len(task.fit_data()[0]) * rows / n))
     shrunk = type(cls.__name__, (cls,), {
-        "train_data": lambda self: _head(cls.train_data(self), rows),
-        "fit_data": lambda self: _head(cls.fit_data(self), fit_rows),
-        "query_data": lambda self: _head(cls.query_data(self), queries),
+        "train_data": lambda self: take(cls.train_data(self), slice(rows)),
+        "fit_data": lambda self: take(cls.fit_data(self), slice(fit_rows)),
+        "query_data": lambda self: take(cls.query_data(self), slice(queries)),
         "__module__": cls.__module__})
     seen = object.__new__(shrunk)
     seen.__dict__ = task.__dict__
@@ -298,68 +294,3 @@ def _load(task: Task, live: Any = None) -> Task:
         real = {id(t): t.untyped_storage().nbytes() for b in batches for t in b if not isinstance(t, FakeTensor)}
         live.hold(sum(real.values()))
     return task
-
-
-#: Kept free on a CUDA device beyond the traced tensors: the CUDA context, cuBLAS/cuDNN workspaces and
-#: the caching allocator's slack.
-CUDA_HEADROOM = 2 * GiB
-
-
-def device_memory(device: str) -> int:
-    """Bytes of memory of ``device`` on this machine (a GPU's total; the CPU's physical memory)."""
-    d = torch.device(device)
-    if d.type == "cuda":
-        return torch.cuda.get_device_properties(d).total_memory
-    with open("/proc/meminfo") as f:
-        return int(next(line for line in f if line.startswith("MemTotal")).split()[1]) * 1024
-
-
-def usable(plan: CostPlan, memory_bytes: int) -> int:
-    """What the traced tensors may use of ``memory_bytes`` on the plan's device."""
-    return memory_bytes - (CUDA_HEADROOM if plan.device.startswith("cuda") else 0)
-
-
-def refusal(plan: CostPlan, memory_bytes: int) -> str:
-    """'' when every stage fits ``memory_bytes``; else what is over and which settings to lower."""
-    over = plan.over(usable(plan, memory_bytes))
-    if not over:
-        return ""
-    lines = [f"{s.stage}: {s.peak_bytes / GiB:.1f} GB" + (f" — lower {s.settings}" if s.settings else "")
-             for s in over]
-    keep = f" (keeping {CUDA_HEADROOM // GiB} GB for the CUDA context)" if plan.device.startswith("cuda") else ""
-    return (f"{plan.task} on {plan.device} does not fit in {memory_bytes / GiB:.0f} GB{keep}: "
-            + "; ".join(lines) + " (`tdabench plan` shows every stage; --no-plan skips this check)")
-
-
-#: Sustained throughput of a retrain on known GPUs, in TFLOP/s: the traced FLOPs of one retrain divided
-#: by its measured seconds (README, "Measured on a GPU": CIFAR-10's 73.2 TFLOP in 0.63 s of training;
-#: Pythia-14M's shapes, 97.9 TFLOP in 11 s — a 128-wide model keeps the GPU far from its peak).
-MEASURED_TFLOPS: dict[tuple[str, str], float] = {("NVIDIA H200", "cifar10"): 116.0, ("NVIDIA H200", "pythia"): 8.9}
-
-
-def sustained_tflops(device: str, task: str = "") -> tuple[float, str]:
-    """(TFLOP/s, where the figure comes from) for the time estimate of ``task`` on ``device``: measured
-    for that task on that GPU when known, else the slowest rate measured on it (or on any GPU)."""
-    if torch.device(device).type == "cuda":
-        name = torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else ""
-        if (name, task) in MEASURED_TFLOPS:
-            return MEASURED_TFLOPS[(name, task)], f"measured for {task} on {name}"
-        if not name and (hit := [(gpu, v) for (gpu, t), v in MEASURED_TFLOPS.items() if t == task]):
-            return hit[0][1], f"measured for {task} on {hit[0][0]} (no GPU here)"
-        same = [(v, k) for k, v in MEASURED_TFLOPS.items() if k[0] == name] or [(v, k) for k, v in MEASURED_TFLOPS.items()]
-        rate, (gpu, known) = min(same)
-        return rate, f"assumed: the slowest rate measured, {known} on {gpu}; times may be 10x too long"
-    return _cpu_tflops(), "this CPU's float32 matmul rate; small models run far slower"
-
-
-def _cpu_tflops() -> float:
-    """Best of three 1024² float32 matmuls on this machine's CPU threads."""
-    import time
-
-    a = torch.randn(1024, 1024)
-    best = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - start)
-    return round(2 * 1024**3 / best / 1e12, 3)

@@ -2,14 +2,16 @@
 the memory or the compute (the toolkit under ``tdabench plan``).
 
 Inside ``fake_run(device)`` every tensor the code creates is a ``FakeTensor`` (torch's fake tensor
-mode): operators compute output shapes only, so a full-size training run of a large model is
-traced in seconds.  ``LiveBytes`` counts the bytes of the fake storages alive at every operator —
+mode): operators compute output shapes only (about a millisecond each, whatever their size).
+``LiveBytes`` counts the bytes of the fake storages alive at every operator —
 their peak is the memory the real run's allocator would hold for tensors (rounded to its 512-byte
 blocks), without its cache or the CUDA context — and torch's ``FlopCounterMode`` counts the
-arithmetic.  Three shims let ordinary model code run: random generators on any device draw from a
-CPU generator (values do not matter, shapes do), ``Tensor.to`` reaches a fake CUDA device through
-``aten._to_copy`` (whose Python binding would initialise CUDA), and ``Module.to`` replaces
-parameters instead of swapping fake tensors in place.
+arithmetic.  Shims let ordinary model code run: random generators on any device draw from a CPU
+generator (values do not matter, shapes do), ``Module.to`` replaces parameters instead of swapping
+fake tensors in place, ``deepcopy`` clones fake tensors, saving and loading keep fake tensors in
+memory, and values a fake tensor lacks (``.item()``, ``nonzero``) are stood in for.  On a machine
+without CUDA, trace the CPU path (``tdabench.costplan`` does): a fake CUDA tensor there cannot
+even be sliced.
 """
 from __future__ import annotations
 
@@ -122,20 +124,6 @@ class LiveBytes(TorchDispatchMode):
         self.peak, self.ops = self.current, 0
 
 
-def _to(original: Any) -> Any:
-    def to(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        parse = {k: v for k, v in kwargs.items() if k != "copy"}
-        device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **parse)
-        if device is None or torch.device(device).type != "cuda" or torch.cuda.is_available():
-            return original(self, *args, **kwargs)
-        same = self.device == torch.device(device) and dtype in (None, self.dtype) and memory_format is None
-        if same and not kwargs.get("copy", False):
-            return self
-        extra = {k: v for k, v in (("dtype", dtype), ("memory_format", memory_format)) if v is not None}
-        return torch.ops.aten._to_copy.default(self, device=torch.device(device), **extra)
-    return to
-
-
 def _module_to(self: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
     device, dtype, _, memory_format = torch._C._nn._parse_to(*args, **kwargs)
 
@@ -246,14 +234,13 @@ def _bound_everywhere(pairs: list[tuple[Any, Any]]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _shims(scratch: Optional[Path]) -> Iterator[None]:
-    saved = torch.Generator, torch.Tensor.to, nn.Module.to, torch.Tensor.__deepcopy__
-    torch.Generator, torch.Tensor.to, nn.Module.to = _Generator, _to(saved[1]), _module_to
-    torch.Tensor.__deepcopy__ = _deepcopy(saved[3])
+    saved = torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__
+    torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__ = _Generator, _module_to, _deepcopy(saved[2])
     try:
         with _bound_everywhere(_file_patches(scratch)):
             yield
     finally:
-        torch.Generator, torch.Tensor.to, nn.Module.to, torch.Tensor.__deepcopy__ = saved
+        torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__ = saved
 
 
 @contextlib.contextmanager

@@ -24,7 +24,8 @@ import torch
 
 from . import reference as reference_module
 from .config import ConfigError, config_dict, content_hash
-from .costplan import device_memory, refusal, trace
+from .capacity import device_memory, refusal
+from .costplan import trace
 from .fingerprint import changes, digest, fingerprint
 from .groundtruth import GroundTruth, build_ground_truth, code_fingerprint
 from .locks import exclusive
@@ -278,8 +279,9 @@ def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[l
     plan = prepare(spec)
     _guard_committed(spec, plan)
     truth_code = digest(code_fingerprint(plan.task, plan.gt))
-    if any(t.rescore or t.metrics for seed in spec.seeds for m in plan.methods
-           for t in [_triage(spec, plan, m, seed, truth_code)]):
+    if spec.check_memory and plan.task.device.type == "cuda" and any(
+            t.rescore or t.metrics for seed in spec.seeds for m in plan.methods
+            for t in [_triage(spec, plan, m, seed, truth_code)]):
         _check_memory(spec, plan)
     executor = _LazyExecutor(spec)
     results: dict[str, list[RunResult]] = {m.name: [] for m in plan.methods}

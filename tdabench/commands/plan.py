@@ -28,7 +28,8 @@ def plan_spec(task_name: str, methods: tuple[str, ...], overrides: dict[str, dic
     """Trace one run and return (plan, its printed table, whether it is refused)."""
     import torch
 
-    from ..costplan import TRACE_OPS, device_memory, refusal, sustained_tflops, trace
+    from ..capacity import device_memory, refusal, sustained_tflops
+    from ..costplan import TRACE_OPS, trace
     from ..groundtruth import GroundTruthConfig
     from ..config import apply_overrides
     from ..spec import make_task, resolve_method
@@ -57,7 +58,7 @@ def plan_spec(task_name: str, methods: tuple[str, ...], overrides: dict[str, dic
 
 def table(plan: Any, memory: int, rate: float, source: str, refused: str) -> str:
     """The plan as printed: one row per stage, the total time, and whether it fits."""
-    from ..costplan import GiB, usable
+    from ..capacity import GiB, usable
 
     rows = [("stage", "peak MB", "GFLOP each", "runs", "time", "memory set by")]
     for s in plan.stages:

@@ -25,6 +25,7 @@ from .retrain import subset_masks
 from .checkpoints import checkpoint_steps
 from .seeds import reference_seed
 from .task import Checkpoint, Task, take
+from .plansizes import knobs, loop_corners, loops, multilinear, trace_sizes
 
 GiB = 2**30
 
@@ -61,30 +62,8 @@ class CostPlan:
         return sum(s.flops * s.count for s in self.stages)
 
 
-_KNOBS = ("batch", "proj_dim", "micro", "chunk")
-
-
-def _knobs(config: Any) -> dict[str, Any]:
-    """The config fields that size a stage's memory (batch sizes, projection, micro-batches)."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if any(k in f.name for k in _KNOBS)}
-
-
 def _settings(scope: str, config: Any) -> str:
-    return ", ".join(f"{scope}.{k}={v}" for k, v in _knobs(config).items())
-
-
-def trace_sizes(n: int, *configs: Any, query: bool = False, batch: int = 1) -> tuple[int, ...]:
-    """Rows to trace at: multiples (1, 2, 3, 4 for the training rows; 1, 2 for the queries) of at
-    least two of every batch that may cut that set (so every batch-sized buffer is seen full), those
-    below ``n``; or all ``n`` when fewer than two are.  The last two set the slope: a peak set by a
-    fixed part at small sizes (the queries' gradients) grows faster once the rows dominate it.
-    ``query``: the query set, which any batch setting may cut (the operator count depends on the
-    number of batches, not their size); the training rows: the settings not named ``query_*``."""
-    batch = max([batch] + [int(v) for c in configs for k, v in _knobs(c).items()
-                           if "batch" in k and (query or "query" not in k) and isinstance(v, int)])
-    small = max(16, 2 * batch)
-    sizes = tuple(small * k for k in ((1, 2) if query else (1, 2, 3, 4)) if small * k < n)
-    return sizes if len(sizes) > 1 else (n,)
+    return ", ".join(f"{scope}.{k}={v}" for k, v in knobs(config).items())
 
 
 class _Tracer:
@@ -132,18 +111,30 @@ def retrains_per_seed(gt: GroundTruthConfig, n_train: int) -> int:
     return rows * gt.retrain_seeds
 
 
+#: Views whose task trained (or unrolled) a model during a trace: a method that does is traced at
+#: row counts that fill the task's own batches too.
+TRAINED: set[str] = set()
+
+
 def view(task: Task, rows: int, queries: int) -> Task:
     """``task`` seen with its first ``rows`` attribution rows (and the same share of its fit data)
-    and first ``queries`` queries: same class behaviour, shared caches (no data is copied)."""
+    and first ``queries`` queries: same class behaviour, shared caches (no data is copied).  Its
+    ``train`` and ``unroll`` note the task's name in ``TRAINED``."""
     cls, n = type(task), task.n_train
     if rows >= n and queries >= task.n_query:
         return task
     fit_rows = max(1, round(len(task.fit_data()[0]) * rows / n))
+
+    def noted(hook: str) -> Callable[..., Any]:
+        def call(self: Task, *args: Any, **kwargs: Any) -> Any:
+            TRAINED.add(task.name)
+            return getattr(cls, hook)(self, *args, **kwargs)
+        return call
     shrunk = type(cls.__name__, (cls,), {
         "train_data": lambda self: take(cls.train_data(self), slice(rows)),
         "fit_data": lambda self: take(cls.fit_data(self), slice(fit_rows)),
         "query_data": lambda self: take(cls.query_data(self), slice(queries)),
-        "__module__": cls.__module__})
+        "train": noted("train"), "unroll": noted("unroll"), "__module__": cls.__module__})
     seen = object.__new__(shrunk)
     seen.__dict__ = task.__dict__
     return seen
@@ -199,58 +190,73 @@ UNTRACEABLE = {"trak": "traker fills numpy memory maps through raw data pointers
 def _method_stages(tracer: _Tracer, task: Task, method: Method, rows: tuple[int, ...], queries: tuple[int, ...],
                    cache: Path) -> dict[str, Raws]:
     """The method's fit at each row count (it is query-independent) and its score at each (rows,
-    queries) pair, on a model of the reference's shapes (with its checkpoints)."""
+    queries) pair, on a model of the reference's shapes (with its checkpoints); at the two largest row
+    counts with every combination of small loop counts (``plansizes.loop_corners``), at the others
+    with the smallest.  Keys: (rows, queries, loop counts in ``loop_corners``' order)."""
     fit, score = f"{method.name} fit", f"{method.name} score"
+    corners = loop_corners(method.config)
     blocked = [UNTRACEABLE[lib] for lib in method.requires if lib in UNTRACEABLE]
     if blocked:
         note = f"not traced: {blocked[0]}; fake tensors have none"
-        return {fit: {(rows[0], queries[0]): note}, score: {(rows[0], queries[0]): note}}
+        key = (rows[0], queries[0], *corners[0].values())
+        return {fit: {key: note}, score: {key: note}}
     raws: dict[str, Raws] = {fit: {}, score: {}}
     for r in rows:
-        model, checkpoints = _untrained_reference(view(task, r, queries[0]), method.needs_checkpoints,
-                                                  method.checkpoint_spacing)
-        ctx = _context(view(task, r, queries[0]), model, checkpoints, cache / f"rows{r}")
-        tracer.stage(fit, lambda: method.fit(ctx))
-        raws[fit][(r, queries[0])] = tracer.raw[fit]
-        for q in queries:
-            if not tracer.completed(fit):
-                raws[score][(r, q)] = "not traced: its fit did not finish its trace"
-                continue
-            ctx_q = dataclasses.replace(ctx, task=view(task, r, q), query_data=view(task, r, q).query_data())
-            tracer.stage(score, lambda: method.score(ctx_q))
-            raws[score][(r, q)] = tracer.raw[score]
+        for corner in corners if r in rows[-2:] else corners[:1]:
+            at = type(method)(dataclasses.replace(method.config, **corner)) if corner else method
+            _fit_and_score(tracer, task, at, (r, *corner.values()), queries, cache / f"rows{r}-{len(raws[fit])}", raws)
     return raws
 
 
-def _bilinear(values: dict[tuple[int, int], float], n: int, q: int) -> float:
-    """c0 + c1·r + c2·s + c3·r·s through the two largest traced sizes of each (rows r, queries s), at
-    (n, q): a peak set by a fixed part at small sizes grows faster later, so the last slope is the one
-    to follow.  Slopes are clamped at 0 (costs do not shrink with more data); never below the largest
-    traced value."""
-    rs, ss = sorted({r for r, _ in values})[-2:], sorted({s for _, s in values})[-2:]
-    at = lambda i, j: values[(rs[min(i, len(rs) - 1)], ss[min(j, len(ss) - 1)])]  # noqa: E731
-    dr = (n - rs[-1]) / (rs[1] - rs[0]) if len(rs) > 1 else 0.0
-    ds = (q - ss[-1]) / (ss[1] - ss[0]) if len(ss) > 1 else 0.0
-    slope_r, slope_s = max(0.0, at(1, 1) - at(0, 1)), max(0.0, at(1, 1) - at(1, 0))
-    cross = max(0.0, at(1, 1) - at(0, 1) - at(1, 0) + at(0, 0)) if len(rs) > 1 and len(ss) > 1 else 0.0
-    return max(max(values.values()), at(1, 1) + slope_r * dr + slope_s * ds + cross * dr * ds)
+def _fit_and_score(tracer: _Tracer, task: Task, method: Method, key: tuple[int, ...], queries: tuple[int, ...],
+                   cache: Path, raws: dict[str, Raws]) -> None:
+    """One fit of ``method`` on ``key[0]`` rows of ``task`` and its score at each query count, into
+    ``raws`` under (rows, queries, loop counts) — ``key`` is that without the queries."""
+    fit, score = f"{method.name} fit", f"{method.name} score"
+    seen = view(task, key[0], queries[0])
+    model, checkpoints = _untrained_reference(seen, method.needs_checkpoints, method.checkpoint_spacing)
+    ctx = _context(seen, model, checkpoints, cache)
+    tracer.stage(fit, lambda: method.fit(ctx))
+    raws[fit][(key[0], queries[0], *key[1:])] = tracer.raw[fit]
+    for q in queries:
+        if not tracer.completed(fit):
+            raws[score][(key[0], q, *key[1:])] = "not traced: its fit did not finish its trace"
+            continue
+        shown = view(task, key[0], q)
+        tracer.stage(score, lambda: method.score(dataclasses.replace(ctx, task=shown, query_data=shown.query_data())))
+        raws[score][(key[0], q, *key[1:])] = tracer.raw[score]
 
 
-def _extrapolate(name: str, raws: dict[tuple[int, int], Any], n: int, q: int, count: int, settings: str) -> StageCost:
-    """The stage at all ``n`` rows and ``q`` queries from its traces (exact when traced at full size)."""
+def _extrapolate(name: str, raws: dict[tuple[int, ...], Any], target: dict[str, int], count: int,
+                 settings: str) -> StageCost:
+    """The stage at ``target`` (rows, queries, then the configured loop counts, by name) from its
+    traces (exact when traced at full size)."""
     note = next((r for r in raws.values() if isinstance(r, str)), "")
     if note:
         return StageCost(name, None, 0, count, settings, note)
-    peak = _bilinear({k: float(v[0]) for k, v in raws.items()}, n, q)
-    flops = _bilinear({k: float(v[1]) for k, v in raws.items()}, n, q)
-    rows, queries = sorted({r for r, _ in raws}), sorted({s for _, s in raws})
-    where = "" if rows[-1] == n and queries[-1] == q else (
-        f"traced at {'/'.join(f'{r:,}' for r in rows)} of {n:,} rows and {'/'.join(f'{s:,}' for s in queries)} "
-        f"of {q:,} queries, extrapolated")
+    peak = multilinear({k: float(v[0]) for k, v in raws.items()}, tuple(target.values()), loop_order=2)
+    flops = multilinear({k: float(v[1]) for k, v in raws.items()}, tuple(target.values()))
+    traced = [sorted({k[d] for k in raws}) for d in range(len(target))]
+    where = "" if all(t[-1] == want for t, want in zip(traced, target.values())) else "traced at " + ", ".join(
+        f"{'/'.join(f'{v:,}' for v in t)} of {want:,} {label}"
+        for t, (label, want) in zip(traced, target.items()) if t[-1] != want) + ", extrapolated"
     if any(v[2] for v in raws.values()):
         return StageCost(name, int(peak), 0, count, settings, "stopped at the operator budget (--trace-ops): "
                          "the peak is a lower bound (that far), the time not estimated", partial=True)
     return StageCost(name, int(peak), int(flops), count, settings, where)
+
+
+def _method_traces(tracer: _Tracer, task: Task, method: Method, cache: Path) -> dict[str, Raws]:
+    """The method's stages traced at row counts that fill its own batches, or the task's too when it
+    trains a model (TRAK's ensemble, a replayed run): a task's training batches are not the
+    method's business otherwise (on Pythia, 256-sequence steps against GradSim's passes of 5)."""
+    TRAINED.discard(task.name)
+    queries = trace_sizes(task.n_query, method.config, query=True)
+    got = _method_stages(tracer, task, method, trace_sizes(task.n_train, method.config), queries, cache / "own")
+    if task.name in TRAINED and trace_sizes(task.n_train, task.config, method.config) != trace_sizes(task.n_train, method.config):
+        got = _method_stages(tracer, task, method, trace_sizes(task.n_train, task.config, method.config), queries,
+                             cache / "task")
+    return got
 
 
 #: Operators one traced stage may run (about a millisecond each on fake tensors).
@@ -269,21 +275,22 @@ def trace(make_task: Callable[[torch.device], Task], methods: list[Method], gt: 
         task = _load(make_task(traced), live)
         data = StageCost("data", live.current)
         n, q = task.n_train, task.n_query
+        sizes = {"rows": n, "queries": q}
         alpha = gt.alpha if gt.kind == "subsets" else 1.0
         retrains = retrains_per_seed(gt, n) * seeds
-        knobs = _settings("task", task.config)
+        task_settings = _settings("task", task.config)
         raws = _task_stages(tracer, task, alpha, trace_sizes(n, task.config),
                             trace_sizes(q, task.config, query=True, batch=task.measure_batch_size))
-        stages = [data, _extrapolate("retrain", raws["retrain"], n, q, retrains, knobs),
-                  _extrapolate("measure", raws["measure"], n, q, retrains * max(1, gt.checkpoints),
+        stages = [data, _extrapolate("retrain", raws["retrain"], sizes, retrains, task_settings),
+                  _extrapolate("measure", raws["measure"], sizes, retrains * max(1, gt.checkpoints),
                                f"measure batch {task.measure_batch_size} rows")]
         if methods:   # the reference run: a retrain on every example, once
             stages.append(dataclasses.replace(stages[1], stage="reference model", count=1,
                                               flops=int(stages[1].flops / alpha)))
         for i, m in enumerate(methods):
-            sizes = trace_sizes(n, task.config, m.config), trace_sizes(q, m.config, query=True)
-            got = _method_stages(tracer, task, m, *sizes, Path(tmp) / f"{i}-{m.name}")
-            stages += [_extrapolate(name, got[name], n, q, seeds, _settings(m.name, m.config)) for name in got]
+            got = _method_traces(tracer, task, m, Path(tmp) / f"{i}-{m.name}")
+            target = sizes | loops(m.config)
+            stages += [_extrapolate(name, got[name], target, seeds, _settings(m.name, m.config)) for name in got]
         return CostPlan(task.name, str(wanted), str(traced), tuple(stages))
 
 

@@ -11,13 +11,13 @@ training set) of the squared per-example loss gradient, at the reference model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
 from tdabench.checks import choices_and_patterns, integer, number
-from tdabench.grads import ExampleFn, Projector, num_params, per_example_grads, select_params
+from tdabench.grads import ExampleFn, Projector, num_params, per_example_grads, project_all, select_params
 from tdabench.method import Context, Method, MethodConfig
 from tdabench.registry import register_method
 from tdabench.task import Batch, batches
@@ -83,13 +83,12 @@ class TrackStar(Method):
         scale = (self._v + cfg.eps).rsqrt() if self._v is not None else None    # shape: [d]
 
         def features(fn: ExampleFn, data: Batch) -> Tensor:
-            out = []
-            for b in batches(data, cfg.batch_size):
-                g = per_example_grads(ctx.model, fn, b, params, cfg.batch_size)  # shape: [B, d]
-                g = g * scale.to(g.dtype) if scale is not None else g
-                g = proj(g) if proj is not None else g                             # shape: [B, k]
-                out.append(torch.nn.functional.normalize(g, dim=1) if cfg.normalize else g)
-            return torch.cat(out)
+            def scaled() -> Iterator[Tensor]:
+                for b in batches(data, cfg.batch_size):
+                    g = per_example_grads(ctx.model, fn, b, params, cfg.batch_size)  # shape: [B, d]
+                    yield g * scale.to(g.dtype) if scale is not None else g
+            g = project_all(scaled(), proj)                                          # shape: [n, k]
+            return torch.nn.functional.normalize(g, dim=1) if cfg.normalize else g
 
         g_train = features(ctx.task.loss, ctx.train_data)             # shape: [n_train, d or k]
         g_query = features(ctx.task.measurement, ctx.query_data)      # shape: [n_query, d or k]

@@ -146,3 +146,31 @@ def test_projector_blocks_equal_the_cached_matrix_and_preserve_dot_products():
     torch.testing.assert_close(cached(g), streamed(g), rtol=1e-5, atol=1e-5)
     exact, approx = g @ g.T, cached(g) @ cached(g).T                       # JL: ≈ preserved
     assert (approx.diag() / exact.diag() - 1).abs().max() < 0.25
+
+
+def test_a_regenerated_projection_is_drawn_once_per_gathered_group(tmp_path, monkeypatch):
+    """per_example_grads in passes of 2 with a projection too large to keep: the gradients of several
+    passes are projected together (one draw of the matrix for all of them, up to GATHER_BYTES), and
+    the result equals one projection per pass bit for bit."""
+    from tdabench import grads
+    from tdabench.grads import Projector
+
+    task = Digits(DigitsConfig(n_train=30, n_query=5, epochs=1))
+    ctx = make_context(task, tmp_path)
+    params = select_params(ctx.model)
+    d = grads.num_params(params)
+    proj = Projector(d, 64, seed=3, device=torch.device("cpu"), block=500, cache_limit=0)
+    draws = []
+    monkeypatch.setattr(proj, "_rows", lambda s, real=proj._rows: draws.append(s) or real(s))
+    blocks = -(-d // 500)
+    one_by_one = torch.cat([proj(g) for g in per_example_grads(ctx.model, task.loss, ctx.train_data, params, 2).split(2)])
+    assert len(draws) == 15 * blocks                                            # 15 passes, one draw each
+    draws.clear()
+    gathered = per_example_grads(ctx.model, task.loss, ctx.train_data, params, 2, proj)
+    assert len(draws) == blocks                                                  # 30 × d floats ≪ 2 GiB: one group
+    assert torch.equal(gathered, one_by_one)
+    draws.clear()
+    monkeypatch.setattr(grads, "GATHER_BYTES", 4 * 4 * d)                       # four examples' gradients
+    monkeypatch.setattr(grads.project_all, "__defaults__", (grads.GATHER_BYTES,))
+    assert torch.equal(per_example_grads(ctx.model, task.loss, ctx.train_data, params, 2, proj), one_by_one)
+    assert len(draws) == 8 * blocks                                              # groups of two passes

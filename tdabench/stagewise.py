@@ -7,11 +7,14 @@ reports the metric per checkpoint (LDS(t) for α-subsets, the LOO correlation fo
 for leave-one-out, how well each method's influence *trajectory* follows the retrained one per pair
 (i, j): the Pearson correlation over checkpoints of score_ij(t) and −Δ_ij(t), where Δ_ij(t) is query
 j's loss change at t when i is left out (002 Fig. 6; the minus: scores predict the effect of
-including i).  Writes ``results/stagewise/<task>.json`` and a plot of the metric over training.
+including i).  Writes ``results/stagewise/<task>.json`` and a plot of the metric over training — or,
+where git tracks that report (the committed board) and ``--update-board`` was not given,
+``<task>-<settings key>.json`` beside it, so that a run of other settings never overwrites it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,13 @@ from .checkpoints import checkpoint_steps
 from .files import write_json
 from .groundtruth import load_ground_truth
 from .pipeline import evaluate, prepare, record_path
-from .records import RunResult
+from .config import content_hash
+from .records import RunResult, committed
 from .reference import reference_model
 from .spec import RunSpec
 from .store import load_scores
+
+log = logging.getLogger("tdabench")
 
 
 def pair_correlations(scores: torch.Tensor, effects: torch.Tensor) -> torch.Tensor:
@@ -80,7 +86,18 @@ def _trajectory_of(spec: RunSpec, plan: Any, method: Any, seed: int, count: int)
     return torch.stack(out)
 
 
-def _pairs(spec: RunSpec, plan: Any, steps: list[int], failed: set[str], out_dir: Path) -> dict[str, Any]:
+def report_path(spec: RunSpec, task: str) -> Path:
+    """``stagewise/<task>.json`` under the results directory; where git tracks it and the spec does not
+    ask to update the board, ``<task>-<key of the methods, seeds and settings>.json`` instead."""
+    out = Path(spec.results_dir) / "stagewise" / f"{task}.json"
+    if spec.update_board or not committed([out]):
+        return out
+    key = content_hash([task, spec.methods, spec.seeds, sorted((k, sorted(v.items())) for k, v in spec.overrides.items())], 8)
+    log.info("%s is the committed board's report (--update-board rewrites it): writing %s-%s.json", out, task, key)
+    return out.with_name(f"{task}-{key}.json")
+
+
+def _pairs(spec: RunSpec, plan: Any, steps: list[int], failed: set[str], plot: Path) -> dict[str, Any]:
     """Per method that ran at every checkpoint: the median trajectory correlation over every seed's
     pairs, and the pair count; draws the first seed's most moving pairs."""
     out, timing, count = {}, {}, len(steps)
@@ -92,7 +109,7 @@ def _pairs(spec: RunSpec, plan: Any, steps: list[int], failed: set[str], out_dir
             out.setdefault(name, []).append(pair_correlations(scores, effects).flatten())
             timing.setdefault(name, []).append(timing_agreement(scores, effects))
         if seed == spec.seeds[0]:
-            plot_pairs(steps, effects, curves, removed, out_dir / f"{plan.task.name}-pairs.png")
+            plot_pairs(steps, effects, curves, removed, plot)
     summary = {}
     for name, values in out.items():
         pooled = torch.cat(values)
@@ -116,12 +133,12 @@ def stagewise(spec: RunSpec) -> dict[str, Any]:
         failures += [f"checkpoint {c}: {e}" for e in errors]
         failed |= {e.split(" ", 1)[0] for e in errors}                     # "METHOD seed N: ..."
     report = {"task": plan.task.name, "ground_truth": plan.gt.label, "steps": list(steps), "rows": rows}
-    out = Path(spec.results_dir) / "stagewise" / f"{plan.task.name}.json"
+    out = report_path(spec, plan.task.name)
     if plan.gt.kind == "loo":
-        report["pair_correlation"] = _pairs(spec, plan, list(steps), failed, out.parent)
+        report["pair_correlation"] = _pairs(spec, plan, list(steps), failed, out.with_name(f"{out.stem}-pairs.png"))
     if callable(getattr(plan.task, "hidden", None)):       # a task that exposes its hidden representations
         _, along, _ = reference_model(plan.task, spec.seeds[0], spec.results_dir, count, "even")
-        report["mds"] = str(plot_mds(plan.task, along, out.with_name(f"{plan.task.name}-mds.png")))
+        report["mds"] = str(plot_mds(plan.task, along, out.with_name(f"{out.stem}-mds.png")))
     write_json(out, json.loads(json.dumps(report, default=str)))
     report["json"], report["plot"] = str(out), str(plot_stagewise(report, out.with_suffix(".png")))
     return {**report, "failures": failures}

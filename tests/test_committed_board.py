@@ -43,3 +43,28 @@ def test_force_recomputes_untracked_records_as_before(tmp_path, capsys):
     before = record.read_text()
     assert main(["run", *TINY, "--results-dir", str(tmp_path), "--force"]) == 0
     assert record.read_text() != before
+
+
+STAGEWISE = ["stagewise", "--task", "regression", "--method", "gradsim", "--checkpoints", "2", "--seeds", "1", "--serial",
+             "--set", "gt.num_subsets=8", "--set", "task.n_train=30", "--set", "task.n_query=4",
+             "--set", "task.optimizer=gd", "--set", "task.steps=20"]
+
+
+def test_stagewise_writes_beside_a_committed_report_unless_the_board_update_is_asked_for(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    results = repo / "results"
+    assert main([*STAGEWISE, "--results-dir", str(results)]) == 0
+    report = results / "stagewise" / "regression.json"
+    _git(repo, "add", str(report.relative_to(repo)))
+    _git(repo, "commit", "-q", "-m", "board")
+    before = report.read_text()
+
+    assert main([*STAGEWISE, "--results-dir", str(results), "--set", "task.steps=30"]) == 0
+    beside = sorted(p.name for p in report.parent.glob("regression-*"))
+    assert report.read_text() == before                                       # the committed report untouched
+    assert len(beside) == 2 and beside[0].endswith(".json") and beside[1].endswith(".png")   # <key>.json, .png
+
+    assert main([*STAGEWISE, "--results-dir", str(results), "--set", "task.steps=30", "--update-board"]) == 0
+    assert report.read_text() != before                                       # rewritten on purpose

@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="endpoint method name(s), comma-separated")
     p.add_argument("--checkpoints", type=int, default=5,
                    help="points along training (sets gt.checkpoints unless --set gives it; default 5)")
+    p.add_argument("--update-board", action="store_true",
+                   help="rewrite the committed report results/stagewise/<task>.json (else a run writes <task>-<key>.json)")
 
 
 def format_stagewise(report: dict) -> str:

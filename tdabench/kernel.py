@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .files import save_tensor, write_json
-from .pipeline import fit_and_score, make_context, prepare
+from .pipeline import locked_context, locked_fit_and_score, prepare
 from .spec import RunSpec
 
 
@@ -75,9 +75,9 @@ def kernel_matrix(spec: RunSpec, method_index: int, seed: int) -> tuple[torch.Te
     """The method's scores with the attribution set as the queries: ``[n_train, n_train]``."""
     plan = prepare(spec)
     method, task = plan.methods[method_index], plan.task
-    ctx = make_context(spec, task, method, seed)
+    ctx = locked_context(spec, task, method, seed)
     ctx = dataclasses.replace(ctx, query_data=ctx.train_data)
-    return fit_and_score(method, ctx).scores, plan
+    return locked_fit_and_score(method, ctx).scores, plan
 
 
 def kernel_study(spec: RunSpec) -> list[dict[str, Any]]:

@@ -199,15 +199,23 @@ def _decide(spec: RunSpec, plan: Plan, method: Method, seed: int, truth_code: st
     return _Todo(method, path, record=record, rescore=False, metrics=tuple(stale))
 
 
-def _fit_and_score_exclusively(spec: RunSpec, task: Task, method: Method, seed: int, along: int) -> Scored:
-    """Concurrent runs (other methods, other settings) share the reference model and a method's cache:
-    one run at a time trains the reference model (the others wait, then load it), and one at a time
-    writes a method's cache (factors, features) for a task."""
+def locked_context(spec: RunSpec, task: Task, method: Method, seed: int, along: int = 0) -> Context:
+    """``make_context`` with one process at a time training the reference model (concurrent runs,
+    sweeps, stagewise and kernel studies on one results directory wait for it, then load it)."""
     models = spec.results_dir / "models" / task.name
     with exclusive(models / f"{reference_key(task, seed)}.lock", f"the reference model of {task.name} seed {seed}"):
-        ctx = make_context(spec, task, method, seed, along)
-    with exclusive(ctx.cache_dir.with_name(ctx.cache_dir.name + ".lock"), f"{method.name}'s cache for {task.name}"):
+        return make_context(spec, task, method, seed, along)
+
+
+def locked_fit_and_score(method: Method, ctx: Context) -> Scored:
+    """``fit_and_score`` with one process at a time writing the method's cache (factors, features)."""
+    with exclusive(ctx.cache_dir.with_name(ctx.cache_dir.name + ".lock"), f"{method.name}'s cache for {ctx.task.name}"):
         return fit_and_score(method, ctx)
+
+
+def _fit_and_score_exclusively(spec: RunSpec, task: Task, method: Method, seed: int, along: int) -> Scored:
+    """Concurrent runs (other methods, other settings) share the reference model and a method's cache."""
+    return locked_fit_and_score(method, locked_context(spec, task, method, seed, along))
 
 
 def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: GroundTruth) -> RunResult:

@@ -79,7 +79,7 @@ def _trial(config: dict[str, str], run: RunSpec, truths: dict[int, GroundTruth])
     method = plan.methods[0]
     tune_lds, held_lds, seconds = [], [], []
     for seed, truth in truths.items():
-        scored = pipeline.fit_and_score(method, pipeline.make_context(trial, plan.task, method, seed))
+        scored = pipeline.fit_and_score(method, pipeline.locked_context(trial, plan.task, method, seed))
         t, h = split_lds(scored.scores, truth, seed)
         tune_lds.append(t)
         held_lds.append(h)
@@ -123,7 +123,7 @@ def _build(spec: SweepSpec, plan: Plan) -> dict[int, GroundTruth]:
     finally:
         executor.close()
     for s in run.seeds:
-        pipeline.make_context(run, plan.task, plan.methods[0], s)       # trains and caches the reference model once
+        pipeline.locked_context(run, plan.task, plan.methods[0], s)     # trains and caches the reference model once
     return truths
 
 

@@ -368,6 +368,22 @@ def test_concurrent_runs_of_different_methods_train_the_reference_model_once(tmp
     assert len(list((tmp_path / "models" / "regression").rglob("model.pt"))) == 1
 
 
+def test_two_kernel_studies_at_once_train_the_reference_model_once(tmp_path):
+    """`tdabench kernel` takes the same locks as `run`: two started together on one results directory
+    (two methods), one trains the reference model and the other waits, then loads it."""
+    import subprocess
+
+    common = ["--task", "regression", "--seeds", "1", "--set", "task.n_train=60", "--results-dir", str(tmp_path)]
+    cmds = [[sys.executable, "-m", "tdabench.cli", "kernel", "--method", "if", *common],
+            [sys.executable, "-m", "tdabench.cli", "kernel", "--method", "gradsim", *common]]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    logs = "".join(err for _, err in outs)
+    assert logs.count("training the reference model") == 1
+    assert len(list((tmp_path / "models" / "regression").rglob("model.pt"))) == 1
+
+
 def test_runspec_takes_string_paths_and_refuses_wrong_types(tmp_path):
     spec = RunSpec(task="digits", methods=("gradsim",), results_dir=str(tmp_path), records_dir=str(tmp_path / "r"))
     assert spec.results_dir == tmp_path and spec.records_dir == tmp_path / "r"

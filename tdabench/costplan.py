@@ -182,11 +182,6 @@ def _untrained_reference(task: Task, n_checkpoints: int, spacing: str) -> tuple[
     return model, points
 
 
-#: Libraries that write tensors through raw data pointers, which fake tensors do not have (a method
-#: that requires one is not traced: the process could crash).
-UNTRACEABLE = {"trak": "traker fills numpy memory maps through raw data pointers"}
-
-
 def _method_stages(tracer: _Tracer, task: Task, method: Method, rows: tuple[int, ...], queries: tuple[int, ...],
                    cache: Path) -> dict[str, Raws]:
     """The method's fit at each row count (it is query-independent) and its score at each (rows,
@@ -195,11 +190,6 @@ def _method_stages(tracer: _Tracer, task: Task, method: Method, rows: tuple[int,
     with the smallest.  Keys: (rows, queries, loop counts in ``loop_corners``' order)."""
     fit, score = f"{method.name} fit", f"{method.name} score"
     corners = loop_corners(method.config)
-    blocked = [UNTRACEABLE[lib] for lib in method.requires if lib in UNTRACEABLE]
-    if blocked:
-        note = f"not traced: {blocked[0]}; fake tensors have none"
-        key = (rows[0], queries[0], *corners[0].values())
-        return {fit: {key: note}, score: {key: note}}
     raws: dict[str, Raws] = {fit: {}, score: {}}
     for r in rows:
         for corner in corners if r in rows[-2:] else corners[:1]:

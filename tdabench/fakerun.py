@@ -9,7 +9,8 @@ blocks), without its cache or the CUDA context — and torch's ``FlopCounterMode
 arithmetic.  Shims let ordinary model code run: random generators on any device draw from a CPU
 generator (values do not matter, shapes do), ``Module.to`` replaces parameters instead of swapping
 fake tensors in place, ``deepcopy`` clones fake tensors, saving and loading keep fake tensors in
-memory, and values a fake tensor lacks (``.item()``, ``nonzero``) are stood in for.  On a machine
+memory, a fake tensor copied to numpy gives zeros of its shape, and values a fake tensor lacks
+(``.item()``, ``nonzero``) are stood in for.  On a machine
 without CUDA, trace the CPU path (``tdabench.costplan`` does): a fake CUDA tensor there cannot
 even be sliced.
 """
@@ -23,7 +24,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
@@ -232,15 +233,31 @@ def _bound_everywhere(pairs: list[tuple[Any, Any]]) -> Iterator[None]:
             setattr(module, name, old)
 
 
+def _numpy(original: Any) -> Any:
+    """``Tensor.numpy`` of a fake tensor: zeros of its shape (host memory; the values do not matter),
+    so that libraries that copy tensors into numpy arrays or memory maps (traker) run."""
+    def numpy(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(self, FakeTensor):
+            return original(self, *args, **kwargs)
+        import numpy as np
+
+        dtype = self.dtype if self.dtype not in (torch.bfloat16,) else torch.float32
+        with unset_fake_temporarily():
+            kind = torch.empty(0, dtype=dtype).numpy().dtype
+        return np.zeros(tuple(self.shape), dtype=kind)
+    return numpy
+
+
 @contextlib.contextmanager
 def _shims(scratch: Optional[Path]) -> Iterator[None]:
-    saved = torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__
-    torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__ = _Generator, _module_to, _deepcopy(saved[2])
+    saved = torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__, torch.Tensor.numpy
+    torch.Generator, nn.Module.to = _Generator, _module_to
+    torch.Tensor.__deepcopy__, torch.Tensor.numpy = _deepcopy(saved[2]), _numpy(saved[3])
     try:
         with _bound_everywhere(_file_patches(scratch)):
             yield
     finally:
-        torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__ = saved
+        torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__, torch.Tensor.numpy = saved
 
 
 @contextlib.contextmanager

@@ -63,4 +63,7 @@ print('sparse projection on $DEV vs cpu: max abs diff', float((dev - cpu).abs().
 step plan-cifar10 220 $PY benchmarks/plan_check.py --task cifar10 $CDATA $CTASK --set task.n_query=$QN --device $DEV \
      --method gradsim --trace-ops 30000 --json "$OUT/plan-cifar10.json"
 step plan-pythia 240 $PY benchmarks/plan_check.py $PYTHIA --device $DEV --method ekfac --trace-ops 30000 --json "$OUT/plan-pythia.json"
+# 9. GradSim on Pythia-14M shapes in the recommended passes of 5 (one projection per 2 GiB of gradients), and BIF's plan
+step pythia-gradsim-passes 120 $PY benchmarks/stage_costs.py $PYTHIA $SMALLN --device $DEV --method gradsim --json "$OUT/pythia-gradsim.json"
+step plan-pythia-bif 240 $PY benchmarks/plan_check.py $PYTHIA $SMALLN --device $DEV --method bif $BIF_SHORT --json "$OUT/plan-pythia-bif.json"
 log done

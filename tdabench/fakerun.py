@@ -5,9 +5,9 @@ Inside ``fake_run(device)`` every tensor the code creates is a ``FakeTensor`` (t
 mode): operators compute output shapes only (about a millisecond each, whatever their size).
 ``LiveBytes`` counts the bytes of the fake storages alive at every operator —
 their peak is the memory the real run's allocator would hold for tensors (rounded to its 512-byte
-blocks), without its cache or the CUDA context — and torch's ``FlopCounterMode`` counts the
-arithmetic.  Shims let ordinary model code run: random generators on any device draw from a CPU
-generator (values do not matter, shapes do), ``Module.to`` replaces parameters instead of swapping
+blocks), without its cache or the CUDA context — and counts the arithmetic with torch's
+per-operator FLOP formulas.  Shims let ordinary model code run: random generators on any device
+draw from a CPU generator (values do not matter, shapes do), ``Module.to`` replaces parameters instead of swapping
 fake tensors in place, ``deepcopy`` clones fake tensors, saving and loading keep fake tensors in
 memory, a fake tensor copied to numpy gives zeros of its shape, and values a fake tensor lacks
 (``.item()``, ``nonzero``) are stood in for.  On a machine
@@ -27,7 +27,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import flop_registry
 
 #: CUDA's caching allocator hands out blocks in multiples of 512 bytes.
 BLOCK = 512
@@ -63,6 +63,7 @@ class LiveBytes(TorchDispatchMode):
         self.current = self.peak = 0
         self.guessed = 0     # data-dependent values stood in for (see _DATA_DEPENDENT)
         self.ops, self.budget = 0, 0   # operators run since reset_peak; stop after budget (0: never)
+        self.flops = 0                 # FLOPs of every operator torch's FLOP counter knows, all stages
         self._live: dict[int, tuple[weakref.ref, int, int]] = {}   # id → (weak storage, bytes, serial)
         self._serial = 0
 
@@ -78,6 +79,9 @@ class LiveBytes(TorchDispatchMode):
             if isinstance(t, FakeTensor) and t.device.type == "meta":
                 t.fake_device = self.device   # torch.func's forward-mode AD hands back meta fakes
         out = func(*args, **(kwargs or {}))
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.flops += count(*args, **(kwargs or {}), out_val=out)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.device.type == self.device_type \
                     and (isinstance(t, FakeTensor) or not self.fake_only):
@@ -98,6 +102,10 @@ class LiveBytes(TorchDispatchMode):
         entry = self._live.pop(key, None)
         if entry is not None:
             self.current -= entry[1]
+
+    def get_total_flops(self) -> int:
+        """FLOPs counted so far (the interface of torch's ``FlopCounterMode``)."""
+        return self.flops
 
     def mark(self) -> int:
         """A point to ``forget_since``."""
@@ -261,17 +269,20 @@ def _shims(scratch: Optional[Path]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def fake_run(device: torch.device, scratch: Optional[Path] = None) -> Iterator[tuple[LiveBytes, FlopCounterMode]]:
-    """Run the enclosed code on fake tensors; yields (live bytes on ``device``'s type, FLOP counter).
+def fake_run(device: torch.device, scratch: Optional[Path] = None) -> Iterator[tuple[LiveBytes, LiveBytes]]:
+    """Run the enclosed code on fake tensors; yields (live bytes on ``device``'s type, FLOP counter):
+    one mode counts both, with torch's per-operator FLOP formulas (``FlopCounterMode`` itself tracks
+    modules with hooks that kept every traced model's tensors alive: the live bytes grew with each
+    trace, and the loop extrapolation multiplied that drift up to terabytes).
     ``scratch``: a directory of this run's own where saved fake tensors leave marker files."""
-    live, flops = LiveBytes(torch.device(device)), FlopCounterMode(display=False)
+    live = LiveBytes(torch.device(device))
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")
             hook = nn.modules.module.register_module_forward_pre_hook(live.check_budget)
             try:
-                with FakeTensorMode(allow_non_fake_inputs=True), _shims(scratch), flops, live:
-                    yield live, flops
+                with FakeTensorMode(allow_non_fake_inputs=True), _shims(scratch), live:
+                    yield live, live
             finally:
                 hook.remove()
     finally:

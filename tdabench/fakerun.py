@@ -249,7 +249,7 @@ def _numpy(original: Any) -> Any:
             return original(self, *args, **kwargs)
         import numpy as np
 
-        dtype = self.dtype if self.dtype not in (torch.bfloat16,) else torch.float32
+        dtype = torch.float32 if self.dtype == torch.bfloat16 else self.dtype   # numpy has no bfloat16
         with unset_fake_temporarily():
             kind = torch.empty(0, dtype=dtype).numpy().dtype
         return np.zeros(tuple(self.shape), dtype=kind)

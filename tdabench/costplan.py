@@ -24,8 +24,9 @@ from .method import Context, Method
 from .retrain import subset_masks
 from .checkpoints import checkpoint_steps
 from .seeds import reference_seed
-from .task import Checkpoint, Task, take
-from .plansizes import knobs, loop_corners, loops, multilinear, trace_sizes
+from .task import Checkpoint, Task
+from .plansizes import (TRAINED, corners, knobs, loops, multilinear, split_corner, task_loops,
+                         trace_sizes, view)
 
 GiB = 2**30
 
@@ -111,35 +112,6 @@ def retrains_per_seed(gt: GroundTruthConfig, n_train: int) -> int:
     return rows * gt.retrain_seeds
 
 
-#: Views whose task trained (or unrolled) a model during a trace: a method that does is traced at
-#: row counts that fill the task's own batches too.
-TRAINED: set[str] = set()
-
-
-def view(task: Task, rows: int, queries: int) -> Task:
-    """``task`` seen with its first ``rows`` attribution rows (and the same share of its fit data)
-    and first ``queries`` queries: same class behaviour, shared caches (no data is copied).  Its
-    ``train`` and ``unroll`` note the task's name in ``TRAINED``."""
-    cls, n = type(task), task.n_train
-    if rows >= n and queries >= task.n_query:
-        return task
-    fit_rows = max(1, round(len(task.fit_data()[0]) * rows / n))
-
-    def noted(hook: str) -> Callable[..., Any]:
-        def call(self: Task, *args: Any, **kwargs: Any) -> Any:
-            TRAINED.add(task.name)
-            return getattr(cls, hook)(self, *args, **kwargs)
-        return call
-    shrunk = type(cls.__name__, (cls,), {
-        "train_data": lambda self: take(cls.train_data(self), slice(rows)),
-        "fit_data": lambda self: take(cls.fit_data(self), slice(fit_rows)),
-        "query_data": lambda self: take(cls.query_data(self), slice(queries)),
-        "train": noted("train"), "unroll": noted("unroll"), "__module__": cls.__module__})
-    seen = object.__new__(shrunk)
-    seen.__dict__ = task.__dict__
-    return seen
-
-
 def _context(task: Task, model: torch.nn.Module, checkpoints: list, cache: Path) -> Context:
     cache.mkdir(parents=True, exist_ok=True)
     return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),
@@ -150,17 +122,20 @@ Raws = dict[tuple[int, int], Any]   # (rows, queries) traced → (peak, FLOPs, s
 
 
 def _task_stages(tracer: _Tracer, task: Task, alpha: float, rows: tuple[int, ...], queries: tuple[int, ...]) -> dict[str, Raws]:
-    """A ground-truth retrain on an α-subset at each row count (the queries play no part), and the
+    """A ground-truth retrain on an α-subset at each row count (the queries play no part) — at the
+    two largest with every combination of small counts of the task's loops (``task_loops``) — and the
     measurement of the queries at each query count (on an untrained model: only shapes matter)."""
     raws: dict[str, Raws] = {"retrain": {}, "measure": {}}
+    every = corners(task_loops(task.config))
     for r in rows:
-        seen = view(task, r, queries[0])
-        with unset_fake_temporarily():   # which examples is host-side bookkeeping: real tensors
-            indices = subset_masks(r, alpha, 1, 0)[0].nonzero().squeeze(1)
-        model = seen.make_model(1)
-        tracer.stage("retrain", lambda: seen.train(model, indices.to(task.device), 1))
-        raws["retrain"][(r, queries[0])] = tracer.raw["retrain"]
-        del model
+        for corner in every if r in rows[-2:] else every[:1]:
+            seen = view(task, r, queries[0], split_corner(corner)[1])
+            with unset_fake_temporarily():   # which examples is host-side bookkeeping: real tensors
+                indices = subset_masks(r, alpha, 1, 0)[0].nonzero().squeeze(1)
+            model = seen.make_model(1)
+            tracer.stage("retrain", lambda: seen.train(model, indices.to(task.device), 1))
+            raws["retrain"][(r, queries[0], *corner.values())] = tracer.raw["retrain"]
+            del model
     model = task.make_model(1).eval()
     for q in queries:
         seen = view(task, rows[0], q)
@@ -183,27 +158,32 @@ def _untrained_reference(task: Task, n_checkpoints: int, spacing: str) -> tuple[
 
 
 def _method_stages(tracer: _Tracer, task: Task, method: Method, rows: tuple[int, ...], queries: tuple[int, ...],
-                   cache: Path) -> dict[str, Raws]:
+                   every: list[dict[str, int]], cache: Path, probe: bool = False) -> Optional[dict[str, Raws]]:
     """The method's fit at each row count (it is query-independent) and its score at each (rows,
     queries) pair, on a model of the reference's shapes (with its checkpoints); at the two largest row
-    counts with every combination of small loop counts (``plansizes.loop_corners``), at the others
-    with the smallest.  Keys: (rows, queries, loop counts in ``loop_corners``' order)."""
+    counts with every loop corner of ``every`` (method loops, and ``task.``-prefixed task loops), at
+    the others with the first.  Keys: (rows, queries, the corner's counts in order).  ``probe``:
+    give None as soon as a fit has trained a model (the caller then traces at the task's sizes)."""
     fit, score = f"{method.name} fit", f"{method.name} score"
-    corners = loop_corners(method.config)
     raws: dict[str, Raws] = {fit: {}, score: {}}
     for r in rows:
-        for corner in corners if r in rows[-2:] else corners[:1]:
-            at = type(method)(dataclasses.replace(method.config, **corner)) if corner else method
-            _fit_and_score(tracer, task, at, (r, *corner.values()), queries, cache / f"rows{r}-{len(raws[fit])}", raws)
+        for corner in every if r in rows[-2:] else every[:1]:
+            ours, theirs = split_corner(corner)
+            at = type(method)(dataclasses.replace(method.config, **ours)) if ours else method
+            _fit_and_score(tracer, task, at, (r, *corner.values()), theirs, queries,
+                           cache / f"rows{r}-{len(raws[fit])}", raws)
+            if probe and task.name in TRAINED:
+                return None
     return raws
 
 
-def _fit_and_score(tracer: _Tracer, task: Task, method: Method, key: tuple[int, ...], queries: tuple[int, ...],
-                   cache: Path, raws: dict[str, Raws]) -> None:
-    """One fit of ``method`` on ``key[0]`` rows of ``task`` and its score at each query count, into
-    ``raws`` under (rows, queries, loop counts) — ``key`` is that without the queries."""
+def _fit_and_score(tracer: _Tracer, task: Task, method: Method, key: tuple[int, ...], counts: dict[str, int],
+                   queries: tuple[int, ...], cache: Path, raws: dict[str, Raws]) -> None:
+    """One fit of ``method`` on ``key[0]`` rows of ``task`` (with its loop ``counts``) and its score at
+    each query count, into ``raws`` under (rows, queries, loop counts) — ``key`` is that without the
+    queries."""
     fit, score = f"{method.name} fit", f"{method.name} score"
-    seen = view(task, key[0], queries[0])
+    seen = view(task, key[0], queries[0], counts)
     model, checkpoints = _untrained_reference(seen, method.needs_checkpoints, method.checkpoint_spacing)
     ctx = _context(seen, model, checkpoints, cache)
     tracer.stage(fit, lambda: method.fit(ctx))
@@ -212,7 +192,7 @@ def _fit_and_score(tracer: _Tracer, task: Task, method: Method, key: tuple[int, 
         if not tracer.completed(fit):
             raws[score][(key[0], q, *key[1:])] = "not traced: its fit did not finish its trace"
             continue
-        shown = view(task, key[0], q)
+        shown = view(task, key[0], q, counts)
         tracer.stage(score, lambda: method.score(dataclasses.replace(ctx, task=shown, query_data=shown.query_data())))
         raws[score][(key[0], q, *key[1:])] = tracer.raw[score]
 
@@ -236,17 +216,23 @@ def _extrapolate(name: str, raws: dict[tuple[int, ...], Any], target: dict[str, 
     return StageCost(name, int(peak), int(flops), count, settings, where)
 
 
-def _method_traces(tracer: _Tracer, task: Task, method: Method, cache: Path) -> dict[str, Raws]:
-    """The method's stages traced at row counts that fill its own batches, or the task's too when it
-    trains a model (TRAK's ensemble, a replayed run): a task's training batches are not the
-    method's business otherwise (on Pythia, 256-sequence steps against GradSim's passes of 5)."""
+def _method_traces(tracer: _Tracer, task: Task, method: Method, cache: Path) -> tuple[dict[str, Raws], dict[str, int]]:
+    """The method's stages, and the loop counts they are extrapolated to.  Traced at row counts that
+    fill the method's own batches, with the task's loops at their smallest; a method that trains a
+    model (TRAK's ensemble, a replayed run) is traced again at the task's batches and loop counts
+    too: a task's training is not the method's business otherwise (on Pythia, 256-sequence steps
+    against GradSim's passes of 5)."""
     TRAINED.discard(task.name)
     queries = trace_sizes(task.n_query, method.config, query=True)
-    got = _method_stages(tracer, task, method, trace_sizes(task.n_train, method.config), queries, cache / "own")
-    if task.name in TRAINED and trace_sizes(task.n_train, task.config, method.config) != trace_sizes(task.n_train, method.config):
-        got = _method_stages(tracer, task, method, trace_sizes(task.n_train, task.config, method.config), queries,
-                             cache / "task")
-    return got
+    ours, theirs = loops(method.config), task_loops(task.config)
+    low = corners(theirs)[0]
+    got = _method_stages(tracer, task, method, trace_sizes(task.n_train, method.config), queries,
+                         [c | low for c in corners(ours)], cache / "own", probe=True)
+    if got is not None:
+        return {name: {k[:len(k) - len(low)]: v for k, v in r.items()} for name, r in got.items()}, ours
+    got = _method_stages(tracer, task, method, trace_sizes(task.n_train, task.config, method.config), queries,
+                         corners(ours | theirs), cache / "task")
+    return got, ours | theirs
 
 
 #: Operators one traced stage may run (about a millisecond each on fake tensors).
@@ -271,15 +257,16 @@ def trace(make_task: Callable[[torch.device], Task], methods: list[Method], gt: 
         task_settings = _settings("task", task.config)
         raws = _task_stages(tracer, task, alpha, trace_sizes(n, task.config),
                             trace_sizes(q, task.config, query=True, batch=task.measure_batch_size))
-        stages = [data, _extrapolate("retrain", raws["retrain"], sizes, retrains, task_settings),
+        stages = [data, _extrapolate("retrain", raws["retrain"], sizes | task_loops(task.config), retrains,
+                                     task_settings),
                   _extrapolate("measure", raws["measure"], sizes, retrains * max(1, gt.checkpoints),
                                f"measure batch {task.measure_batch_size} rows")]
         if methods:   # the reference run: a retrain on every example, once
             stages.append(dataclasses.replace(stages[1], stage="reference model", count=1,
                                               flops=int(stages[1].flops / alpha)))
         for i, m in enumerate(methods):
-            got = _method_traces(tracer, task, m, Path(tmp) / f"{i}-{m.name}")
-            target = sizes | loops(m.config)
+            got, counts = _method_traces(tracer, task, m, Path(tmp) / f"{i}-{m.name}")
+            target = sizes | counts
             stages += [_extrapolate(name, got[name], target, seeds, _settings(m.name, m.config)) for name in got]
         return CostPlan(task.name, str(wanted), str(traced), tuple(stages))
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any
+from typing import Any, Callable
+
+from .task import Task, take
 
 #: Config fields that size a stage's memory (batch sizes, projection, micro-batches).
 KNOBS = ("batch", "proj_dim", "micro", "chunk")
@@ -18,6 +20,11 @@ KNOBS = ("batch", "proj_dim", "micro", "chunk")
 #: in them (BIF: chains × (burn-in + draws × thin) SGLD steps and chains × draws recordings).
 LOOPS = ("chains", "draws", "burn_in", "thin", "max_iter", "depth", "repeats", "models", "checkpoints",
          "segments", "checkpoints_per_segment")
+
+#: Task config fields (integers) that count training iterations (CIFAR-10's 100 warmup steps before
+#: every run, digits' 20 epochs): a retrain's cost is close to linear in each, so a retrain — and a
+#: method that trains models — is traced at two small counts of them too.  Keys carry a ``task.`` prefix.
+TASK_LOOPS = ("epochs", "warmup_steps", "steps")
 
 #: Loop counts traced: (LOW, LOW + 1); a loop configured at LOW + 1 or fewer is traced as configured.
 LOOP_LOW = 2
@@ -42,16 +49,33 @@ def trace_sizes(n: int, *configs: Any, query: bool = False, batch: int = 1) -> t
     return sizes if len(sizes) > 1 else (n,)
 
 
-def loops(config: Any) -> dict[str, int]:
-    """The loop counts of ``config`` that are traced at two smaller values and extrapolated."""
-    return {f.name: v for f in dataclasses.fields(config) if f.name in LOOPS
+def loops(config: Any, names: tuple[str, ...] = LOOPS, prefix: str = "") -> dict[str, int]:
+    """The loop counts of ``config`` (fields in ``names``) that are traced at two smaller values and
+    extrapolated, keyed ``prefix + field``."""
+    return {prefix + f.name: v for f in dataclasses.fields(config) if f.name in names
             and isinstance(v := getattr(config, f.name), int) and not isinstance(v, bool) and v > LOOP_LOW + 1}
 
 
-def loop_corners(config: Any) -> list[dict[str, int]]:
-    """Every combination of (LOW, LOW + 1) for the loops of ``config`` (the first: all LOW)."""
-    names = list(loops(config))
+def task_loops(config: Any) -> dict[str, int]:
+    """The training-iteration counts of a task's ``config`` that are traced small (``TASK_LOOPS``)."""
+    return loops(config, TASK_LOOPS, "task.")
+
+
+def corners(counts: dict[str, int]) -> list[dict[str, int]]:
+    """Every combination of (LOW, LOW + 1) for the loops named in ``counts`` (the first: all LOW)."""
+    names = list(counts)
     return [dict(zip(names, values)) for values in itertools.product((LOOP_LOW, LOOP_LOW + 1), repeat=len(names))]
+
+
+def loop_corners(config: Any) -> list[dict[str, int]]:
+    """Every combination of (LOW, LOW + 1) for the loops of a method's ``config``."""
+    return corners(loops(config))
+
+
+def split_corner(corner: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """A corner's method loop counts and its task loop counts (``task.`` prefix dropped)."""
+    ours = {k: v for k, v in corner.items() if not k.startswith("task.")}
+    return ours, {k.removeprefix("task."): v for k, v in corner.items() if k.startswith("task.")}
 
 
 def multilinear(values: dict[tuple[int, ...], float], target: tuple[int, ...], loop_order: int = 0) -> float:
@@ -83,3 +107,34 @@ def multilinear(values: dict[tuple[int, ...], float], target: tuple[int, ...], l
                 weight *= steps[d]
             total += max(0.0, coefficient) * weight
     return max(max(values.values()), total)
+
+
+#: Views whose task trained (or unrolled) a model during a trace: a method that does is traced at
+#: row counts that fill the task's own batches too, and at small counts of the task's loops.
+TRAINED: set[str] = set()
+
+
+def view(task: Task, rows: int, queries: int, counts: dict[str, int] | None = None) -> Task:
+    """``task`` seen with its first ``rows`` attribution rows (and the same share of its fit data),
+    its first ``queries`` queries and its config's loop ``counts`` (e.g. ``{"warmup_steps": 2}``):
+    same class behaviour, shared data (nothing is copied).  Its ``train`` and ``unroll`` note the
+    task's name in ``TRAINED``."""
+    cls, n = type(task), task.n_train
+    if rows >= n and queries >= task.n_query and not counts:
+        return task
+    fit_rows = max(1, round(len(task.fit_data()[0]) * rows / n))
+
+    def noted(hook: str) -> Callable[..., Any]:
+        def call(self: Task, *args: Any, **kwargs: Any) -> Any:
+            TRAINED.add(task.name)
+            return getattr(cls, hook)(self, *args, **kwargs)
+        return call
+    shrunk = type(cls.__name__, (cls,), {
+        "train_data": lambda self: take(cls.train_data(self), slice(rows)),
+        "fit_data": lambda self: take(cls.fit_data(self), slice(fit_rows)),
+        "query_data": lambda self: take(cls.query_data(self), slice(queries)),
+        "train": noted("train"), "unroll": noted("unroll"), "__module__": cls.__module__})
+    seen = object.__new__(shrunk)
+    # the loop counts live in the view's own config; everything else (loaded data) is shared
+    seen.__dict__ = dict(task.__dict__, config=dataclasses.replace(task.config, **counts)) if counts else task.__dict__
+    return seen

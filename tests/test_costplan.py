@@ -67,7 +67,8 @@ def test_planned_peak_matches_the_real_run_within_10_percent():
 def test_trak_through_traker_is_planned_as_it_runs():
     """traker copies features into numpy memory maps: a fake tensor copied to numpy gives zeros of
     its shape, so TRAK's fit (the ensemble's training, featurizing) and score are traced; their peaks
-    against the same code on real tensors (measured 0.999× and 1.000×)."""
+    against the same code on real tensors (measured 0.999× and 1.000×).  The member it trains is traced
+    at 2–3 of the task's 20 epochs, the fit's FLOPs extrapolated to all of them."""
     import tempfile
     from pathlib import Path
 
@@ -85,6 +86,9 @@ def test_trak_through_traker_is_planned_as_it_runs():
             getattr(trak, stage)(ctx)
         planned = plan[f"trak {stage}"]
         assert planned.flops > 0 and not planned.partial
+        if stage == "fit":
+            assert "of 20 task.epochs" in planned.note
+            assert abs(planned.flops - live.flops) <= 0.01 * live.flops
         assert abs(planned.peak_bytes - (held + live.peak)) <= 0.10 * (held + live.peak), (stage, planned, held + live.peak)
 
 
@@ -93,8 +97,10 @@ def test_extrapolation_agrees_with_a_trace_at_full_size(monkeypatch):
     _, method = _digits_gradsim(600)
     small = {s.stage: s for s in trace(make, [method], GroundTruthConfig(), "cpu").stages}
     monkeypatch.setattr(costplan, "trace_sizes", lambda n, *a, **k: (n,))
+    monkeypatch.setattr(costplan, "task_loops", lambda config: {})     # all 20 epochs of every retrain
     full = {s.stage: s for s in trace(make, [method], GroundTruthConfig(), "cpu").stages}
-    for name in ("retrain", "gradsim score"):   # measured: peaks 1.09× and 0.99×, FLOPs 0.991× and 1.000×
+    assert "of 20 task.epochs" in small["retrain"].note
+    for name in ("retrain", "gradsim score"):   # measured: peaks 0.99× and 0.99×, FLOPs 0.991× and 1.000×
         assert full[name].note == "" and small[name].note
         assert abs(small[name].flops - full[name].flops) <= 0.01 * full[name].flops
         assert 0.95 * full[name].peak_bytes <= small[name].peak_bytes <= 1.3 * full[name].peak_bytes

@@ -43,7 +43,6 @@ def test_bif_traced_at_a_few_steps_agrees_with_every_step(monkeypatch):
     make = lambda d: make_task("digits", {"n_train": "200", "n_query": "50"}, d)   # noqa: E731
     bif = make_method("bif", make(torch.device("cpu")), {"chains": "4", "draws": "12", "burn_in": "5"})
     small = next(s for s in trace(make, [bif], GroundTruthConfig(), "cpu").stages if s.stage == "bif score")
-    monkeypatch.setattr(costplan, "loop_corners", lambda config: [{}])
     monkeypatch.setattr(costplan, "loops", lambda config: {})
     full = next(s for s in trace(make, [bif], GroundTruthConfig(), "cpu", max_ops=0).stages if s.stage == "bif score")
     assert "of 12 draws" in small.note and "of 4 chains" in small.note and full.note == ""

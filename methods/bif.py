@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tdabench.forkpool import fork_map
 from tdabench.grads import select_params
 from tdabench.method import Context, Method, MethodConfig
 from tdabench.registry import register_method
 from tdabench.sgld import (DivergenceGuard, LocalSGLD, SamplerSettings, correlation, covariance,
                            effective_sample_size, estimator_bytes, make_estimator, minibatch, plot_traces,
-                           run_chains)
+                           run_chain, run_chains)
+from tdabench.seeds import derive_seed
 from tdabench.task import Batch, Task, batches, take
 
 from tdabench.checks import choices_and_patterns, fail, integer, number
@@ -53,6 +56,7 @@ class BIFConfig(MethodConfig):
     include_regularizer: bool = True  # add the task's regulariser to the potential
     record_batch_size: int = 1024    # examples per recording forward pass (and per backward pass of a larger minibatch)
     diverge_factor: float = 100.0    # stop when the mean train loss exceeds this × its value at w*
+    workers: int = 1                 # processes sampling chains at once (CPU, forked; the torch threads shared out); same scores for any count
 
     def __post_init__(self) -> None:
         """Reject settings that cannot define a sampler or an estimator, naming the key and the fix."""
@@ -69,6 +73,7 @@ class BIFConfig(MethodConfig):
         number(self, "bif", "rms_delta", "the RMSprop stability constant, divides the gradient scale", above=0)
         number(self, "bif", "noise", "the Langevin noise scale; 0: noiseless descent", at_least=0)
         integer(self, "bif", "record_batch_size", "examples per recording forward pass", minimum=1)
+        integer(self, "bif", "workers", "processes sampling chains at once (CPU)", minimum=1)
         # A factor ≤ 1 stops every chain at its first noisy step; inf turns the guard off.
         number(self, "bif", "diverge_factor", "the loss multiple of w*'s loss that stops a chain; inf: never",
                above=1, finite=False)
@@ -87,6 +92,9 @@ class BIFConfig(MethodConfig):
         if self.aggregation == "token" and not task.has_token_measurement:
             raise ValueError(f"bif.aggregation=token needs a per-token measurement; task {task.name} has "
                              "none: use bif.aggregation=sequence")
+        if self.workers > 1 and task.device.type != "cpu":
+            raise ValueError(f"bif.workers={self.workers} forks processes, which a {task.device.type} device "
+                             "does not survive: use bif.workers=1 there")
 
 
 def record(model: nn.Module, fn: Any, data: Batch, batch_size: int) -> Tensor:
@@ -112,11 +120,24 @@ class _Recorder:
         y = record(ctx.model, self.query_fn, ctx.query_data, b)                     # shape: [n_query·T]
         return x, y
 
-    def __call__(self, chain: int, draw: int) -> float:
-        x, y = self.observe()
+    def add(self, chain: int, draw: int, x: Tensor, y: Tensor) -> float:
+        """Draw ``draw`` of chain ``chain`` into the estimator and the traces; its mean train loss."""
         self.est.add(x, y)
         self.train_trace[chain, draw], self.query_trace[chain, draw] = float(x.mean()), float(y.mean())
         return float(self.train_trace[chain, draw])
+
+    def __call__(self, chain: int, draw: int) -> float:
+        return self.add(chain, draw, *self.observe())
+
+    def keeper(self) -> tuple[Callable[[int, int], float], list[tuple[np.ndarray, np.ndarray]]]:
+        """A recorder for a chain sampled in another process, and the list it keeps the draws in."""
+        kept: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def keep(chain: int, draw: int) -> float:
+            x, y = self.observe()
+            kept.append((x.cpu().numpy(), y.cpu().numpy()))
+            return float(x.mean())
+        return keep, kept
 
 
 @register_method
@@ -133,7 +154,7 @@ class BIF(Method):
         """The sampler diagnostics (ESS, memory mode, per-chain loss traces) for the run record."""
         return {k: v for k, v in self.diagnostics.items() if k not in ("config", "plot")}
 
-    def _potential(self, ctx: Context, gen: torch.Generator, params: list[Tensor]) -> Any:
+    def _potential(self, ctx: Context, streams: dict[str, torch.Generator], params: list[Tensor]) -> Any:
         """U_B(w): the minibatch mean training loss (+ the task's regulariser).  A minibatch larger than
         ``record_batch_size`` is run in pieces of that size, each backpropagated at once, and the
         potential is returned with its accumulated gradient (a language model's logits over a full
@@ -145,7 +166,7 @@ class BIF(Method):
             return task.regularizer(ctx.model) if cfg.include_regularizer else torch.zeros((), device=ctx.device)
 
         def potential() -> Tensor | tuple[Tensor, list[Tensor]]:
-            idx = minibatch(n, cfg.batch_size, gen)
+            idx = minibatch(n, cfg.batch_size, streams["batch"])
             batch = data if idx is None else take(data, idx)
             size = int(batch[0].shape[0])
             if size <= cfg.record_batch_size:
@@ -170,12 +191,10 @@ class BIF(Method):
         cfg = self.config
         cfg.check(ctx.task)
         params = select_params(ctx.model, cfg.patterns)
-        gen_noise = torch.Generator(device=ctx.device).manual_seed(1_000_003 * ctx.seed + 17)
-        gen_batch = torch.Generator().manual_seed(1_000_003 * ctx.seed + 29)
         was_training = ctx.model.training
         ctx.model.eval()                      # deterministic function of w: no dropout, BatchNorm frozen
         try:
-            est, rec, start = self._sample(ctx, list(params.values()), gen_noise, gen_batch)
+            est, rec, start = self._sample(ctx, list(params.values()))
         finally:
             ctx.model.train(was_training)
         scores = correlation(est) if cfg.estimator == "correlation" else covariance(est)
@@ -183,8 +202,9 @@ class BIF(Method):
         self._diagnose(ctx, est, rec, start)
         return scores.float()
 
-    def _sample(self, ctx: Context, params: list[Tensor], gen_noise: torch.Generator,
-                gen_batch: torch.Generator) -> tuple[Any, _Recorder, float]:
+    def _sample(self, ctx: Context, params: list[Tensor]) -> tuple[Any, _Recorder, float]:
+        """Every chain's draws into one estimator, in chain order: chain c has its own noise and
+        minibatch streams (seeded by the run's seed and c), so the chains can run in any process."""
         cfg = self.config
         probe = _Recorder(ctx, cfg, None).observe()
         est = make_estimator(cfg.memory, cfg.chains * cfg.draws, probe[0].numel(), probe[1].numel())
@@ -192,9 +212,26 @@ class BIF(Method):
         rec.n_columns = probe[1].numel()
         start = float(probe[0].mean())
         guard = DivergenceGuard(start, cfg.diverge_factor, cfg.settings(), prefix="bif.")
-        sampler = LocalSGLD(params, cfg.settings(), gen_noise)
-        run_chains(sampler, self._potential(ctx, gen_batch, params), rec, cfg.chains, cfg.draws, cfg.burn_in,
-                   cfg.thin, guard)
+        sampler = LocalSGLD(params, cfg.settings(), torch.Generator(device=ctx.device))
+        streams: dict[str, torch.Generator] = {}
+        potential = self._potential(ctx, streams, params)
+
+        def begin(chain: int) -> None:
+            sampler.generator = torch.Generator(device=ctx.device).manual_seed(derive_seed(ctx.seed, chain, 17))
+            streams["batch"] = torch.Generator().manual_seed(derive_seed(ctx.seed, chain, 29))
+
+        def elsewhere(chain: int) -> list[tuple[np.ndarray, np.ndarray]]:
+            begin(chain)
+            keep, kept = rec.keeper()
+            run_chain(sampler, potential, keep, chain, cfg.draws, cfg.burn_in, cfg.thin, guard)
+            return kept
+
+        if cfg.workers == 1:        # streamed: the estimator's memory, not a chain's draws
+            run_chains(sampler, potential, rec, cfg.chains, cfg.draws, cfg.burn_in, cfg.thin, guard, begin=begin)
+        else:
+            for chain, kept in enumerate(fork_map(elsewhere, cfg.chains, cfg.workers)):
+                for draw, (x, y) in enumerate(kept):
+                    rec.add(chain, draw, torch.from_numpy(x).to(ctx.device), torch.from_numpy(y).to(ctx.device))
         return est, rec, start
 
     def _diagnose(self, ctx: Context, est: Any, rec: _Recorder, start: float) -> None:

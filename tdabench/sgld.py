@@ -104,8 +104,20 @@ class DivergenceGuard:
 
 def run_chains(sampler: LocalSGLD, potential: Callable[[], Tensor | tuple[Tensor, Sequence[Tensor]]],
                record: Callable[[int, int], float], chains: int, draws: int, burn_in: int = 0, thin: int = 1,
-               guard: Optional[DivergenceGuard] = None, check_every: int = 50) -> None:
-    """Run ``chains`` chains from w*: ``burn_in`` steps, then ``draws`` draws ``thin`` steps apart.
+               guard: Optional[DivergenceGuard] = None, check_every: int = 50,
+               begin: Optional[Callable[[int], None]] = None) -> None:
+    """Run ``chains`` chains from w* one after another (``run_chain``); ``begin(c)`` is called before
+    chain c starts (to give it its own random streams)."""
+    for c in range(chains):
+        if begin is not None:
+            begin(c)
+        run_chain(sampler, potential, record, c, draws, burn_in, thin, guard, check_every)
+
+
+def run_chain(sampler: LocalSGLD, potential: Callable[[], Tensor | tuple[Tensor, Sequence[Tensor]]],
+              record: Callable[[int, int], float], chain: int, draws: int, burn_in: int = 0, thin: int = 1,
+              guard: Optional[DivergenceGuard] = None, check_every: int = 50) -> None:
+    """Run chain ``chain`` from w*: ``burn_in`` steps, then ``draws`` draws ``thin`` steps apart.
 
     ``potential()`` returns the scalar minibatch potential U_B at the current parameters (it draws
     its own minibatch), or ``(U_B, ∇U_B)`` when it computes the gradient itself (accumulated over
@@ -113,20 +125,19 @@ def run_chains(sampler: LocalSGLD, potential: Callable[[], Tensor | tuple[Tensor
     current parameters and returns a mean loss for the divergence guard.  The parameters are back
     at w* when this returns.
     """
+    sampler.reset()
     try:
-        for c in range(chains):
-            sampler.reset()
-            for step in range(1, burn_in + draws * thin + 1):
-                out = potential()
-                value, grads = out if isinstance(out, tuple) else (out, torch.autograd.grad(out, sampler.params))
-                sampler.step(grads)
-                if guard is not None and step % check_every == 0:
-                    guard(float(value.detach()), c, step)
-                after = step - burn_in
-                if after > 0 and after % thin == 0:
-                    mean = record(c, after // thin - 1)
-                    if guard is not None:
-                        guard(mean, c, step)
+        for step in range(1, burn_in + draws * thin + 1):
+            out = potential()
+            value, grads = out if isinstance(out, tuple) else (out, torch.autograd.grad(out, sampler.params))
+            sampler.step(grads)
+            if guard is not None and step % check_every == 0:
+                guard(float(value.detach()), chain, step)
+            after = step - burn_in
+            if after > 0 and after % thin == 0:
+                mean = record(chain, after // thin - 1)
+                if guard is not None:
+                    guard(mean, chain, step)
     finally:
         sampler.reset()
 

@@ -193,8 +193,28 @@ def _fit_and_score(tracer: _Tracer, task: Task, method: Method, key: tuple[int, 
             raws[score][(key[0], q, *key[1:])] = "not traced: its fit did not finish its trace"
             continue
         shown = view(task, key[0], q, counts)
-        tracer.stage(score, lambda: method.score(dataclasses.replace(ctx, task=shown, query_data=shown.query_data())))
+        scored = lambda: method.score(dataclasses.replace(ctx, task=shown, query_data=shown.query_data()))  # noqa: E731
+        if _calls_fit(method, lambda: tracer.stage(score, scored)):
+            # its score used up the fit's state (TRAK's store) and fitted again: fit outside the stage, as a run does
+            tracer.stage(f"{fit} again", lambda: method.fit(ctx))
+            tracer.stage(score, scored)
         raws[score][(key[0], q, *key[1:])] = tracer.raw[score]
+
+
+def _calls_fit(method: Method, fn: Callable[[], Any]) -> bool:
+    """Run ``fn``; True when it called ``method.fit``."""
+    calls: list[None] = []
+    fit = method.fit
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        return fit(*args, **kwargs)
+    method.fit = noted  # type: ignore[method-assign]
+    try:
+        fn()
+    finally:
+        del method.fit
+    return bool(calls)
 
 
 def _extrapolate(name: str, raws: dict[tuple[int, ...], Any], target: dict[str, int], count: int,

@@ -36,17 +36,18 @@ def knobs(config: Any) -> dict[str, Any]:
 
 
 def trace_sizes(n: int, *configs: Any, query: bool = False, batch: int = 1) -> tuple[int, ...]:
-    """Rows to trace at: multiples (1, 2, 3, 4 for the training rows; 1, 2 for the queries) of at
-    least two of every batch that may cut that set (so every batch-sized buffer is seen full), those
-    below ``n``; or all ``n`` when fewer than two are.  The last two set the slope: a peak set by a
-    fixed part at small sizes (the queries' gradients) grows faster once the rows dominate it.
+    """Rows to trace at: the largest two multiples (of 1, 2, 3, 4 for the training rows; 1, 2 for the
+    queries) of at least two of every batch that may cut that set (so every batch-sized buffer is seen
+    full) below ``n``; or all ``n`` when fewer than two are.  The two largest set the slope (the fit
+    reads no others): a peak set by a fixed part at small sizes (the queries' gradients) grows faster
+    once the rows dominate it.
     ``query``: the query set, which any batch setting may cut (the operator count depends on the
     number of batches, not their size); the training rows: the settings not named ``query_*``."""
     batch = max([batch] + [int(v) for c in configs for k, v in knobs(c).items()
                            if "batch" in k and (query or "query" not in k) and isinstance(v, int)])
     small = max(16, 2 * batch)
     sizes = tuple(small * k for k in ((1, 2) if query else (1, 2, 3, 4)) if small * k < n)
-    return sizes if len(sizes) > 1 else (n,)
+    return sizes[-2:] if len(sizes) > 1 else (n,)
 
 
 def loops(config: Any, names: tuple[str, ...] = LOOPS, prefix: str = "") -> dict[str, int]:

@@ -11,6 +11,7 @@ from tdabench.capacity import refusal
 from tdabench.costplan import CostPlan, StageCost, trace
 from tdabench.fakerun import LiveBytes, fake_run
 from tdabench.groundtruth import GroundTruthConfig
+from tdabench.method import Method
 from tdabench.spec import make_method, make_task
 
 MiB = 2**20
@@ -158,3 +159,28 @@ def test_retrain_count_is_the_ground_truths_own():
                  {"kind": "loo", "loo_examples": "9", "retrain_seeds": "2"}):
         gt = apply_overrides(GroundTruthConfig(), sets, "gt")
         assert costplan.retrains_per_seed(gt, 40) == make_masks(40, gt, 0)[0].shape[0] * gt.retrain_seeds
+
+
+class _Consuming(Method):
+    """A method whose score uses up what its fit made (as TRAK's feature store) and fits again when
+    called without it: fit 2·n·512·64 FLOPs, score 2·n·q."""
+
+    name = "consuming"
+
+    def fit(self, ctx):
+        self.state = torch.ones(ctx.n_train, 512) @ torch.ones(512, 64)           # shape: [n, 64]
+
+    def score(self, ctx):
+        if getattr(self, "state", None) is None:
+            self.fit(ctx)
+        out, self.state = self.state[:, :1] @ torch.ones(1, ctx.n_query), None    # shape: [n, q]
+        return out
+
+
+def test_a_score_that_refits_is_planned_without_the_fit():
+    """Traced at two query counts, the second score would run a whole fit inside the score stage and
+    the query slope would carry it; the planner fits outside the stage first, as a run does."""
+    make = lambda d: make_task("digits", {"n_train": "300", "n_query": "100"}, d)   # noqa: E731
+    plan = {s.stage: s for s in trace(make, [_Consuming()], GroundTruthConfig(), "cpu").stages}
+    assert plan["consuming score"].flops == 2 * 300 * 100
+    assert plan["consuming fit"].flops == 2 * 300 * 512 * 64

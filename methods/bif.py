@@ -4,7 +4,10 @@ draws of (RMSprop-)SGLD from the localized tempered posterior
 around the reference model w* (001 Sec. 2.3/3 and App. B.1; 002 App. B).  R is the task's
 regulariser (``include_regularizer``), so that w* — the optimum of the training objective — is a
 stationary point of the potential.  Chains are pooled; draws are recorded by no-grad forward
-passes over every attribution example and every query, separate from the SGLD minibatches.
+passes over every attribution example and every query, separate from the SGLD minibatches.  Chain c
+draws its noise and minibatches from its own streams (seeded by the run's seed and c), so chains can
+run in separate processes (``workers``, CPU) and their draws are pooled in chain order: the scores
+do not depend on the number of workers.
 
 Sampling happens in ``score``: the expensive part, the chains, cannot be separated from recording
 the query observables without storing every draw's parameters (C·T model copies); recording the

@@ -134,6 +134,15 @@ def test_chains_on_forked_workers_give_the_same_scores_and_diagnostics(tmp_path,
         bif.score(ctx)
 
 
+def test_recording_batch_size_does_not_change_the_scores(tmp_path, small_regression):
+    """Recording passes of 1, 7 or every example see the same parameters: the same scores."""
+    ctx = make_context(small_regression, tmp_path)
+    runs = [make_method("bif", small_regression, {"chains": "2", "draws": "30", "record_batch_size": b}).score(ctx)
+            for b in ("1", "7", "1024")]
+    for other in runs[:2]:
+        torch.testing.assert_close(other, runs[2], rtol=1e-5, atol=1e-8)
+
+
 def test_streaming_estimator_agrees_with_torch_on_random_traces():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(203, 7, generator=gen) * 3 + 100          # a large mean stresses cancellation

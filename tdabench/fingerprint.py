@@ -19,7 +19,7 @@ from typing import Any, Iterable
 #: tdabench modules that shape how numbers are stored or shown, never the numbers themselves.
 NEUTRAL = frozenset(f"tdabench.{m}" for m in (
     "cli", "config", "registry", "leaderboard", "plots", "progress", "records", "presets", "sweep", "scaling",
-    "baseline_check", "meter", "fingerprint", "distributed", "pipeline", "store", "groundtruth", "quarantine", "restore", "spec", "verify", "numerics", "locks", "stagewise", "kernel", "__init__"))
+    "baseline_check", "meter", "fingerprint", "distributed", "forkpool", "pipeline", "store", "groundtruth", "quarantine", "restore", "spec", "verify", "numerics", "locks", "stagewise", "kernel", "__init__"))
 
 
 def _root(name: str) -> str:

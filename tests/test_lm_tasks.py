@@ -184,11 +184,12 @@ def test_bif_accumulates_a_minibatch_larger_than_one_pass_in_pieces(saved, tmp_p
 
     task = _task(saved, tmp_path)
     ctx = make_context(task, tmp_path)
+    ctx.model.double()   # float32 sums in other orders move the chain by rounding, which the covariance amplifies
     common = dict(chains=1, draws=6, burn_in=2, batch_size=16, epsilon=1e-5, nbeta=50.0, gamma=1000.0)
     whole = BIF(BIFConfig(record_batch_size=1024, **common)).score(ctx)
     pieces = BIF(BIFConfig(record_batch_size=5, **common)).score(ctx)
     assert whole.abs().max() > 0
-    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))
+    torch.testing.assert_close(pieces, whole, rtol=1e-5, atol=1e-6 * float(whole.abs().max()))
 
 
 # ----- tinylm end to end: ground truth, then gradsim, bif and ekfac ------------------------------------

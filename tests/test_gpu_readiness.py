@@ -122,3 +122,24 @@ def test_pythia_measures_within_two_gib_and_recommends_the_same_on_every_device(
     assert "gradsim" not in small.recommendations()                   # 4·0.8M·10 bytes: exact gradients fit
     assert "batch_size" not in small.recommendations()["ekfac"]       # 333 sequences of 16 tokens fit 2 GiB
 
+
+
+def test_cifar10_at_the_suites_largest_shape_plans_within_80_gb(tmp_path):
+    """kreer2025-cifar10's largest step (N = 25,000, all 10,000 test images as queries) traced for a
+    CUDA device from this CPU, on data in CIFAR's on-disk format: the data, a retrain (its 100 warmup
+    steps traced at 2–3 and extrapolated) and the measurement of every query fit an 80 GB device, the
+    queries measured in passes (their logits never all held at once)."""
+    from test_cifar10 import write_cifar
+
+    from tdabench.costplan import trace
+    from tdabench.groundtruth import GroundTruthConfig
+    from tdabench.spec import make_task
+
+    write_cifar(tmp_path, per_batch=10_000)
+    sets = {"data_dir": str(tmp_path), "verify": "false", "download": "false", "n_train": "25000"}
+    plan = trace(lambda d: make_task("cifar10", sets, d), [], GroundTruthConfig(), "cuda")
+    stages = {s.stage: s for s in plan.stages}
+    assert set(stages) == {"data", "retrain", "measure"}
+    assert all(not s.partial and s.peak_bytes < 78 * 2**30 for s in plan.stages), plan.stages
+    assert "of 100 task.warmup_steps" in stages["retrain"].note and "of 25,000 rows" in stages["retrain"].note
+    assert stages["measure"].peak_bytes < 2 * 2**30 and "of 10,000 queries" in stages["measure"].note

@@ -1,12 +1,17 @@
-"""Executors for retrain jobs: serial (in-process, for tests and debugging) and Ray (local
-instance by default, or a cluster).  Nothing under methods/ or tasks/ imports Ray."""
+"""Executors for retrain jobs: serial (in-process, for tests and debugging), local processes (the
+default on one machine: they open no network port) and Ray (a cluster, ``--ray-address``).  Nothing
+under methods/ or tasks/ imports Ray."""
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
+import signal
 import socket
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator, Optional, Protocol
 
 import torch
@@ -123,6 +128,86 @@ def _remote_retrain(name: str, config: dict[str, Any], group: list[Job], numeric
     if numerics.device == "cpu":
         torch.set_num_threads(1)  # one CPU per Ray task: Ray runs one task per core
     return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints), ray.get_runtime_context().get_node_id()
+
+
+def _local_retrain(name: str, config: dict[str, Any], group: list[Job], numerics: Numerics,
+                   order: str = "independent", checkpoints: int = 0) -> Any:
+    """A chunk's measurements as a numpy array: a tensor would travel back through a file descriptor
+    passed over a socket of the worker's, which a worker stopped by Ctrl-C leaves half-sent."""
+    numerics.apply()
+    if numerics.device == "cpu":
+        torch.set_num_threads(1)  # one process per core, one thread each, as a Ray worker
+    return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints).cpu().numpy()
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class ProcessExecutor:
+    """Runs each retrain (or chunk of retrains) in a pool of forked local processes, one per CPU core
+    with one torch thread each — what a local Ray instance did, without its servers, which listen on
+    every network interface.  A worker that dies (killed, out of memory) breaks the pool: a new pool
+    takes the unfinished jobs, up to ``max_retries`` times; an exception raised by the training code
+    itself is not retried — it is a bug, and it stops the build (retrains already written stay)."""
+
+    def __init__(self, workers: Optional[int] = None, max_retries: int = 3) -> None:
+        self.workers, self.max_retries = workers or os.cpu_count() or 1, max_retries
+
+    def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent",
+            checkpoints: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+        chunk = auto_chunk(task, len(jobs), self.workers, chunk, order, checkpoints)
+        config, numerics = config_dict(task.config), current_numerics(task)
+        todo = chunks(jobs, chunk)
+        for attempt in range(self.max_retries + 1):
+            pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"), _ignore_interrupts)
+            try:
+                pending = {pool.submit(_local_retrain, task.name, config, payload(group), numerics, order,
+                                       checkpoints): i for i, group in enumerate(todo)}
+                finished = yield from self._collect(pending, todo)
+            finally:
+                self._stop(pool)
+            todo = [group for i, group in enumerate(todo) if i not in finished]
+            if not todo:
+                return
+            log.warning("a worker process died; retrying its %d unfinished job(s) in new processes "
+                        "(attempt %d of %d)", sum(map(len, todo)), attempt + 1, self.max_retries)
+        raise RuntimeError(f"worker processes died {self.max_retries + 1} times running these retrains; "
+                           "look for the out-of-memory killer in the system log, or run with --serial")
+
+    @staticmethod
+    def _collect(pending: dict[Future, int], todo: list[list[Job]]) -> Iterator[tuple[int, int, Tensor]]:
+        """Yield the results of ``pending`` as they finish; return the indices of the finished groups
+        (all of them, unless a worker died)."""
+        finished: set[int] = set()
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                try:
+                    measured = future.result()
+                except BrokenProcessPool:
+                    return finished
+                finished.add(i)
+                for (k, r, _, _), targets in zip(todo[i], torch.from_numpy(measured)):
+                    yield k, r, targets
+        return finished
+
+    @staticmethod
+    def _stop(pool: ProcessPoolExecutor) -> None:
+        """Cancel what has not started and end the workers now (a running retrain is not waited for)."""
+        processes = list(getattr(pool, "_processes", {}).values())   # CPython keeps its workers here
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(5)
+        pool.shutdown(wait=True)   # its manager thread sees the workers gone and ends
+
+    def close(self) -> None:
+        pass
 
 
 def check_address(address: Optional[str], timeout: float = 3.0) -> None:

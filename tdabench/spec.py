@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 
 from .config import ConfigError, apply_overrides, coerce_known
-from .distributed import RayExecutor, SerialExecutor, check_address
+from .distributed import ProcessExecutor, RayExecutor, SerialExecutor, check_address
 from .groundtruth import GroundTruthConfig
 from .method import Method
 from .metric import Metric
@@ -35,7 +35,7 @@ class RunSpec:
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)   # scope → key → value
     results_dir: Path = Path("results")
     device: str = "auto"
-    executor: str = "ray"               # "ray" or "serial"
+    executor: str = "ray"               # "ray": in parallel (local processes; Ray on a GPU or with ray_address), or "serial"
     ray_address: Optional[str] = None
     force: bool = False                 # recompute records that exist and are current
     update_board: bool = False          # let --force rewrite records that git tracks (the committed board)
@@ -214,16 +214,20 @@ class _LazyExecutor:
         return self._inner.run(task, jobs, chunk, order, checkpoints)
 
     def _pick(self, task: Task, order: str) -> Any:
-        """Serial when asked; in-process on every core for retrains trained many at once on this machine
-        (``train_many``, or the reference order's reweighted runs: Ray's start-up alone costs more than
-        such a build); Ray otherwise."""
+        """Serial when asked; Ray when a cluster is named (``--ray-address`` or ``RAY_ADDRESS``); on this
+        machine, in-process on every core for retrains trained many at once (``train_many``, or the
+        reference order's reweighted runs), forked worker processes for a CPU build (no port is opened),
+        and a local Ray instance for a GPU build (it shares the GPUs out among retrains; a forked
+        process cannot use CUDA)."""
         address = self.spec.ray_address or os.environ.get("RAY_ADDRESS")
         if self.spec.executor == "serial":
             return SerialExecutor()
-        if (task.trains_many or order == "reference") and not address:
+        if address:
+            return RayExecutor(address=address)
+        if task.trains_many or order == "reference":
             return SerialExecutor(threads=os.cpu_count())
-        return RayExecutor(address=address)
+        return ProcessExecutor() if task.device.type == "cpu" else RayExecutor()
 
     def close(self) -> None:
-        if isinstance(self._inner, RayExecutor):
+        if isinstance(self._inner, (RayExecutor, ProcessExecutor)):
             self._inner.close()

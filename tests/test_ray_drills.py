@@ -46,8 +46,9 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").exists(), reason="reads the process tree from /proc")
-def test_ctrl_c_during_a_ray_build_stops_every_process_of_the_run(tmp_path):
-    """SIGINT to the foreground process group, as a terminal's Ctrl-C sends it, once Ray workers retrain."""
+def test_ctrl_c_during_a_parallel_build_stops_every_process_of_the_run(tmp_path):
+    """SIGINT to the foreground process group, as a terminal's Ctrl-C sends it, once the default build's
+    worker processes retrain (a local Ray instance before them: its servers and agents survived it)."""
     cmd = [sys.executable, "-m", "tdabench.cli", "ground-truth", "--task", "regression", "--seeds", "1",
            "--set", "gt.num_subsets=600", "--results-dir", str(tmp_path)]
     # A terminal's process: SIGINT at its default (a shell starts background jobs, CI's included, with it
@@ -63,7 +64,7 @@ def test_ctrl_c_during_a_ray_build_stops_every_process_of_the_run(tmp_path):
         time.sleep(0.2)
     assert any(running in line for line in lines), "".join(lines)
     tree = descendants(proc.pid)
-    assert len(tree) >= 3, tree                              # gcs_server, raylet, workers, agents
+    assert len(tree) >= 2, tree                              # a worker per core
     os.killpg(proc.pid, signal.SIGINT)
     try:
         code = proc.wait(timeout=60)

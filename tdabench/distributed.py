@@ -7,7 +7,6 @@ import logging
 import math
 import multiprocessing
 import os
-import signal
 import socket
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError, config_dict, with_values
+from .forkpool import ignore_interrupts
 from .numerics import Numerics, current_numerics
 from .retrain import train_and_measure_many
 from .trajectory import measure_many_along
@@ -140,11 +140,6 @@ def _local_retrain(name: str, config: dict[str, Any], group: list[Job], numerics
     return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints).cpu().numpy()
 
 
-def _ignore_interrupts() -> None:
-    """Workers leave Ctrl-C to the parent, which stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 class ProcessExecutor:
     """Runs each retrain (or chunk of retrains) in a pool of forked local processes, one per CPU core
     with one torch thread each — what a local Ray instance did, without its servers, which listen on
@@ -161,7 +156,7 @@ class ProcessExecutor:
         config, numerics = config_dict(task.config), current_numerics(task)
         todo = chunks(jobs, chunk)
         for attempt in range(self.max_retries + 1):
-            pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"), _ignore_interrupts)
+            pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"), ignore_interrupts)
             try:
                 pending = {pool.submit(_local_retrain, task.name, config, payload(group), numerics, order,
                                        checkpoints): i for i, group in enumerate(todo)}

@@ -19,7 +19,7 @@ T = TypeVar("T")
 _JOB: Optional[tuple[Callable[[int], Any], int]] = None
 
 
-def _ignore_interrupts() -> None:
+def ignore_interrupts() -> None:
     """Workers leave Ctrl-C to the parent, which stops them: no traceback from every worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -42,7 +42,7 @@ def fork_map(fn: Callable[[int], T], count: int, workers: int) -> list[T]:
         raise RuntimeError("parallel workers fork this process, which this platform cannot do: use 1 worker")
     _JOB = (fn, max(1, torch.get_num_threads() // workers))
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=_ignore_interrupts) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) as pool:
             return pool.map(_call, range(count), chunksize=1)
     finally:
         _JOB = None

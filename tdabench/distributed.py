@@ -65,12 +65,14 @@ def auto_chunk(task: Task, n_jobs: int, workers: int, requested: int = 0, order:
 def payload(group: list[Job]) -> list[Job]:
     """A chunk's jobs as sent to a worker: each mask copied out of the ``[K, n_train]`` mask matrix it
     is a row of (pickling a row view would ship the whole matrix with every task: 1 MB per task at
-    K=5,000, n=200, which filled Ray's object store and spilled 4 GB to disk)."""
-    return [(k, r, mask.cpu().clone(), seed) for k, r, mask, seed in group]
+    K=5,000, n=200, which filled Ray's object store and spilled 4 GB to disk), as a numpy array: a
+    tensor sent to a forked worker travels through a file descriptor served by a thread of this
+    process, which prints a traceback when Ctrl-C stops the worker halfway through receiving it."""
+    return [(k, r, mask.cpu().numpy().copy(), seed) for k, r, mask, seed in group]
 
 
 def _train_chunk(task: Task, group: list[Job], order: str = "independent", checkpoints: int = 0) -> Tensor:
-    masks = torch.stack([mask.cpu() for _, _, mask, _ in group])               # shape: [M, n_train]
+    masks = torch.stack([torch.as_tensor(mask).cpu() for _, _, mask, _ in group])               # shape: [M, n_train]
     seeds = [seed for _, _, _, seed in group]
     if checkpoints:
         return measure_many_along(task, masks, seeds, checkpoints, order)     # shape: [M, C, n_query]

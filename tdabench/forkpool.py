@@ -7,8 +7,11 @@ order, so whatever consumes them in that order gets the same answer for any numb
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
 from typing import Any, Callable, Optional, TypeVar
 
 import torch
@@ -19,9 +22,19 @@ T = TypeVar("T")
 _JOB: Optional[tuple[Callable[[int], Any], int]] = None
 
 
+_PR_SET_PDEATHSIG = 1   # linux/prctl.h: the signal this process gets when its parent dies
+
+
 def ignore_interrupts() -> None:
-    """Workers leave Ctrl-C to the parent, which stops them: no traceback from every worker."""
+    """A worker's set-up: it leaves Ctrl-C to the parent, which stops it (no traceback from every
+    worker), and on Linux it is killed when the parent dies: a forked worker holds the writing end of
+    its own job queue, so after a ``kill -9`` of the run it would otherwise wait for work forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:   # the parent died before the request took hold
+            os._exit(1)
 
 
 def _call(item: int) -> Any:

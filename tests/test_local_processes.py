@@ -88,7 +88,7 @@ def _socket_inodes(pid: int) -> set[str]:
 def test_a_default_build_listens_on_no_port(tmp_path):
     """While a default ground-truth build retrains (one model at a time, so in worker processes), no
     process of it holds a listening socket: nothing on this machine or its network can connect."""
-    from test_ray_drills import descendants
+    from test_ray_drills import _alive, descendants
 
     cmd = [sys.executable, "-m", "tdabench.cli", "ground-truth", "--task", "regression", "--seeds", "1",
            "--set", "gt.num_subsets=3000", "--results-dir", str(tmp_path)]
@@ -106,3 +106,8 @@ def test_a_default_build_listens_on_no_port(tmp_path):
     finally:
         proc.kill()
         proc.wait(30)
+    # kill -9 of the run takes its workers with it (they would wait on their job queue forever)
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in tree) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in tree if _alive(pid)], "worker processes outlived a killed run"

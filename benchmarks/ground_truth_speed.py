@@ -6,12 +6,17 @@ retraining (``Task.train_many``) on one thread, and of the full builder on every
 ratios; then the wall-clock of ``tdabench ground-truth`` for a 1,000-subset ground truth and for a full
 leave-one-out ground truth of digits, each from an empty results directory, start-up included.
 
-    python benchmarks/ground_truth_speed.py [--models 20] [--batch 256] [--task regression]
+The reference and the batched rate are measured in alternating rounds and each reported as its
+median (with the range), so that a change in the machine's speed during the run (a shared host's
+cores vary by 1.5× from minute to minute) moves both alike.
+
+    python benchmarks/ground_truth_speed.py [--models 10] [--batch 256] [--rounds 3] [--task regression]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from tdabench.distributed import SerialExecutor
+from tdabench.distributed import ProcessExecutor
 from tdabench.groundtruth import GroundTruthConfig, build_ground_truth
 from tdabench.retrain import subset_masks, train_and_measure
 from tdabench.task import Task
@@ -48,10 +53,11 @@ def batched(task: Task, masks: torch.Tensor) -> float:
 
 
 def builder(task: Task, subsets: int) -> float:
-    """Retrains per second through build_ground_truth, in-process on every core (what `run` uses)."""
+    """Retrains per second through build_ground_truth on a forked worker process per core, each training
+    a chunk of models at once (what `run` and `ground-truth` use on a CPU)."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        build_ground_truth(task, GroundTruthConfig(num_subsets=subsets), 0, Path(tmp), SerialExecutor(os.cpu_count()))
+        build_ground_truth(task, GroundTruthConfig(num_subsets=subsets), 0, Path(tmp), ProcessExecutor())
         return subsets / (time.perf_counter() - start)
 
 
@@ -67,8 +73,9 @@ def cli_seconds(task: str, *sets: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=int, default=20, help="retrains of the one-model reference")
+    parser.add_argument("--models", type=int, default=10, help="retrains of the one-model reference per round")
     parser.add_argument("--batch", type=int, default=256, help="models trained at once")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the reference and the batched path")
     parser.add_argument("--task", choices=("digits", "regression"), default="digits",
                         help="regression runs the board's full-batch GD (task.optimizer=gd, 300 steps)")
     args = parser.parse_args()
@@ -76,16 +83,23 @@ def main() -> None:
     sets = REGRESSION_GD if args.task == "regression" else ()
     masks = subset_masks(task.n_train, 0.5, args.batch, 0)
     torch.set_num_threads(1)
-    ref = one_model_loop(task, masks[: args.models])
-    many = batched(task, masks)
+    refs, manys = [], []
+    for r in range(args.rounds):
+        refs.append(one_model_loop(task, masks[r * args.models : (r + 1) * args.models]))
+        manys.append(batched(task, masks))
+    ref, many = statistics.median(refs), statistics.median(manys)
     torch.set_num_threads(os.cpu_count() or 1)
     full = builder(task, 2 * args.batch)
-    print(f"one-model loop, 1 thread (reference):   {ref:8.2f} retrains/s")
-    print(f"batched ({args.batch} at once), 1 thread:       {many:8.2f} retrains/s   {many / ref:5.1f}x the reference")
-    print(f"builder, {os.cpu_count()} threads in-process:        {full:8.2f} retrains/s   {full / ref:5.1f}x the reference")
+    spread = lambda xs: f"(range {min(xs):.2f}–{max(xs):.2f})"
+    print(f"one-model loop, 1 thread (reference):   {ref:8.2f} retrains/s   {spread(refs)}")
+    print(f"batched ({args.batch} at once), 1 thread:       {many:8.2f} retrains/s   {many / ref:5.1f}x the reference   {spread(manys)}")
+    print(f"builder, {os.cpu_count()} worker processes:         {full:8.2f} retrains/s   {full / ref:5.1f}x the reference")
     print(f"tdabench ground-truth, 1,000 subsets:    {cli_seconds(args.task, 'gt.num_subsets=1000', *sets):8.1f} s (start-up included)")
     print(f"tdabench ground-truth, leave-one-out:    {cli_seconds(args.task, 'gt.kind=loo', *sets):8.1f} s "
           f"({task.n_train + 1:,} retrains, start-up included)")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tdabench.cli", "ground-truth", "--help"], check=True, capture_output=True)
+    print(f"of which start-up (ground-truth --help):  {time.perf_counter() - start:8.1f} s")
 
 
 if __name__ == "__main__":

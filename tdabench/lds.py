@@ -6,7 +6,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import Tensor
 
 
@@ -17,6 +16,8 @@ def spearman_columns(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     A constant target column has no defined correlation: NaN.  A constant prediction against a
     varying target carries no information: 0.
     """
+    from scipy.stats import rankdata   # here, not at the top: scipy.stats takes a second to import, and
+                                       # every command (a ground-truth build too) imports this module
     return pearson_columns(rankdata(pred, axis=0, method="average"), rankdata(target, axis=0, method="average"))
 
 

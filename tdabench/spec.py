@@ -215,18 +215,20 @@ class _LazyExecutor:
 
     def _pick(self, task: Task, order: str) -> Any:
         """Serial when asked; Ray when a cluster is named (``--ray-address`` or ``RAY_ADDRESS``); on this
-        machine, in-process on every core for retrains trained many at once (``train_many``, or the
-        reference order's reweighted runs), forked worker processes for a CPU build (no port is opened),
-        and a local Ray instance for a GPU build (it shares the GPUs out among retrains; a forked
-        process cannot use CUDA)."""
+        machine, forked worker processes for a CPU build (one per core, each retraining a chunk of
+        models at once when the task trains many; no port is opened), in-process for the reference
+        order's reweighted runs and for a GPU build that trains many models at once, and a local Ray
+        instance for any other GPU build (it shares the GPUs out among retrains; a forked process
+        cannot use CUDA)."""
         address = self.spec.ray_address or os.environ.get("RAY_ADDRESS")
         if self.spec.executor == "serial":
             return SerialExecutor()
         if address:
             return RayExecutor(address=address)
-        if task.trains_many or order == "reference":
+        cpu = task.device.type == "cpu"
+        if order == "reference" or task.trains_many and not cpu:
             return SerialExecutor(threads=os.cpu_count())
-        return ProcessExecutor() if task.device.type == "cpu" else RayExecutor()
+        return ProcessExecutor() if cpu else RayExecutor()
 
     def close(self) -> None:
         if isinstance(self._inner, (RayExecutor, ProcessExecutor)):

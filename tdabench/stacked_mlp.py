@@ -1,0 +1,135 @@
+"""Many small MLP classifiers trained at once, with hand-written forward and backward passes.
+
+``batched.train_many_adam`` runs any task's own loss under ``torch.func.vmap`` and autograd; for the
+commonest small model of the field — ``nn.Sequential`` of ``Linear`` layers with ``ReLU`` between,
+trained on the mean cross-entropy — this module writes the two passes out as batched matrix
+products, which is about twice as fast on one CPU core: no autograd graph, no per-op vmap dispatch,
+and every product in the orientation the BLAS runs fastest.  A task opts in explicitly (its loss
+must be that cross-entropy); the data order and Adam are ``batched``'s, so a model
+trained here equals the one-model retrain to float tolerance (tested) and is measured by the
+task's own ``measure``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .batched import StackedAdam, minibatch_schedule, stack_models
+from .task import Task
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One ``Linear`` of the MLP: its parameter names and whether a ReLU follows it."""
+
+    weight: str
+    bias: str | None
+    relu: bool
+
+
+def mlp_layers(model: nn.Module) -> list[Layer]:
+    """The ``Linear`` layers of ``model``, which must be an ``nn.Sequential`` of ``Linear`` and ``ReLU``
+    modules ending in a ``Linear`` (the logits); raises ``TypeError`` naming the first other module."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"stacked_mlp trains an nn.Sequential of Linear and ReLU layers, not {type(model).__name__}")
+    layers: list[Layer] = []
+    for name, module in model.named_children():
+        if isinstance(module, nn.Linear):
+            layers.append(Layer(f"{name}.weight", f"{name}.bias" if module.bias is not None else None, False))
+        elif isinstance(module, nn.ReLU) and layers and not layers[-1].relu:
+            layers[-1] = Layer(layers[-1].weight, layers[-1].bias, True)
+        else:
+            raise TypeError(f"stacked_mlp: module {name!r} ({type(module).__name__}) is not a Linear, or a ReLU after one")
+    if not layers or layers[-1].relu:
+        raise TypeError("stacked_mlp: the model must end in a Linear layer (the logits)")
+    return layers
+
+
+def _forward(layers: list[Layer], params: dict[str, Tensor], x: Tensor) -> tuple[list[Tensor], Tensor]:
+    """Each layer's input ``[M, B, in]`` (ReLU applied) and the logits, transposed: ``[M, C, B]``.
+
+    Hidden layers put examples in rows (``a @ Wᵀ``); the logits layer puts classes in rows (``W @ aᵀ``):
+    a product whose output has 10 columns runs at a quarter of the rate of one with 64 on a CPU BLAS."""
+    inputs, a = [], x
+    for layer in layers[:-1]:
+        inputs.append(a)
+        z = torch.bmm(a, params[layer.weight].transpose(1, 2))                   # shape: [M, B, out]
+        if layer.bias:
+            z += params[layer.bias].unsqueeze(1)
+        a = z.clamp_min_(0) if layer.relu else z
+    inputs.append(a)
+    last = layers[-1]
+    logits_t = torch.bmm(params[last.weight], a.transpose(1, 2))                 # shape: [M, C, B]
+    if last.bias:
+        logits_t += params[last.bias].unsqueeze(2)
+    return inputs, logits_t
+
+
+def cross_entropy_grads(layers: list[Layer], params: dict[str, Tensor], x: Tensor, y: Tensor,
+                        keep: Tensor) -> dict[str, Tensor]:
+    """Per-model gradients of each model's mean cross-entropy over its kept examples.
+
+    ``x`` ``[M, B, in]``, ``y`` ``[M, B]`` class indices, ``keep`` ``[M, B]`` 1.0 for a real example, 0.0
+    for padding.  Returns ``{name: [M, *shape]}``, what autograd of ``(ce * keep).sum() / keep.sum()``
+    gives for every model."""
+    inputs, logits_t = _forward(layers, params, x)
+    d = torch.softmax(logits_t, dim=1)                                           # shape: [M, C, B]
+    d.scatter_add_(1, y.unsqueeze(1), torch.full_like(d[:, :1], -1.0))          # softmax − one-hot
+    d *= (keep / keep.sum(1, keepdim=True).clamp(min=1)).unsqueeze(1)
+    grads: dict[str, Tensor] = {}
+    last = layers[-1]
+    grads[last.weight] = torch.bmm(d, inputs[-1])                                # shape: [M, C, in]
+    if last.bias:
+        grads[last.bias] = d.sum(2)
+    d = torch.bmm(d.transpose(1, 2), params[last.weight])                        # shape: [M, B, in]
+    for i in range(len(layers) - 2, -1, -1):
+        layer = layers[i]
+        if layer.relu:   # ReLU'(z), as autograd applies it: its output is positive exactly where z is
+            d = torch.ops.aten.threshold_backward(d, inputs[i + 1], 0)   # (d * (a > 0) is 25× slower on a CPU)
+        grads[layer.weight] = torch.bmm(d.transpose(1, 2), inputs[i])            # shape: [M, out, in]
+        if layer.bias:
+            grads[layer.bias] = d.sum(1)
+        if i:
+            d = torch.bmm(d, params[layer.weight])                               # shape: [M, B, in]
+    return grads
+
+
+@torch.no_grad()
+def train_many_mlp_adam(task: Task, masks: Tensor, seeds: Sequence[int], epochs: int, batch_size: int,
+                        lr: float, weight_decay: float) -> Tensor:
+    """``batched.train_many_adam`` for a task whose model is such an MLP and whose training loss is
+    the mean cross-entropy of its logits: M models, model m from ``task.make_model(seeds[m])`` trained
+    on ``masks[m]`` (``[M, n_train]``) in data order ``seeds[m]``; returns ``[M, n_query]``."""
+    models = [task.make_model(int(s)) for s in seeds]
+    layers = mlp_layers(models[0])
+    params = {n: p.detach() for n, p in stack_models(models).items()}
+    opt = StackedAdam(params, lr=lr, weight_decay=weight_decay)
+    schedule, steps = minibatch_schedule(masks, seeds, epochs, batch_size)      # shape: [M, S, B], [M]
+    final = {n: p.clone() for n, p in params.items()}                           # each model's weights at its last step
+    x_all, y_all = task.train_data()[:2]
+    schedule = schedule.to(x_all.device)
+    for t in range(schedule.shape[1]):
+        idx = schedule[:, t]                                                     # shape: [M, B]
+        flat = idx.clamp(min=0).flatten()
+        x = x_all.index_select(0, flat).view(*idx.shape, -1)                     # shape: [M, B, in]
+        y = y_all.index_select(0, flat).view(idx.shape)                          # shape: [M, B]
+        for name, g in cross_entropy_grads(layers, params, x, y, (idx >= 0).to(x.dtype)).items():
+            params[name].grad = g
+        opt.step()
+        ended = (steps == t + 1).to(x.device)                                    # runs that end at this step
+        if ended.any():
+            for name, p in params.items():
+                final[name][ended] = p[ended]
+    return torch.stack([task.measure(_load(model, final, m), task.query_data()).cpu() for m, model in enumerate(models)])
+
+
+def _load(model: nn.Module, stacked: dict[str, Tensor], m: int) -> nn.Module:
+    """``model`` with the weights of model ``m`` of ``stacked``: it is then measured by the task's own
+    ``measure``, exactly as the one-model retrain is (a vmapped measurement would differ in rounding,
+    and its cross-entropy decomposition imports half a second of torch's symbolic shapes)."""
+    for name, p in model.named_parameters():
+        p.copy_(stacked[name][m])
+    return model

@@ -1,0 +1,59 @@
+"""The hand-written passes of stacked MLP classifiers against autograd, and the generic vmap path
+(``batched.train_many_adam``, which plug-in tasks use) against the one-model retrain."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tdabench.batched import stack_models, train_many_adam
+from tdabench.retrain import train_and_measure
+from tdabench.stacked_mlp import cross_entropy_grads, mlp_layers, train_many_mlp_adam
+from tdabench.tasks.digits import Digits, DigitsConfig
+
+
+def _mlp(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)   # three Linear layers: one without a bias, two products in a row without a ReLU
+    return nn.Sequential(nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 5, bias=False), nn.Linear(5, 4)).double()
+
+
+def test_hand_written_gradients_equal_autograd_for_every_model():
+    models = [_mlp(s) for s in range(3)]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 9, 7, generator=gen, dtype=torch.float64)               # shape: [M, B, in]
+    y = torch.randint(0, 4, (3, 9), generator=gen)
+    keep = torch.ones(3, 9, dtype=torch.float64)
+    keep[1, 5:] = 0                                                              # padding: a shorter last batch
+    keep[2, 1:] = 0
+    params = {n: p.detach() for n, p in stack_models(models).items()}
+    grads = cross_entropy_grads(mlp_layers(models[0]), params, x, y, keep)
+    for m, model in enumerate(models):
+        rows = keep[m].bool()
+        loss = F.cross_entropy(model(x[m][rows]), y[m][rows])                   # the one-model mean loss
+        expected = torch.autograd.grad(loss, list(model.parameters()))
+        for (name, _), g in zip(model.named_parameters(), expected):
+            torch.testing.assert_close(grads[name][m], g, atol=1e-12, rtol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("model, bad", [(nn.Linear(3, 2), "nn.Sequential"),
+                                        (nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2)), "Tanh"),
+                                        (nn.Sequential(nn.Linear(3, 2), nn.ReLU()), "end in a Linear"),
+                                        (nn.Sequential(nn.ReLU(), nn.Linear(3, 2)), "ReLU")])
+def test_anything_but_an_mlp_of_linear_and_relu_is_refused(model, bad):
+    with pytest.raises(TypeError, match=bad):
+        mlp_layers(model)
+
+
+def test_the_generic_vmap_path_and_the_hand_written_one_agree_with_the_one_model_retrain():
+    """``train_many_adam`` (the task's own loss under vmap) and ``train_many_mlp_adam`` (digits' path)
+    each give the one-model retrain's measurements for subsets of four sizes in one batch."""
+    task = Digits(DigitsConfig(n_train=200, n_query=30, epochs=2, batch_size=16))
+    gen = torch.Generator().manual_seed(3)
+    masks = torch.stack([torch.rand(200, generator=gen) < a for a in (0.05, 0.5, 0.95, 0.3)])
+    seeds = [21, 22, 23, 24]
+    one = torch.stack([train_and_measure(task, m, s) for m, s in zip(masks, seeds)])
+    c = task.config
+    generic = train_many_adam(task, masks, seeds, c.epochs, c.batch_size, c.lr, c.weight_decay)
+    by_hand = train_many_mlp_adam(task, masks, seeds, c.epochs, c.batch_size, c.lr, c.weight_decay)
+    torch.testing.assert_close(generic, one, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(by_hand, one, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(one[0], one[2], atol=1e-3)                        # the models really differ

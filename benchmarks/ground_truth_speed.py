@@ -7,8 +7,8 @@ ratios; then the wall-clock of ``tdabench ground-truth`` for a 1,000-subset grou
 leave-one-out ground truth of digits, each from an empty results directory, start-up included.
 
 The reference and the batched rate are measured in alternating rounds and each reported as its
-median (with the range), so that a change in the machine's speed during the run (a shared host's
-cores vary by 1.5× from minute to minute) moves both alike.
+median (with the range), and so is each round's ratio: a shared host's cores vary in speed by 1.5×
+from minute to minute, which moves a round's two measurements alike.
 
     python benchmarks/ground_truth_speed.py [--models 10] [--batch 256] [--rounds 3] [--task regression]
 """
@@ -88,11 +88,13 @@ def main() -> None:
         refs.append(one_model_loop(task, masks[r * args.models : (r + 1) * args.models]))
         manys.append(batched(task, masks))
     ref, many = statistics.median(refs), statistics.median(manys)
+    ratios = [m / r for r, m in zip(refs, manys)]                    # each round's pair, measured minutes apart at most
     torch.set_num_threads(os.cpu_count() or 1)
     full = builder(task, 2 * args.batch)
     spread = lambda xs: f"(range {min(xs):.2f}–{max(xs):.2f})"
     print(f"one-model loop, 1 thread (reference):   {ref:8.2f} retrains/s   {spread(refs)}")
     print(f"batched ({args.batch} at once), 1 thread:       {many:8.2f} retrains/s   {many / ref:5.1f}x the reference   {spread(manys)}")
+    print(f"  batched / reference in each round:      {', '.join(f'{x:.1f}x' for x in ratios)} (median {statistics.median(ratios):.1f}x)")
     print(f"builder, {os.cpu_count()} worker processes:         {full:8.2f} retrains/s   {full / ref:5.1f}x the reference")
     print(f"tdabench ground-truth, 1,000 subsets:    {cli_seconds(args.task, 'gt.num_subsets=1000', *sets):8.1f} s (start-up included)")
     print(f"tdabench ground-truth, leave-one-out:    {cli_seconds(args.task, 'gt.kind=loo', *sets):8.1f} s "

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from tdabench.checks import integer, number
+from tdabench.deeplinear import DeepLinear
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
 from tdabench.unroll import Optimizer, Unroll
@@ -104,6 +105,13 @@ class Hierarchy(Task):
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         return self.output_loss(self.outputs(model, batch), batch)
+
+    def deep_linear(self) -> DeepLinear:
+        """The closed form of this network's training (002 C.6; ``tdabench stagewise`` draws its influence
+        next to the methods'): the items' targets, the step size, and the initial mode strength of a
+        Gaussian initialisation, hidden·σ²/2 (the strength a mode's random start grows from)."""
+        c = self.config
+        return DeepLinear(self._data[1].cpu(), c.lr, c.hidden * c.init_std**2 / 2)
 
     def hidden(self, model: nn.Module) -> Tensor:
         """The hidden representation W₁x of every query item, ``[n_items, hidden]`` (for MDS over training)."""

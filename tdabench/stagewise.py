@@ -7,7 +7,8 @@ reports the metric per checkpoint (LDS(t) for α-subsets, the LOO correlation fo
 for leave-one-out, how well each method's influence *trajectory* follows the retrained one per pair
 (i, j): the Pearson correlation over checkpoints of score_ij(t) and −Δ_ij(t), where Δ_ij(t) is query
 j's loss change at t when i is left out (002 Fig. 6; the minus: scores predict the effect of
-including i).  Writes ``results/stagewise/<task>.json`` and a plot of the metric over training — or,
+including i).  A task with a closed-form training (``deep_linear``) adds its analytical influence
+and leave-one-out effect (002 C.6) as two more trajectories.  Writes ``results/stagewise/<task>.json`` and a plot of the metric over training — or,
 where git tracks that report (the committed board) and ``--update-board`` was not given,
 ``<task>-<settings key>.json`` beside it, so that a run of other settings never overwrites it.
 """
@@ -105,6 +106,7 @@ def _pairs(spec: RunSpec, plan: Any, steps: list[int], failed: set[str], plot: P
     for seed in spec.seeds:
         removed, effects = _loo_effects(spec, plan, seed)
         curves = {m.name: _trajectory_of(spec, plan, m, seed, count)[:, removed] for m in methods}
+        curves.update(closed_form_curves(plan.task, steps, removed))
         for name, scores in curves.items():
             out.setdefault(name, []).append(pair_correlations(scores, effects).flatten())
             timing.setdefault(name, []).append(timing_agreement(scores, effects))
@@ -119,6 +121,17 @@ def _pairs(spec: RunSpec, plan: Any, steps: list[int], failed: set[str], plot: P
                          "flip_pairs": sum(t["flip_pairs"] for t in timing[name]),
                          "flip_agreement": float(np.nanmean([t["flip_agreement"] for t in timing[name]]))}
     return summary
+
+
+def closed_form_curves(task: Any, steps: list[int], removed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """For a task whose training has a closed form (``task.deep_linear()``, 002 C.6), its first-order
+    influence and its exact leave-one-out effect at every step, ``[C, m, Q]`` each, as references next
+    to the methods; none for any other task."""
+    if not callable(getattr(task, "deep_linear", None)):
+        return {}
+    model, queries = task.deep_linear(), tuple(t.cpu() for t in task.query_data()[:2])
+    return {"analytic-if": torch.stack([model.influence(step, queries)[removed] for step in steps]),
+            "analytic-loo": torch.stack([model.loo(step, queries)[removed] for step in steps])}
 
 
 def stagewise(spec: RunSpec) -> dict[str, Any]:

@@ -88,7 +88,8 @@ def test_a_ray_task_carries_its_own_mask_not_the_whole_mask_matrix():
     jobs = [(k, 0, masks[k], k) for k in range(3)]
     shipped = pickle.dumps(payload(jobs))
     assert len(shipped) < 10_000 < len(pickle.dumps(jobs))           # 3 rows of 200, not 3 × 1 MB
-    assert all(torch.equal(a[2], b[2]) for a, b in zip(payload(jobs), jobs))
+    assert all(torch.equal(torch.as_tensor(a[2]), b[2]) for a, b in zip(payload(jobs), jobs))
+    assert not any(isinstance(job[2], torch.Tensor) for job in payload(jobs))   # a tensor would travel by fd
 
 
 def test_serial_retrains_use_the_threads_of_a_ray_worker(monkeypatch):

@@ -48,6 +48,7 @@ MD5 = {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bb
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 MEAN = (125.31, 122.95, 113.87)    # per-channel pixel mean of the CIFAR-10 training set (0-255 scale)
 STD = (62.99, 62.09, 66.70)
+TRAK_PROJ_DIM = 2048               # TRAK's default k (its method config), the width of the matrix it projects with
 
 
 @dataclass(frozen=True)
@@ -447,7 +448,9 @@ class Cifar10(Task):
         thousands of images: gradient methods then project to 512 dimensions (the shared projector
         draws its matrix blocks on the device), in large batches on CUDA.  BIF takes 001 Table 3's
         CIFAR-10 row (b=1024, C=4, T=100, no burn-in, nβ=200, γ=10⁴); the paper gives no step size, and
-        ε=1e-5 keeps ε·γ/(2δ) below 1 for RMSprop-SGLD (sweep it: `tdabench sweep ... --grid epsilon=...`)."""
+        ε=1e-5 keeps ε·γ/(2δ) below 1 for RMSprop-SGLD (sweep it: `tdabench sweep ... --grid epsilon=...`).
+        On CUDA, TRAK holds its projection matrix: redrawn in blocks for every featurize batch of 128, the
+        2M × 2,048 Gaussian would be 390 × 16 GB of random numbers per model at 50,000 images."""
         c = self.config
         chans = (24, *c.widths)
         dim = sum(9 * (a * b + b * b) + 2 * b for a, b in zip(chans, chans[1:])) + 10 * c.widths[-1]
@@ -457,4 +460,6 @@ class Cifar10(Task):
         if 4 * dim * (c.n_train + (c.n_query or 10000)) > 2**31:   # float32 gradients above 2 GiB
             projected = {"proj_dim": 512, "batch_size": 1024 if self._cuda else 64}
             recs |= {"gradsim": projected, "tracin": dict(projected)}
+        if self._cuda:   # TRAK's d × 2,048 Gaussian (16 GB at full width) held once, not redrawn for every batch
+            recs["trak"] = {"projector_memory_mb": math.ceil(4 * dim * TRAK_PROJ_DIM / 2**20)}
         return recs

@@ -143,3 +143,20 @@ def test_cifar10_at_the_suites_largest_shape_plans_within_80_gb(tmp_path):
     assert all(not s.partial and s.peak_bytes < 78 * 2**30 for s in plan.stages), plan.stages
     assert "of 100 task.warmup_steps" in stages["retrain"].note and "of 25,000 rows" in stages["retrain"].note
     assert stages["measure"].peak_bytes < 2 * 2**30 and "of 10,000 queries" in stages["measure"].note
+
+
+def test_cifar10_trak_holds_its_projection_on_cuda(tmp_path):
+    """At full width on CUDA, TRAK keeps its d × 2,048 projection in memory (redrawn per featurize batch
+    it is 16 GB of random numbers each time); on a CPU nothing changes."""
+    from test_cifar10 import write_cifar
+    from tdabench.methods.trak import TRAKConfig
+    from tdabench.tasks.cifar10 import Cifar10, Cifar10Config
+
+    write_cifar(tmp_path, per_batch=20)
+    cfg = Cifar10Config(data_dir=str(tmp_path), verify=False, download=False, n_train=50, warmup_size=10, n_query=10)
+    recs = Cifar10(cfg, device="cuda").recommendations()
+    dim = sum(p.numel() for p in Cifar10(cfg).make_model(0).parameters())
+    held = recs["trak"]["projector_memory_mb"] * 2**20 // 4                   # float32 entries it may hold
+    assert TRAKConfig().proj_dim * dim <= held < TRAKConfig().proj_dim * dim + 2**20
+    assert dim * TRAKConfig().proj_dim > TRAKConfig().projector_memory_mb * 2**20 // 4   # the default redraws it
+    assert "trak" not in Cifar10(cfg).recommendations()

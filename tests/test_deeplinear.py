@@ -10,13 +10,9 @@ from tdabench.tasks.regression import Regression
 STEPS = (100, 150, 200, 250, 300, 400)
 
 
-def _closed_form(task: Hierarchy) -> DeepLinear:
-    return task.deep_linear()
-
-
 def test_the_derivative_equals_central_differences_of_the_closed_form_through_degenerate_modes():
     task = Hierarchy()
-    model, t = _closed_form(task), task.train_data()[1].T
+    model, t = task.deep_linear(), task.train_data()[1].T
     values = torch.linalg.svdvals(t)
     assert (values[:-1] - values[1:]).abs().min() < 1e-9                       # the tree's modes coincide
     h = 1e-6
@@ -52,7 +48,7 @@ def test_the_closed_form_follows_the_task_s_gradient_descent():
     task.train(task.make_model(0), torch.arange(task.n_train), 0,
                lambda step, m, lr: measured.append(task.measure(m, task.query_data()).double()), STEPS)
     x, y = task.query_data()
-    model = _closed_form(task)
+    model = task.deep_linear()
     closed = torch.stack([0.5 * ((x @ model.map(y.T, s).T - y) ** 2).sum(1) for s in STEPS])
     initial = 0.5 * (y**2).sum(1).max()
     assert (torch.stack(measured) - closed).abs().max() < 0.03 * initial
@@ -71,7 +67,7 @@ def test_the_analytical_influence_matches_finite_differences_of_the_training_dyn
         down[i] *= 1 - h
         fd.append((_gd_losses(task, up) - _gd_losses(task, down)) / (2 * h))
     fd = torch.stack(fd, 1)                                                       # shape: [C, N, Q]
-    model = _closed_form(task)
+    model = task.deep_linear()
     analytic = torch.stack([model.influence(s, (x, y)) for s in STEPS])
     assert torch.corrcoef(torch.stack([fd.flatten(), analytic.flatten()]))[0, 1] > 0.99
     assert (fd - analytic).norm() / fd.norm() < 0.15                             # measured: 0.08

@@ -225,20 +225,28 @@ def _file_patches(scratch: Optional[Path]) -> list[tuple[Any, Any]]:
 
 @contextlib.contextmanager
 def _bound_everywhere(pairs: list[tuple[Any, Any]]) -> Iterator[None]:
-    """Replace each original function in every loaded module that holds it under some name."""
-    import sys
-
-    swaps = [(module, name, new) for module in list(sys.modules.values()) if module is not None
-             for name, value in list(getattr(module, "__dict__", {}).items())
-             for old, new in pairs if value is old]
-    saved = [(module, name, getattr(module, name)) for module, name, _ in swaps]
+    """Replace each original function in every loaded module that holds it under some name; on exit
+    put the original back wherever a replacement is found, in modules imported meanwhile too (a
+    library first imported during a plan's trace, such as kronfluence, binds ``save_file`` to the
+    replacement: left there, the next trace saved through the previous trace's files and lost them)."""
+    swaps = _holders(pairs)
     for module, name, new in swaps:
         setattr(module, name, new)
     try:
         yield
     finally:
-        for module, name, old in saved:
+        for module, name, old in _holders([(new, old) for old, new in pairs]):
             setattr(module, name, old)
+
+
+def _holders(swap: list[tuple[Any, Any]]) -> list[tuple[Any, str, Any]]:
+    """(module, name, replacement) for every loaded module's global that is (by identity) the first
+    of a pair of ``swap``."""
+    import sys
+
+    return [(module, name, new) for module in list(sys.modules.values()) if module is not None
+            for name, value in list(getattr(module, "__dict__", {}).items())
+            for old, new in swap if value is old]
 
 
 def _numpy(original: Any) -> Any:

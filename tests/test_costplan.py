@@ -38,6 +38,29 @@ def test_item_and_nonzero_are_stood_in_for():
         assert live.guessed >= 3
 
 
+def test_a_library_imported_during_one_trace_saves_into_the_next_traces_files(tmp_path, monkeypatch):
+    # kronfluence is imported lazily, inside the first trace of a suite's plan, and binds
+    # safetensors' save_file there: the next trace's covariance factors must still land in its own
+    # scratch (they went to the first trace's, and EK-FAC's fit failed with FactorsNotFoundError)
+    import sys
+
+    import safetensors.torch as st
+
+    (tmp_path / "late_saver.py").write_text("from safetensors.torch import save_file\nimport torch\nsave = torch.save\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "late_saver", raising=False)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    with fake_run(torch.device("cpu"), first):
+        import late_saver
+    assert late_saver.save_file is st.save_file and late_saver.save is torch.save
+    with fake_run(torch.device("cpu"), second):
+        late_saver.save_file({"w": torch.zeros(3)}, str(second / "factors.safetensors"))
+        assert type(st.load_file(str(second / "factors.safetensors"))["w"]).__name__ == "FakeTensor"
+    assert (second / "factors.safetensors").exists() and not list(first.iterdir())
+    monkeypatch.delitem(sys.modules, "late_saver")
+
+
 def _digits_gradsim(n_train: int):
     task = make_task("digits", {"n_train": str(n_train)}, torch.device("cpu"))
     return task, make_method("gradsim", task, {})

@@ -97,12 +97,42 @@ def cross_entropy_grads(layers: list[Layer], params: dict[str, Tensor], x: Tenso
     return grads
 
 
-@torch.no_grad()
+#: Working set of one group of models trained step by step together (weights, gradients, Adam's
+#: moments, the batch's activations): groups that stay in cache ran 1.35× faster than 256 digits
+#: models at once on one core (64 models: 169 leave-one-out retrains/s; 256: 126/s; 16: 120/s, where
+#: per-operator overhead takes over).
+GROUP_BYTES = 8 * 2**20
+
+
+def group_size(model: nn.Module, batch_size: int) -> int:
+    """Models of ``model``'s shape to train together so that their working set fits ``GROUP_BYTES``:
+    weights, gradient, Adam's two moments, the final copy and the update (6 copies of the parameters)
+    and each layer's input, pre-activation and gradient for a batch (3 copies of the activations).
+    Off the CPU, every model at once: a GPU wants the largest products it can get."""
+    layers = mlp_layers(model)
+    if next(model.parameters()).device.type != "cpu":
+        return 2**62
+    params = sum(p.numel() for p in model.parameters())
+    widths = sum(model.get_parameter(layer.weight).shape[1] for layer in layers) + model.get_parameter(layers[-1].weight).shape[0]
+    per_model = next(model.parameters()).element_size() * (6 * params + 3 * batch_size * widths)
+    return max(1, GROUP_BYTES // per_model)
+
+
 def train_many_mlp_adam(task: Task, masks: Tensor, seeds: Sequence[int], epochs: int, batch_size: int,
                         lr: float, weight_decay: float) -> Tensor:
     """``batched.train_many_adam`` for a task whose model is such an MLP and whose training loss is
     the mean cross-entropy of its logits: M models, model m from ``task.make_model(seeds[m])`` trained
-    on ``masks[m]`` (``[M, n_train]``) in data order ``seeds[m]``; returns ``[M, n_query]``."""
+    on ``masks[m]`` (``[M, n_train]``) in data order ``seeds[m]``; returns ``[M, n_query]``.  The
+    models are trained in groups of ``group_size`` (each model's result does not depend on its group)."""
+    size = group_size(task.make_model(int(seeds[0])), batch_size)
+    return torch.cat([_train_group(task, masks[i : i + size], seeds[i : i + size], epochs, batch_size, lr, weight_decay)
+                      for i in range(0, len(seeds), size)])
+
+
+@torch.no_grad()
+def _train_group(task: Task, masks: Tensor, seeds: Sequence[int], epochs: int, batch_size: int,
+                 lr: float, weight_decay: float) -> Tensor:
+    """One group of ``train_many_mlp_adam``, all its models stepped together."""
     models = [task.make_model(int(s)) for s in seeds]
     layers = mlp_layers(models[0])
     params = {n: p.detach() for n, p in stack_models(models).items()}

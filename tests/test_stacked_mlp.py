@@ -7,7 +7,8 @@ from torch import nn
 
 from tdabench.batched import stack_models, train_many_adam
 from tdabench.retrain import train_and_measure
-from tdabench.stacked_mlp import cross_entropy_grads, mlp_layers, train_many_mlp_adam
+from tdabench import stacked_mlp
+from tdabench.stacked_mlp import cross_entropy_grads, group_size, mlp_layers, train_many_mlp_adam
 from tdabench.tasks.digits import Digits, DigitsConfig
 
 
@@ -57,3 +58,25 @@ def test_the_generic_vmap_path_and_the_hand_written_one_agree_with_the_one_model
     torch.testing.assert_close(generic, one, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(by_hand, one, atol=2e-5, rtol=1e-5)
     assert not torch.allclose(one[0], one[2], atol=1e-3)                        # the models really differ
+
+
+def test_group_size_counts_six_copies_of_the_weights_and_three_of_the_activations():
+    model = Digits().make_model(0)                                  # 64 → 32 → 10: 2,410 parameters
+    per_model = 4 * (6 * 2410 + 3 * 64 * (64 + 32 + 10))
+    assert group_size(model, 64) == stacked_mlp.GROUP_BYTES // per_model == 60
+    assert group_size(model.double(), 64) == stacked_mlp.GROUP_BYTES // (2 * per_model)
+
+
+def test_models_trained_in_groups_equal_the_models_trained_all_at_once(monkeypatch):
+    """Groups of 3 (with one left over) give each model what one group of all 7 gives, in order."""
+    task = Digits(DigitsConfig(n_train=120, n_query=20, epochs=2, batch_size=16))
+    gen = torch.Generator().manual_seed(5)
+    masks = torch.stack([torch.rand(120, generator=gen) < a for a in (0.1, 0.9, 0.5, 0.3, 0.7, 0.6, 0.2)])
+    seeds, c = list(range(40, 47)), task.config
+    run = lambda: train_many_mlp_adam(task, masks, seeds, c.epochs, c.batch_size, c.lr, c.weight_decay)
+    together = run()
+    per_model = 4 * (6 * sum(p.numel() for p in task.make_model(0).parameters()) + 3 * 16 * (64 + 32 + 10))
+    monkeypatch.setattr(stacked_mlp, "GROUP_BYTES", 3 * per_model)
+    assert group_size(task.make_model(0), 16) == 3
+    torch.testing.assert_close(run(), together, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(together[0], together[1], atol=1e-3)

@@ -28,8 +28,11 @@ _PR_SET_PDEATHSIG = 1   # linux/prctl.h: the signal this process gets when its p
 def ignore_interrupts() -> None:
     """A worker's set-up: it leaves Ctrl-C to the parent, which stops it (no traceback from every
     worker), and on Linux it is killed when the parent dies: a forked worker holds the writing end of
-    its own job queue, so after a ``kill -9`` of the run it would otherwise wait for work forever."""
+    its own job queue, so after a ``kill -9`` of the run it would otherwise wait for work forever.
+    SIGTERM, which ends the workers when the pool stops, gets its default action back: a process
+    running Ray has Ray's handler there, and every forked worker printed its stack dump on the way out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         parent = os.getppid()
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

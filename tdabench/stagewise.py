@@ -70,12 +70,17 @@ def timing_agreement(scores: torch.Tensor, effects: torch.Tensor, tolerance: int
             "flip_agreement": float(with_it.double().mean()) if flips.any() else math.nan}
 
 
-def _loo_effects(spec: RunSpec, plan: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The removed examples ``[m]`` and −Δ(t) ``[C, m, Q]``: each removal's effect on every query, signed
-    as an inclusion (the retrain-seed mean)."""
-    truth = load_ground_truth(plan.task, plan.gt, seed, spec.results_dir)
+def loo_effects(truth: Any) -> torch.Tensor:
+    """−Δ(t) ``[C, m, Q]`` of a leave-one-out ground truth measured along training: each removal's
+    effect on every query, signed as an inclusion (the retrain-seed mean)."""
     mean = truth.trajectory.mean(0)                                   # shape: [K, C, Q]; row 0 keeps everything
-    return truth.removed, (mean[:1] - mean[1:]).transpose(0, 1)
+    return (mean[:1] - mean[1:]).transpose(0, 1)
+
+
+def _loo_effects(spec: RunSpec, plan: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The removed examples ``[m]`` and their effects (``loo_effects``) of ``seed``'s ground truth."""
+    truth = load_ground_truth(plan.task, plan.gt, seed, spec.results_dir)
+    return truth.removed, loo_effects(truth)
 
 
 def _trajectory_of(spec: RunSpec, plan: Any, method: Any, seed: int, count: int) -> torch.Tensor:

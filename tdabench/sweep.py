@@ -1,9 +1,12 @@
 """Hyperparameter sweeps on Ray Tune with honest tuning.
 
-The subsets and the queries of each seed's ground truth are split (seeded) into a tuning half and a
-held-out half.  Trials are ranked on the tuning split only; the chosen configuration is reported on
-the disjoint held-out split, so the number a sweep reports is never a best-of-grid on its own test
-data.  Every trial reuses the one cached ground truth and reference model built before it starts.
+The objective follows the ground truth: for α-subsets the LDS, the subsets and the queries of each
+seed's ground truth split (seeded) into a tuning half and a held-out half; for leave-one-out measured
+along training (``gt.checkpoints`` ≥ 2, the stagewise study) the median over pairs (i, j) of the
+correlation between the method's influence trajectory and the retrained one (002 Fig. 6), the pairs
+split into halves.  Trials are ranked on the tuning split only; the chosen configuration is reported
+on the disjoint held-out split, so the number a sweep reports is never a best-of-grid on its own
+test data.  Every trial reuses the one cached ground truth and reference model built before it starts.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from .config import ConfigError, coerce_known, content_hash
 from .distributed import start_ray
 from .groundtruth import GroundTruth, build_ground_truth
 from .lds import lds_per_query, mean_se
+from .stagewise import loo_effects, pair_correlations
 from .seeds import derive_seed
 from .spec import Plan, RunSpec, _LazyExecutor, prepare
 
@@ -68,24 +72,45 @@ def split_lds(scores: torch.Tensor, truth: GroundTruth, seed: int) -> tuple[floa
     return out[0], out[1]
 
 
+def objective(gt: Any) -> str:
+    """What a sweep over ground truth ``gt`` ranks trials by."""
+    return "pair trajectory correlation" if gt.kind == "loo" else "lds"
+
+
+def _lds_split(trial: RunSpec, plan: Plan, seed: int, truth: GroundTruth) -> tuple[float, float, float]:
+    """The method at the end of training: (tuning LDS, held-out LDS, seconds)."""
+    method = plan.methods[0]
+    scored = pipeline.fit_and_score(method, pipeline.locked_context(trial, plan.task, method, seed))
+    return (*split_lds(scored.scores, truth, seed), scored.fit.seconds + scored.score.seconds)
+
+
+def _trajectory_split(trial: RunSpec, plan: Plan, seed: int, truth: GroundTruth) -> tuple[float, float, float]:
+    """The method at every checkpoint of the reference run: the median pair trajectory correlation on
+    the tuning and the held-out pairs (a seeded half each), and the seconds of all its fits and scores."""
+    method, count = plan.methods[0], plan.gt.checkpoints
+    scores, seconds = [], 0.0
+    for c in range(1, count + 1):
+        ctx = pipeline.locked_context(trial.replace(at_checkpoint=c), plan.task, method, seed, count)
+        scored = pipeline.fit_and_score(method, ctx)
+        scores.append(scored.scores[truth.removed])                          # shape: [m, Q]
+        seconds += scored.fit.seconds + scored.score.seconds
+    r = pair_correlations(torch.stack(scores), loo_effects(truth)).flatten()  # shape: [m·Q]
+    tune, held = split(r.numel(), seed, 0xC0A)
+    return float(r[tune].nanmedian()), float(r[held].nanmedian()), seconds
+
+
 def _trial(config: dict[str, str], run: RunSpec, truths: dict[int, GroundTruth]) -> dict[str, Any]:
     """One trial: the pipeline's own fit and score (timed and checked) with ``config``'s method
-    settings on every seed, then the LDS on the tuning and held-out splits."""
+    settings on every seed, then the objective on the tuning and held-out splits."""
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
     overrides = {**run.overrides, run.methods[0]: {**run.overrides.get(run.methods[0], {}), **config}}
     trial = run.replace(overrides=overrides)
     plan = pipeline.prepare(trial)
-    method = plan.methods[0]
-    tune_lds, held_lds, seconds = [], [], []
-    for seed, truth in truths.items():
-        scored = pipeline.fit_and_score(method, pipeline.locked_context(trial, plan.task, method, seed))
-        t, h = split_lds(scored.scores, truth, seed)
-        tune_lds.append(t)
-        held_lds.append(h)
-        seconds.append(scored.fit.seconds + scored.score.seconds)
-    return {"tune_lds": mean_se(tune_lds)[0], "heldout_lds": mean_se(held_lds)[0],
-            "heldout_se": mean_se(held_lds)[1] if len(held_lds) > 1 else float("nan"), "heldout_per_seed": held_lds,
+    measure = _trajectory_split if plan.gt.kind == "loo" else _lds_split
+    tune, held, seconds = zip(*(measure(trial, plan, seed, truth) for seed, truth in truths.items()))
+    return {"tune": mean_se(list(tune))[0], "heldout": mean_se(list(held))[0],
+            "heldout_se": mean_se(list(held))[1] if len(held) > 1 else float("nan"), "heldout_per_seed": list(held),
             "seconds": float(sum(seconds) / len(seconds))}
 
 
@@ -105,9 +130,9 @@ def _check(spec: SweepSpec) -> Plan:
     """The run's plan, after every grid value has built its config (whose own checks run)."""
     run = spec.run
     plan = prepare(run)
-    if plan.gt.kind != "subsets":
-        raise ConfigError(f"sweep ranks trials by LDS on split subsets: gt.kind={plan.gt.kind} is not supported; "
-                          f"use gt.kind=subsets")
+    if plan.gt.kind == "loo" and plan.gt.checkpoints < 2:
+        raise ConfigError(f"sweep: gt.kind=loo ranks trials by the influence trajectories of split pairs, which needs "
+                          f"gt.checkpoints of at least 2 (got {plan.gt.checkpoints}); set gt.checkpoints=12, or gt.kind=subsets")
     for key, values in spec.grid.items():
         for value in values:
             prepare(run.replace(overrides={**run.overrides, run.methods[0]: {**run.overrides.get(run.methods[0], {}), key: value}}))
@@ -122,8 +147,9 @@ def _build(spec: SweepSpec, plan: Plan) -> dict[int, GroundTruth]:
         truths = {s: build_ground_truth(plan.task, plan.gt, s, run.results_dir, executor) for s in run.seeds}
     finally:
         executor.close()
-    for s in run.seeds:
-        pipeline.locked_context(run, plan.task, plan.methods[0], s)     # trains and caches the reference model once
+    along = plan.gt.checkpoints if plan.gt.kind == "loo" else 0
+    for s in run.seeds:   # trains and caches the reference model (with its checkpoints) once
+        pipeline.locked_context(run.replace(at_checkpoint=1 if along else 0), plan.task, plan.methods[0], s, along)
     return truths
 
 
@@ -160,13 +186,13 @@ def _tune(spec: SweepSpec, plan: Plan) -> dict[str, Any]:
     trainable = tune.with_parameters(_trainable, run=run, truths=truths)
     storage = (spec.run.results_dir / "tune").resolve()
     tuner = tune.Tuner(tune.with_resources(trainable, trial_resources(plan.task)), param_space=space,
-                       tune_config=tune.TuneConfig(metric="tune_lds", mode="max", num_samples=max(1, spec.samples)),
+                       tune_config=tune.TuneConfig(metric="tune", mode="max", num_samples=max(1, spec.samples)),
                        run_config=tune.RunConfig(name=f"{spec.run.task}-{spec.run.methods[0]}", storage_path=str(storage),
                                                  verbose=0))
     tune_log = report_path(spec).with_suffix(".tune.log")
     with quiet_stdout(tune_log):
         grid = tuner.fit()
-    return {**_report(spec, grid, plan.methods[0]), "tune_log": str(tune_log)}
+    return {**_report(spec, grid, plan), "tune_log": str(tune_log)}
 
 
 @contextlib.contextmanager
@@ -191,24 +217,26 @@ def typed(config: Any, values: dict[str, Any], scope: str) -> dict[str, Any]:
     return json.loads(json.dumps(parsed))
 
 
-def _report(spec: SweepSpec, grid: Any, method: Any = None) -> dict[str, Any]:
-    """The report of a finished Tune run (settings typed as ``method``'s config types them), written as JSON."""
-    method = method or prepare(spec.run).methods[0]
+def _report(spec: SweepSpec, grid: Any, plan: Plan | None = None) -> dict[str, Any]:
+    """The report of a finished Tune run (settings typed as the method's config types them), written as JSON."""
+    plan = plan or prepare(spec.run)
+    method = plan.methods[0]
 
     def as_set(values: dict[str, Any]) -> dict[str, Any]:
         return typed(method.config, values, method.name)
 
-    trials = [{"config": as_set(r.config), "tune_lds": r.metrics.get("tune_lds"), "seconds": r.metrics.get("seconds")}
+    trials = [{"config": as_set(r.config), "tune": r.metrics.get("tune"), "seconds": r.metrics.get("seconds")}
               for r in grid if r.error is None]
     failures = [f"{as_set(r.config)}: {type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
     if not trials:
         raise RuntimeError("every trial failed:\n" + "\n".join(failures))
-    best = grid.get_best_result(metric="tune_lds", mode="max", filter_nan_and_inf=True)
+    best = grid.get_best_result(metric="tune", mode="max", filter_nan_and_inf=True)
     report = {"task": spec.run.task, "method": spec.run.methods[0], "seeds": list(spec.run.seeds),
+              "objective": objective(plan.gt),
               "grid": {k: [as_set({k: v})[k] for v in vs] for k, vs in spec.grid.items()}, "samples": spec.samples,
-              "trials": sorted(trials, key=lambda t: -(t["tune_lds"] or -1)), "failures": failures,
-              "chosen": as_set(best.config), "chosen_tune_lds": best.metrics["tune_lds"],
-              "heldout_lds": best.metrics["heldout_lds"], "heldout_se": best.metrics["heldout_se"],
+              "trials": sorted(trials, key=lambda t: -(t["tune"] if t["tune"] == t["tune"] and t["tune"] is not None else -2)),
+              "failures": failures, "chosen": as_set(best.config), "chosen_tune": best.metrics["tune"],
+              "heldout": best.metrics["heldout"], "heldout_se": best.metrics["heldout_se"],
               "heldout_per_seed": best.metrics["heldout_per_seed"]}
     path = report_path(spec)
     path.parent.mkdir(parents=True, exist_ok=True)

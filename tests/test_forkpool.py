@@ -54,3 +54,14 @@ def test_ctrl_c_stops_the_workers_without_their_tracebacks(tmp_path):
     out, err = proc.communicate(timeout=30)
     assert "stopped" in out and "Traceback" not in err, err
     assert subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).stdout == b""   # no worker left
+
+
+def test_a_worker_ends_on_sigterm_without_the_parents_handler():
+    # a process running Ray has Ray's SIGTERM handler, which printed a stack dump from every forked
+    # worker that the pool ended; a worker takes SIGTERM's default action instead
+    previous = signal.signal(signal.SIGTERM, lambda *_: print("the parent's handler"))
+    try:
+        handlers = fork_map(lambda i: signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, 2, 2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert handlers == [True, True]

@@ -86,13 +86,13 @@ def test_tune_console_output_goes_to_a_log_file(tmp_path, capsys):
 
 
 def _result(config: dict[str, str], lds: float) -> Any:
-    return SimpleNamespace(config=config, error=None, metrics={"tune_lds": lds, "seconds": 0.1, "heldout_lds": lds,
+    return SimpleNamespace(config=config, error=None, metrics={"tune": lds, "seconds": 0.1, "heldout": lds,
                                                                "heldout_se": 0.01, "heldout_per_seed": [lds]})
 
 
 class _Grid(list):
     def get_best_result(self, **_: Any) -> Any:
-        return max(self, key=lambda r: r.metrics["tune_lds"])
+        return max(self, key=lambda r: r.metrics["tune"])
 
 
 def test_sweep_report_and_output_show_typed_settings(tmp_path, capsys, monkeypatch):

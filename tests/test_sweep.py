@@ -23,8 +23,36 @@ def test_sweep_ranks_on_tuning_split_and_reports_held_out(tmp_path):
                   overrides=parse_set_args(["gt.num_subsets=20", "task.n_train=40"]))
     report = sweep(SweepSpec(run=run, grid=parse_grid(["if.damping=0.001,1000"], "if")))
     assert len(report["trials"]) == 2 and report["failures"] == []
-    best = max(report["trials"], key=lambda t: t["tune_lds"])
+    best = max(report["trials"], key=lambda t: t["tune"])
     assert report["chosen"] == best["config"]
-    assert -1.0 <= report["heldout_lds"] <= 1.0
+    assert -1.0 <= report["heldout"] <= 1.0
     saved = json.loads(Path(report["path"]).read_text())
-    assert saved["chosen"] == report["chosen"] and "heldout_lds" not in saved["trials"][0]
+    assert saved["chosen"] == report["chosen"] and "heldout" not in saved["trials"][0]
+
+
+def test_a_leave_one_out_sweep_along_training_ranks_by_pair_trajectories_of_split_pairs(tmp_path):
+    """gt.kind=loo with checkpoints: a trial's tuning and held-out numbers are the medians, over the two
+    halves of the pairs, of the same pair correlations `stagewise` computes from its stored scores."""
+    import pytest
+
+    from tdabench.config import ConfigError
+    from tdabench.stagewise import _loo_effects, _trajectory_of, pair_correlations, stagewise
+    from tdabench.spec import prepare
+    from tdabench.sweep import _prepare, _trial
+
+    gt = ["gt.kind=loo", "gt.checkpoints=4", "task.steps=300"]
+    run = RunSpec(task="hierarchy", methods=("gradsim",), seeds=(0, 1), results_dir=tmp_path, executor="serial",
+                  overrides=parse_set_args(gt))
+    truths = _prepare(SweepSpec(run=run, grid={"normalize": ("true",)}))
+    trial = _trial({"normalize": "true"}, run, truths)
+    same = run.replace(overrides=parse_set_args([*gt, "gradsim.normalize=true"]))
+    stagewise(same)
+    plan = prepare(same)
+    for seed, held in zip((0, 1), trial["heldout_per_seed"]):
+        removed, effects = _loo_effects(same, plan, seed)
+        r = pair_correlations(_trajectory_of(same, plan, plan.methods[0], seed, 4)[:, removed], effects).flatten()
+        assert held == pytest.approx(float(r[split(r.numel(), seed, 0xC0A)[1]].nanmedian()), abs=1e-6)
+    assert trial["heldout"] == pytest.approx(sum(trial["heldout_per_seed"]) / 2)
+    assert -1 <= trial["tune"] <= 1 and trial["tune"] != trial["heldout"]
+    with pytest.raises(ConfigError, match="gt.checkpoints"):
+        _prepare(SweepSpec(run=run.replace(overrides=parse_set_args(["gt.kind=loo"])), grid={"normalize": ("true",)}))

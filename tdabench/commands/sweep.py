@@ -29,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 0:
         raise ConfigError(f"--samples {args.samples}: must be 0 (the full grid) or a number of random draws ≥ 1")
     report = sweep(SweepSpec(run=spec, grid=parse_grid(args.grid, args.method), samples=args.samples))
-    print(f"{'tuning-split LDS':>16}  config")
+    name = "LDS" if report["objective"] == "lds" else "median pair trajectory r"
+    print(f"{'tuning-split ' + name:>30}  config")
     for trial in report["trials"]:
-        print(f"{_fmt(trial['tune_lds']):>16}  {trial['config']}")
-    print(f"chosen on the tuning split: {report['chosen']}; held-out LDS {_fmt(report['heldout_lds'])} ± "
+        print(f"{_fmt(trial['tune']):>30}  {trial['config']}")
+    print(f"chosen on the tuning split: {report['chosen']}; held-out {name} {_fmt(report['heldout'])} ± "
           f"{_fmt(report['heldout_se'])} over {len(report['seeds'])} seed(s)")
     print(f"report written to {report['path']}; Ray Tune's own output (banner, progress, TensorBoard hint) "
           f"in {report['tune_log']}")
@@ -41,4 +42,4 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report["failures"] else 0
 
 
-COMMAND = Command("sweep", "tune a method's settings on Ray Tune; report the held-out LDS", run, add_arguments)
+COMMAND = Command("sweep", "tune a method's settings on Ray Tune; report the held-out LDS (or, for leave-one-out along training, trajectory correlation)", run, add_arguments)

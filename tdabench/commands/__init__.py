@@ -1,7 +1,7 @@
 """The ``tdabench`` subcommands: one module each, registered in :data:`COMMANDS` (in ``--help`` order)."""
 from __future__ import annotations
 
-from . import evaluate, ground_truth, kernel, leaderboard, listing, plan, plot, regress, report, run, scaling, stagewise, sweep, verify
+from . import evaluate, ground_truth, kernel, leaderboard, listing, plan, plot, regress, report, run, scaling, stagewise, sweep, token_classes, verify
 from .base import Command
 
 COMMANDS: tuple[Command, ...] = (
@@ -14,6 +14,7 @@ COMMANDS: tuple[Command, ...] = (
     scaling.COMMAND,
     stagewise.COMMAND,
     kernel.COMMAND,
+    token_classes.COMMAND,
     plot.COMMAND,
     report.COMMAND,
     regress.COMMAND,

@@ -211,6 +211,13 @@ def report_path(spec: SweepSpec) -> Path:
     return spec.run.results_dir / "sweeps" / spec.run.task / spec.run.methods[0] / f"{key}.json"
 
 
+def cause(error: BaseException) -> str:
+    """``Type: message`` of what made a trial fail: Ray wraps the exception raised in the trial, with
+    the worker's whole traceback in its text (a diverging sampler's message names the settings to change)."""
+    inner = getattr(error, "cause", None) or error
+    return f"{type(inner).__name__}: {str(inner).strip().splitlines()[-1] if str(inner).strip() else ''}"
+
+
 def typed(config: Any, values: dict[str, Any], scope: str) -> dict[str, Any]:
     """Grid values parsed as ``config``'s fields type them (``'0'`` → 0, ``'true'`` → True), JSON-ready."""
     parsed = {k: coerce_known(config, k, v, scope) if isinstance(v, str) else v for k, v in values.items()}
@@ -227,7 +234,7 @@ def _report(spec: SweepSpec, grid: Any, plan: Plan | None = None) -> dict[str, A
 
     trials = [{"config": as_set(r.config), "tune": r.metrics.get("tune"), "seconds": r.metrics.get("seconds")}
               for r in grid if r.error is None]
-    failures = [f"{as_set(r.config)}: {type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
+    failures = [f"{as_set(r.config)}: {cause(r.error)}" for r in grid if r.error is not None]
     if not trials:
         raise RuntimeError("every trial failed:\n" + "\n".join(failures))
     best = grid.get_best_result(metric="tune", mode="max", filter_nan_and_inf=True)

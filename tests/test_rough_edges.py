@@ -273,3 +273,17 @@ def test_plots_keep_ground_truth_regimes_apart(tmp_path, monkeypatch):
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert names == sorted(f"regression-{r}-{kind}.png" for r in ("a0.5-K100-R1", "a0.99-K100-R1")
                            for kind in ("lds", "lds-vs-cost", "per-query"))
+
+
+def test_a_failed_sweep_trial_is_reported_by_its_cause_without_the_workers_traceback():
+    from tdabench.sgld import SamplerDivergence
+    from tdabench.sweep import cause
+
+    class Wrapped(Exception):          # how Ray hands back a trial's exception: the traceback in its text
+        def __init__(self, inner: BaseException) -> None:
+            super().__init__(f"ray::ImplicitFunc.train()\n  File \"sweep.py\", line 94\n{type(inner).__name__}: {inner}")
+            self.cause = inner
+
+    inner = SamplerDivergence("chain 0 diverged at step 50: lower bif.epsilon (now 0.0003)")
+    assert cause(Wrapped(inner)) == "SamplerDivergence: chain 0 diverged at step 50: lower bif.epsilon (now 0.0003)"
+    assert cause(ValueError("bad")) == "ValueError: bad"

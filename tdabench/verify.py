@@ -9,8 +9,8 @@ from typing import Iterator
 
 import torch
 
-from . import retrain
-from .fingerprint import changes, fingerprint
+from .fingerprint import changes
+from .groundtruth import GroundTruthConfig, code_fingerprint
 from .leaderboard import is_stale
 from .records import RunResult
 from .registry import TASKS, UnknownNameError
@@ -42,7 +42,7 @@ def _truth_problems(folder: Path) -> Iterator[str]:
         yield f"{folder}: meta.json unreadable ({err}); `run` rebuilds this ground truth"
         return
     try:
-        now = fingerprint(TASKS.get(meta["task"]), retrain)
+        now = code_fingerprint(TASKS.get(meta["task"]), GroundTruthConfig(checkpoints=int(meta.get("checkpoints") or 0)))
     except UnknownNameError:
         yield f"{folder}: task {meta.get('task')!r} is not installed here; cannot check its code"
         return

@@ -315,6 +315,18 @@ def test_verify_reports_unreadable_and_stale_files_without_touching_them(tmp_pat
     assert piece.read_bytes() == b"garbage" and other.read_text() == "{ truncated"   # read-only
 
 
+def test_verify_accepts_a_ground_truth_measured_along_training_by_the_current_code(tmp_path, capsys):
+    # its code includes trajectory.py; verify once called every such ground truth "built by other code"
+    from tdabench.distributed import SerialExecutor
+    from tdabench.groundtruth import GroundTruthConfig, build_ground_truth
+    from tdabench.spec import make_task
+
+    task = make_task("regression", {"n_train": "20", "optimizer": "gd", "steps": "20"}, torch.device("cpu"))
+    build_ground_truth(task, GroundTruthConfig(num_subsets=4, checkpoints=2), 0, tmp_path, SerialExecutor())
+    assert cli.main(["verify", "--results-dir", str(tmp_path)]) == 0
+    assert "0 problem(s)" in capsys.readouterr().out
+
+
 def test_a_task_with_no_examples_fails_before_any_work(tmp_path, capsys):
     code = cli.main(["run", "--task", "digits", "--method", "gradsim", "--set", "task.n_train=0",
                      "--results-dir", str(tmp_path)])

@@ -19,12 +19,12 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .checks import integer
+from .checks import fail, integer
 from .checkpoints import checkpoint_steps
 from .config import ConfigError
 from .seeds import derive_seed
@@ -38,11 +38,15 @@ class ProbeSettings:
     """The probe set and the checkpoints of the study."""
 
     checkpoints: int = 8      # evenly spaced points of the pretraining run (the last: its end)
-    sequences: int = 12       # probe sequences; no token is shared between two of them
-    half: int = 10            # random tokens in a sequence's first half (its second half repeats them)
-    seed: int = 0             # the probe tokens and the chains' noise
+    sequences: int = 12       # probe sequences
+    half: int = 12            # tokens in a sequence's first half (its second half repeats them)
+    probe: str = "text"       # text: each first half opens a new document of the grammar; random: distinct
+                              # random tokens of the text's vocabulary, none shared between sequences (002 D.2)
+    seed: int = 0             # the random probe's tokens and the chains' noise
 
     def __post_init__(self) -> None:
+        if self.probe not in ("text", "random"):
+            fail("study", "probe", self.probe, "text or random", "what the probe's first halves are", "text")
         integer(self, "study", "checkpoints", "points of the pretraining run", minimum=1)
         integer(self, "study", "sequences", "probe sequences (pairs need two)", minimum=2)
         integer(self, "study", "half", "tokens in a probe sequence's first half", minimum=2)
@@ -59,35 +63,46 @@ def _replaced(module: Any, name: str, value: Any) -> Iterator[None]:
         setattr(module, name, old)
 
 
-def pretraining_run(task: Any, count: int) -> tuple[list[int], list[dict[str, Tensor]], Tensor, nn.Module]:
-    """Re-run the task's base pretraining with ``count`` evenly spaced checkpoints: (steps, their
-    state dicts, the pretraining sequences ``[N, T]``, the model, holding the last state)."""
+class PretrainingRun(NamedTuple):
+    steps: list[int]                      # the checkpoints' steps
+    states: list[dict[str, Tensor]]       # the model's state dict at each
+    ids: Tensor                           # the pretraining sequences, shape: [N, T]
+    model: nn.Module                      # the model, holding the last state
+    tokenizer: Any                        # the tokenizer trained with it
+
+
+def pretraining_run(task: Any, count: int) -> PretrainingRun:
+    """Re-run the task's base pretraining with ``count`` evenly spaced checkpoints."""
+    from transformers import AutoTokenizer
+
     from .tasks import tinylm
 
     if not isinstance(task, tinylm.TinyLM) or task.config.model_name:
-        raise ConfigError(f"token-classes re-runs the base model's pretraining, which only tinylm with its own "
-                          f"generated base has (task {task.name}"
-                          f"{', task.model_name=' + task.config.model_name if getattr(task.config, 'model_name', '') else ''}); "
+        raise ConfigError(f"token-classes re-runs a base model's pretraining, which only tinylm's own generated base "
+                          f"has (got task {task.name}{' with task.model_name' if isinstance(task, tinylm.TinyLM) else ''}); "
                           f"use --task tinylm without task.model_name")
     c = task.config
     steps = list(checkpoint_steps(c.pretrain_epochs * math.ceil(c.pretrain_sequences / c.batch_size), count, "even"))
-    states, seen = [], {}
+    states, seen, train = [], {}, tinylm.train_lm
 
     def with_checkpoints(model: nn.Module, data: Any, indices: Tensor, seed: int, recipe: Any, loss: Callable) -> nn.Module:
         seen.update(ids=data[0], model=model)
         keep = lambda step, m, lr: states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
-        return tinylm_train(model, data, indices, seed, recipe, loss, on_checkpoint=keep, checkpoint_steps=tuple(steps))
+        return train(model, data, indices, seed, recipe, loss, on_checkpoint=keep, checkpoint_steps=tuple(steps))
 
-    tinylm_train = tinylm.train_lm
     with tempfile.TemporaryDirectory() as tmp, _replaced(tinylm, "train_lm", with_checkpoints):
         tinylm.pretrain_base(c, Path(tmp) / "base")
-    return steps, states, seen["ids"], seen["model"]
+        tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "base")
+    return PretrainingRun(steps, states, seen["ids"], seen["model"], tokenizer)
 
 
-def probe_set(pretraining: Tensor, settings: ProbeSettings) -> Tensor:
-    """``[sequences, 2·half]`` token ids: each row ``a b … a b …`` of distinct random tokens drawn from
-    those the pretraining text uses, no token in two rows."""
-    used = pretraining.flatten().unique()
+def probe_set(task: Any, run: PretrainingRun, settings: ProbeSettings) -> Tensor:
+    """``[sequences, 2·half]`` token ids, each row's second half a copy of its first: the opening
+    ``half`` tokens of new documents of the task's grammar (``probe="text"``), or distinct random
+    tokens of those the pretraining text uses, no token in two rows (``probe="random"``)."""
+    if settings.probe == "text":
+        return torch.cat([_document_openings(task, run.tokenizer, settings)] * 2, 1)
+    used = run.ids.flatten().unique()
     need = settings.sequences * settings.half
     if used.numel() < need:
         raise ConfigError(f"study.sequences × study.half = {need} distinct tokens, but the pretraining text uses "
@@ -97,6 +112,22 @@ def probe_set(pretraining: Tensor, settings: ProbeSettings) -> Tensor:
     return torch.cat([first, first], 1)
 
 
+def _document_openings(task: Any, tokenizer: Any, settings: ProbeSettings) -> Tensor:
+    """The first ``half`` tokens of ``sequences`` documents drawn afresh from the task's grammar
+    (phase "probe": neither the pretraining nor the finetuning text)."""
+    from .tasks.tinylm import generate_documents
+
+    rows = []
+    for doc in generate_documents(task.config, 64 * settings.sequences, "probe"):
+        ids = tokenizer(doc)["input_ids"]
+        if len(ids) >= settings.half:
+            rows.append(ids[: settings.half])
+        if len(rows) == settings.sequences:
+            return torch.tensor(rows)
+    raise ConfigError(f"study.half={settings.half}: fewer than {settings.sequences} documents of the grammar are "
+                      f"that long; lower study.half")
+
+
 def position_classes(half: int) -> dict[str, Tensor]:
     """Indices into a probe row's per-token losses ``[2·half − 1]`` (entry t predicts token t + 1):
     repeated targets t + 1 in half+1 … 2·half−1 (the token after the earlier copy tells them), and
@@ -104,18 +135,21 @@ def position_classes(half: int) -> dict[str, Tensor]:
     return {"repeated": torch.arange(half, 2 * half - 1), "non-repeated": torch.arange(0, half - 1)}
 
 
-def group_influence(corr: Tensor, sequences: int, half: int) -> dict[str, float]:
-    """Mean normalized BIF over pairs of positions in different probe sequences, per pair of classes.
-    ``corr``: ``[P, P]`` over positions ``(sequence, t)`` flattened row-major, P = sequences·(2·half − 1)."""
-    width = 2 * half - 1
+def group_influence(corr: Tensor, probe: Tensor, half: int) -> dict[str, float]:
+    """Mean normalized BIF per pair of classes over pairs of positions in different probe sequences
+    whose target tokens differ (002 drops same-token scores).  ``corr``: ``[P, P]`` over positions
+    ``(sequence, t)`` flattened row-major, P = sequences·(2·half − 1); ``probe``: ``[sequences, 2·half]``."""
+    sequences, width = probe.shape[0], 2 * half - 1
     c = corr.view(sequences, width, sequences, width)
-    other = ~torch.eye(sequences, dtype=torch.bool)                          # shape: [S, S]: different sequences
+    targets = probe[:, 1:]                                                      # shape: [S, width]
+    other = ~torch.eye(sequences, dtype=torch.bool)[:, None, :, None]          # different sequences
+    counted = other & (targets[:, :, None, None] != targets[None, None, :, :])
     cls = position_classes(half)
     out = {}
     for i, a in enumerate(CLASSES):
         for b in CLASSES[i:]:
-            block = c[:, cls[a]][:, :, :, cls[b]]                               # shape: [S, |a|, S, |b|]
-            out[f"{a} ~ {b}"] = float(block.permute(0, 2, 1, 3)[other].mean())
+            keep = counted[:, cls[a]][:, :, :, cls[b]]                          # shape: [S, |a|, S, |b|]
+            out[f"{a} ~ {b}"] = float(c[:, cls[a]][:, :, :, cls[b]][keep].mean())
     return out
 
 
@@ -167,16 +201,15 @@ def induction_measures(model: nn.Module, probe: Tensor, half: int) -> dict[str, 
 def token_class_study(task: Any, bif: Any, settings: ProbeSettings) -> dict[str, Any]:
     """The study's rows, one per checkpoint of the pretraining run: step, group BIF per pair of
     classes, and the induction measures."""
-    steps, states, pretraining, model = pretraining_run(task, settings.checkpoints)
-    probe = probe_set(pretraining, settings)
-    model.eval()
+    run = pretraining_run(task, settings.checkpoints)
+    probe, model = probe_set(task, run, settings), run.model.eval()
     rows = []
-    for step, state in zip(steps, states):
+    for step, state in zip(run.steps, run.states):
         model.load_state_dict(state)
-        corr = token_bif(model, pretraining, probe, bif, settings.seed)
-        rows.append({"step": step, **group_influence(corr, settings.sequences, settings.half),
+        corr = token_bif(model, run.ids, probe, bif, settings.seed)
+        rows.append({"step": step, **group_influence(corr, probe, settings.half),
                      **induction_measures(model, probe, settings.half)})
-    return {"task": task.name, "probe": probe.tolist(), "rows": rows,
+    return {"task": task.name, "probe_kind": settings.probe, "probe": probe.tolist(), "rows": rows,
             "bif": {k: getattr(bif, k) for k in ("nbeta", "gamma", "epsilon", "chains", "draws", "burn_in", "batch_size")}}
 
 

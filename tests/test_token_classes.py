@@ -11,6 +11,7 @@ import torch
 from tdabench import cli
 from tdabench.config import ConfigError
 from tdabench.spec import make_task
+from tdabench.tasks.tinylm import generate_documents
 from tdabench.token_classes import (ProbeSettings, group_influence, induction_measures, position_classes, pretraining_run,
                                     probe_set)
 
@@ -22,7 +23,8 @@ def test_the_pretraining_rerun_ends_at_the_cached_base_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     task = make_task("tinylm", {**TINY, "cache_dir": str(tmp_path)}, torch.device("cpu"))
-    steps, states, ids, model = pretraining_run(task, 3)
+    run = pretraining_run(task, 3)
+    steps, states, ids = run.steps, run.states, run.ids
     assert steps == [3, 5, 8] and len(states) == 3 and ids.shape == (64, 16)   # 2 epochs × 4 batches of 16
     base = AutoModelForCausalLM.from_pretrained(task.model_source()[0]).state_dict()
     for name, value in states[-1].items():
@@ -32,20 +34,31 @@ def test_the_pretraining_rerun_ends_at_the_cached_base_model(tmp_path):
         pretraining_run(make_task("digits", {}, torch.device("cpu")), 3)
 
 
-def test_the_probe_repeats_each_first_half_and_shares_no_token_between_sequences():
+def test_the_probe_repeats_each_first_half_and_the_random_one_shares_no_token_between_sequences(tmp_path):
+    from types import SimpleNamespace as Run
+
     text = torch.arange(100).repeat(3).view(-1, 10)
-    probe = probe_set(text, ProbeSettings(sequences=4, half=5))
+    probe = probe_set(None, Run(ids=text), ProbeSettings(sequences=4, half=5, probe="random"))
     assert probe.shape == (4, 10) and torch.equal(probe[:, :5], probe[:, 5:])
     assert probe[:, :5].unique().numel() == 20 and set(probe.flatten().tolist()) <= set(range(100))
     with pytest.raises(ConfigError, match="study.sequences"):
-        probe_set(text, ProbeSettings(sequences=30, half=5))
+        probe_set(None, Run(ids=text), ProbeSettings(sequences=30, half=5, probe="random"))
+    with pytest.raises(ConfigError, match="study.probe"):
+        ProbeSettings(probe="words")
     assert position_classes(4) == {"repeated": pytest.approx(torch.tensor([4, 5, 6])),
                                    "non-repeated": pytest.approx(torch.tensor([0, 1, 2]))}
+    task = make_task("tinylm", {**TINY, "cache_dir": str(tmp_path)}, torch.device("cpu"))
+    tokenizer = task.tokenizer
+    opening = probe_set(task, Run(tokenizer=tokenizer), ProbeSettings(sequences=3, half=6))
+    assert opening.shape == (3, 12) and torch.equal(opening[:, :6], opening[:, 6:])
+    words = tokenizer.decode(opening[0, :6].tolist()).split()
+    assert words and all(any(w.strip(".") in doc for doc in generate_documents(task.config, 200, "probe")) for w in words)
 
 
-def test_group_influence_averages_pairs_of_different_sequences_only():
+def test_group_influence_averages_pairs_of_different_sequences_and_different_target_tokens():
     half, seqs = 3, 3
     width = 2 * half - 1
+    probe = torch.tensor([[1, 2, 3, 1, 2, 3], [4, 5, 6, 4, 5, 6], [7, 8, 3, 7, 8, 3]])   # token 3 in rows 0 and 2
     cls = position_classes(half)
     kind = torch.full((width,), -1)
     kind[cls["repeated"]], kind[cls["non-repeated"]] = 1, 0                   # position 2 (t+1 = half): neither
@@ -55,9 +68,10 @@ def test_group_influence_averages_pairs_of_different_sequences_only():
         for r in range(seqs):
             for a in range(width):
                 for b in range(width):
-                    if s != r and (int(kind[a]), int(kind[b])) in value:
+                    same_target = probe[s, a + 1] == probe[r, b + 1]
+                    if s != r and not same_target and (int(kind[a]), int(kind[b])) in value:
                         corr[s, a, r, b] = value[int(kind[a]), int(kind[b])]
-    got = group_influence(corr.view(seqs * width, seqs * width), seqs, half)
+    got = group_influence(corr.view(seqs * width, seqs * width), probe, half)
     assert got == pytest.approx({"repeated ~ repeated": 0.5, "repeated ~ non-repeated": 0.1,
                                  "non-repeated ~ non-repeated": -0.2})
 

@@ -17,8 +17,10 @@ log = logging.getLogger("tdabench")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="tinylm", help="a task whose base model is pretrained here (tinylm)")
     p.add_argument("--checkpoints", type=int, default=8, help="evenly spaced points of the pretraining run")
-    p.add_argument("--sequences", type=int, default=12, help="probe sequences (no token shared between two)")
-    p.add_argument("--half", type=int, default=10, help="random tokens in a probe's first half (the second repeats it)")
+    p.add_argument("--sequences", type=int, default=12, help="probe sequences")
+    p.add_argument("--half", type=int, default=12, help="tokens in a probe's first half (the second half repeats them)")
+    p.add_argument("--probe", default="text", help="text: first halves open new documents of the grammar; random: "
+                                                   "distinct random tokens, none shared between sequences (002 D.2)")
     p.add_argument("--seed", type=int, default=0, help="the probe's tokens and the chains' noise")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SCOPE.KEY=VALUE",
                    help="task.KEY, or bif.KEY for the sampler (nbeta, gamma, epsilon, chains, draws, burn_in, batch_size)")
@@ -32,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from ..spec import RunSpec, prepare
     from ..token_classes import ProbeSettings, plot_study, token_class_study
 
-    settings = ProbeSettings(checkpoints=args.checkpoints, sequences=args.sequences, half=args.half, seed=args.seed)
+    settings = ProbeSettings(checkpoints=args.checkpoints, sequences=args.sequences, half=args.half, probe=args.probe,
+                             seed=args.seed)
     plan = prepare(RunSpec(task=args.task, methods=("bif",), overrides=parse_set_args(args.sets),
                            results_dir=args.results_dir, device="cpu", executor="serial"))
     report = token_class_study(plan.task, plan.methods[0].config, settings)

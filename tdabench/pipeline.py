@@ -186,6 +186,10 @@ def _decide(spec: RunSpec, plan: Plan, method: Method, seed: int, truth_code: st
         return _Todo(method, path)
     stale = stale_metrics(record, plan, truth_code)
     scores_file = path.parent / (record.scores_file or "")
+    if spec.need_scores and not (record.scores_file and scores_file.exists() and readable_scores(scores_file)):
+        log.info("recomputing %s seed %d: its score matrix is needed and not stored here (records are committed, "
+                 "score matrices are not)", method.name, seed)
+        return _Todo(method, path)
     if stale and not (record.scores_file and scores_file.exists()):
         log.warning("recomputing %s seed %d: metric(s) %s are missing or stale and no stored scores exist",
                     method.name, seed, ", ".join(stale))

@@ -46,6 +46,7 @@ class RunSpec:
     tf32: bool = False                   # CUDA: allow TF32 matmuls/convolutions (recorded; keys the ground truth)
     at_checkpoint: int = 0               # c in 1..gt.checkpoints: evaluate at that point of training (0: the end)
     check_memory: bool = True            # CUDA: trace the run's memory first and refuse what does not fit
+    need_scores: bool = False            # a record is reused only with its score matrix (stagewise reads them)
 
     def __post_init__(self) -> None:
         """Paths may be given as strings (the Python API); everything else must have its declared type."""

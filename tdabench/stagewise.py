@@ -142,6 +142,7 @@ def closed_form_curves(task: Any, steps: list[int], removed: torch.Tensor) -> di
 def stagewise(spec: RunSpec) -> dict[str, Any]:
     """Evaluate ``spec`` at each of its ``gt.checkpoints``; the report (also written as JSON) and failures."""
     plan = prepare(spec)
+    spec = spec.replace(need_scores=plan.gt.kind == "loo")           # the pair trajectories read every score matrix
     count = plan.gt.checkpoints
     steps = checkpoint_steps(plan.task.total_steps(plan.task.n_train), count, "even")
     rows, failures, failed = [], [], set()

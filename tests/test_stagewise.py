@@ -88,3 +88,15 @@ def test_flip_and_peak_times():
     assert same == {"peak_agreement": 1.0, "flip_pairs": 6, "flip_agreement": 1.0}
     late = timing_agreement(torch.roll(effects, 3, 0), effects)
     assert late["flip_agreement"] == 0.0 and late["flip_pairs"] == 6
+
+
+def test_stagewise_recomputes_a_record_whose_score_matrix_is_not_stored(tmp_path):
+    # records are committed, score matrices are not: on a fresh clone the pair trajectories found no scores
+    spec = RunSpec(task="hierarchy", methods=("gradsim",), seeds=(0,), results_dir=tmp_path, executor="serial",
+                   overrides={"gt": {"kind": "loo", "checkpoints": "3"}})
+    first = stagewise(spec)["pair_correlation"]["gradsim"]
+    for scores in (tmp_path / "runs").rglob("*.scores.pt"):
+        scores.unlink()
+    again = stagewise(spec)
+    assert not again["failures"] and again["pair_correlation"]["gradsim"]["median"] == first["median"]
+    assert len(list((tmp_path / "runs").rglob("*.scores.pt"))) == 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,11 @@ def cause(error: BaseException) -> str:
     return f"{type(inner).__name__}: {str(inner).strip().splitlines()[-1] if str(inner).strip() else ''}"
 
 
+def _descending(value: float | None) -> float:
+    """Sort key: the largest value first, a missing or NaN one last."""
+    return -value if value is not None and not math.isnan(value) else math.inf
+
+
 def typed(config: Any, values: dict[str, Any], scope: str) -> dict[str, Any]:
     """Grid values parsed as ``config``'s fields type them (``'0'`` → 0, ``'true'`` → True), JSON-ready."""
     parsed = {k: coerce_known(config, k, v, scope) if isinstance(v, str) else v for k, v in values.items()}
@@ -241,7 +247,7 @@ def _report(spec: SweepSpec, grid: Any, plan: Plan | None = None) -> dict[str, A
     report = {"task": spec.run.task, "method": spec.run.methods[0], "seeds": list(spec.run.seeds),
               "objective": objective(plan.gt),
               "grid": {k: [as_set({k: v})[k] for v in vs] for k, vs in spec.grid.items()}, "samples": spec.samples,
-              "trials": sorted(trials, key=lambda t: -(t["tune"] if t["tune"] == t["tune"] and t["tune"] is not None else -2)),
+              "trials": sorted(trials, key=lambda t: _descending(t["tune"])),
               "failures": failures, "chosen": as_set(best.config), "chosen_tune": best.metrics["tune"],
               "heldout": best.metrics["heldout"], "heldout_se": best.metrics["heldout_se"],
               "heldout_per_seed": best.metrics["heldout_per_seed"]}

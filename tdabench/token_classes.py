@@ -14,12 +14,12 @@ attention (Olsson et al.).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
+from unittest import mock
 
 import torch
 from torch import Tensor, nn
@@ -53,16 +53,6 @@ class ProbeSettings:
         integer(self, "study", "seed", "the probe's seed")
 
 
-@contextlib.contextmanager
-def _replaced(module: Any, name: str, value: Any) -> Iterator[None]:
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
-
 class PretrainingRun(NamedTuple):
     steps: list[int]                      # the checkpoints' steps
     states: list[dict[str, Tensor]]       # the model's state dict at each
@@ -90,7 +80,7 @@ def pretraining_run(task: Any, count: int) -> PretrainingRun:
         keep = lambda step, m, lr: states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         return train(model, data, indices, seed, recipe, loss, on_checkpoint=keep, checkpoint_steps=tuple(steps))
 
-    with tempfile.TemporaryDirectory() as tmp, _replaced(tinylm, "train_lm", with_checkpoints):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(tinylm, "train_lm", with_checkpoints):
         tinylm.pretrain_base(c, Path(tmp) / "base")
         tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "base")
     return PretrainingRun(steps, states, seen["ids"], seen["model"], tokenizer)

@@ -4,18 +4,21 @@ M models are held as stacked parameters (a leading model dimension on every tens
 updates every model on its own minibatch.  The pieces reproduce the one-model path exactly —
 ``minibatch_schedule`` draws each model's data order as ``training.minibatch_train`` does, and
 ``StackedAdam`` performs ``torch.optim.Adam``'s update, operation by operation — so a batched retrain
-gives the one-model retrain's numbers to float tolerance.
+gives the one-model retrain's numbers to float tolerance.  ``in_groups`` and ``train_stacked`` are the
+driver every such trainer shares: a task supplies only its gradients (``stacked_loss_grads`` runs the
+task's own loss under vmap; ``stacked_mlp`` writes an MLP's out by hand).
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
 from .task import Batch, Task
+from .training import steps_per_run
 from .unroll import stateless
 
 
@@ -33,22 +36,29 @@ def minibatch_schedule(masks: Tensor, seeds: Sequence[int], epochs: int, batch_s
     ``batch_size`` (the last one shorter).  Returns indices ``[M, S, batch_size]`` (−1 = padding) and the
     number of steps of each model ``[M]``; S is the largest."""
     subsets = [m.nonzero().squeeze(1).cpu() for m in masks]
-    steps = torch.tensor([epochs * math.ceil(s.numel() / batch_size) for s in subsets])
+    steps = torch.tensor([steps_per_run(s.numel(), epochs, batch_size) for s in subsets])
     out = torch.full((len(subsets), int(steps.max()) * batch_size), -1, dtype=torch.long)
     for m, (subset, seed) in enumerate(zip(subsets, seeds)):
-        gen = torch.Generator().manual_seed(int(seed))
-        per_epoch = math.ceil(subset.numel() / batch_size) * batch_size     # an epoch's slots, padded
-        orders = [subset[torch.randperm(subset.numel(), generator=gen)] for _ in range(epochs)]
-        slots = out[m, : epochs * per_epoch].view(epochs, per_epoch)
-        slots[:, : subset.numel()] = torch.stack(orders)
-    out = out.view(len(subsets), -1, batch_size)
-    return out, steps
+        gen, n = torch.Generator().manual_seed(int(seed)), subset.numel()
+        perms = torch.empty(epochs, n, dtype=torch.long)
+        for e in range(epochs):                      # into one buffer, gathered once: a third of the time
+            torch.randperm(n, generator=gen, out=perms[e])
+        per_epoch = math.ceil(n / batch_size) * batch_size                   # an epoch's slots, padded
+        out[m, : epochs * per_epoch].view(epochs, per_epoch)[:, :n] = subset[perms]
+    return out.view(len(subsets), -1, batch_size), steps
+
+
+def mean_weights(schedule: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Each scheduled example's weight in its minibatch's mean loss: ``schedule`` ``[..., B]`` of indices
+    (−1 = padding) → ``[..., B]``, 1/(real examples of the minibatch) for each real one, else 0."""
+    keep = (schedule >= 0).to(dtype)
+    return keep / keep.sum(-1, keepdim=True).clamp(min=1)
 
 
 class StackedAdam:
     """``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient, as Adam does, not AdamW) over
     stacked parameters; every ``step`` updates every model (a model whose run has ended is frozen by
-    its caller keeping a copy of its final weights, as ``train_many_adam`` does)."""
+    its caller keeping a copy of its final weights, as ``train_stacked`` does)."""
 
     def __init__(self, params: dict[str, Tensor], lr: float, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
@@ -58,10 +68,11 @@ class StackedAdam:
         self.count = 0
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, grads: dict[str, Tensor]) -> None:
+        """One update of every model with ``grads`` ``{name: [M, *shape]}``."""
         self.count += 1
         names = list(self.params)
-        ps, gs = [self.params[n] for n in names], [self.params[n].grad.contiguous() for n in names]
+        ps, gs = [self.params[n] for n in names], [grads[n].contiguous() for n in names]
         ms, vs = [self.exp_avg[n] for n in names], [self.exp_avg_sq[n] for n in names]
         fused = getattr(torch, "_fused_adam_", None)   # one kernel per tensor: ~10× fewer passes over memory
         try:
@@ -72,8 +83,6 @@ class StackedAdam:
                   maximize=False)
         except (RuntimeError, NotImplementedError):
             self._plain(ps, gs, ms, vs)
-        for p in ps:
-            p.grad = None
 
     def _plain(self, ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], vs: list[Tensor]) -> None:
         """Adam's single-tensor update, operation by operation (where the fused kernel is missing)."""
@@ -88,20 +97,63 @@ class StackedAdam:
             p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(self.eps), value=-step_size)
 
 
-def stacked_loss_grads(task: Task, template: nn.Module, params: dict[str, Tensor], batch: Batch, valid: Tensor) -> dict[str, Tensor]:
-    """Per-model gradients of each model's mean training loss over its own minibatch.
+#: A stacked model's gradients: ``(params {name: [M, *shape]}, rows [M, B] training-set indices,
+#: weights [M, B] each row's weight in its model's loss) → {name: [M, *shape]}``.
+GradFn = Callable[[dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
 
-    ``batch`` tensors are ``[M, B, ...]``, ``valid`` ``[M, B]`` (False = padding); the task's own
-    ``loss`` runs on every model at once through ``torch.func.vmap``; the models are independent, so
-    the gradient of the summed losses is each model's own gradient.  Returns ``{name: [M, *shape]}``.
-    """
-    def mean_loss(p: dict[str, Tensor], keep: Tensor, *rows: Tensor) -> Tensor:
-        per_example = task.loss(stateless(template, p), rows)                  # shape: [B]
-        return (per_example * keep).sum() / keep.sum().clamp(min=1)
 
-    keep = valid.to(next(iter(params.values())).dtype)
-    total = vmap(mean_loss)(params, keep, *batch).sum()
-    return dict(zip(params, torch.autograd.grad(total, list(params.values()))))
+def stacked_loss_grads(task: Task, template: nn.Module) -> GradFn:
+    """Per-model gradients of each model's weighted training loss over its own minibatch: the task's
+    own ``loss`` runs on every model at once through ``torch.func.vmap``; the models are independent,
+    so the gradient of the summed losses is each model's own gradient."""
+    data = task.train_data()
+
+    def weighted_loss(p: dict[str, Tensor], weight: Tensor, *rows: Tensor) -> Tensor:
+        return (task.loss(stateless(template, p), rows) * weight).sum()         # rows: one model's [B, ...]
+
+    def grads(params: dict[str, Tensor], rows: Tensor, weights: Tensor) -> dict[str, Tensor]:
+        flat = rows.flatten()
+        batch = tuple(x.index_select(0, flat).view(*rows.shape, *x.shape[1:]) for x in data)   # shape: [M, B, ...]
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        with torch.enable_grad():
+            total = vmap(weighted_loss)(leaves, weights, *batch).sum()
+            return dict(zip(leaves, torch.autograd.grad(total, list(leaves.values()))))
+    return grads
+
+
+@torch.no_grad()
+def train_stacked(params: dict[str, Tensor], opt: StackedAdam, schedule: Tensor, steps: Tensor,
+                  grads: GradFn) -> dict[str, Tensor]:
+    """Step M stacked models through their ``minibatch_schedule`` (``[M, S, B]``, each model's ``steps``
+    ``[M]``) with ``grads`` and ``opt``; returns each model's weights after its own last step."""
+    first = next(iter(params.values()))
+    device, final = first.device, {n: p.clone() for n, p in params.items()}
+    weights = mean_weights(schedule, first.dtype).to(device)                    # shape: [M, S, B]
+    rows = schedule.clamp(min=0).to(device)                                     # padding reads row 0, weighted 0
+    ended = {n: (steps == n).nonzero().squeeze(1).to(device) for n in steps.unique().tolist()}
+    for t in range(schedule.shape[1]):
+        opt.step(grads(params, rows[:, t], weights[:, t]))
+        if t + 1 in ended:                                                       # runs that end at this step
+            for name, p in params.items():
+                final[name][ended[t + 1]] = p[ended[t + 1]]
+    return final
+
+
+def in_groups(masks: Tensor, seeds: Sequence[int], epochs: int, batch_size: int, size: int,
+              train: Callable[[Tensor, list[int]], Tensor]) -> Tensor:
+    """``train(masks, seeds)`` → ``[m, ...]`` over groups of at most ``size`` models, equal in size, each
+    of runs of as equal a length as the batch allows (a group steps until its longest run ends: half
+    subsets of digits, 140, 160 or 180 steps, grouped as they came, idled 9% of their model-steps);
+    returns the results in the order of ``masks``."""
+    steps = torch.tensor([steps_per_run(int(n), epochs, batch_size) for n in masks.sum(1)])
+    order = torch.argsort(steps, descending=True, stable=True)
+    out: Tensor | None = None
+    for group in torch.tensor_split(order, math.ceil(len(seeds) / size)):
+        result = train(masks[group], [int(seeds[i]) for i in group])
+        if out is None:
+            out = result.new_empty(len(seeds), *result.shape[1:])
+        out[group] = result
+    return out
 
 
 @torch.no_grad()
@@ -123,24 +175,14 @@ def train_many_adam(task: Task, masks: Tensor, seeds: Sequence[int], epochs: int
                     weight_decay: float) -> Tensor:
     """M models trained as ``training.minibatch_train`` with ``torch.optim.Adam`` trains one, model m
     from ``task.make_model(seeds[m])`` on the examples of ``masks[m]`` (shape ``[M, n_train]``) with data
-    order ``seeds[m]``; returns their query measurements ``[M, n_query]``."""
-    models = [task.make_model(int(s)) for s in seeds]
-    template = models[0].train()
-    params = stack_models(models)
-    opt = StackedAdam(params, lr=lr, weight_decay=weight_decay)
-    schedule, steps = minibatch_schedule(masks, seeds, epochs, batch_size)     # shape: [M, S, B], [M]
-    final = {n: p.detach().clone() for n, p in params.items()}                 # each model's weights at its last step
-    data = task.train_data()
-    for t in range(schedule.shape[1]):
-        idx = schedule[:, t].to(data[0].device)                                  # shape: [M, B]
-        flat = idx.clamp(min=0).flatten()
-        batch = tuple(x.index_select(0, flat).view(*idx.shape, *x.shape[1:]) for x in data)   # shape: [M, B, ...]
-        grads = stacked_loss_grads(task, template, params, batch, idx >= 0)
-        for name, p in params.items():
-            p.grad = grads[name]
-        opt.step()
-        ended = (steps == t + 1).to(flat.device)                                 # runs that end at this step
-        if ended.any():
-            for name, p in params.items():
-                final[name][ended] = p.detach()[ended]
-    return stacked_measure(task, template, final, task.query_data()).cpu()
+    order ``seeds[m]``; returns their query measurements ``[M, n_query]``.  All at once, in order of
+    length (``in_groups``)."""
+    def train(group_masks: Tensor, group_seeds: list[int]) -> Tensor:
+        models = [task.make_model(s) for s in group_seeds]
+        template = models[0].train()
+        params = {n: p.detach() for n, p in stack_models(models).items()}
+        schedule, steps = minibatch_schedule(group_masks, group_seeds, epochs, batch_size)   # shape: [M, S, B], [M]
+        opt = StackedAdam(params, lr=lr, weight_decay=weight_decay)
+        final = train_stacked(params, opt, schedule, steps, stacked_loss_grads(task, template))
+        return stacked_measure(task, template, final, task.query_data()).cpu()
+    return in_groups(masks, seeds, epochs, batch_size, len(seeds), train)

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .batched import StackedAdam, minibatch_schedule, stack_models
+from .batched import GradFn, StackedAdam, in_groups, minibatch_schedule, stack_models, train_stacked
 from .task import Task
 
 
@@ -56,29 +56,27 @@ def _forward(layers: list[Layer], params: dict[str, Tensor], x: Tensor) -> tuple
     inputs, a = [], x
     for layer in layers[:-1]:
         inputs.append(a)
-        z = torch.bmm(a, params[layer.weight].transpose(1, 2))                   # shape: [M, B, out]
-        if layer.bias:
-            z += params[layer.bias].unsqueeze(1)
+        w = params[layer.weight].transpose(1, 2)
+        z = torch.baddbmm(params[layer.bias].unsqueeze(1), a, w) if layer.bias else torch.bmm(a, w)
         a = z.clamp_min_(0) if layer.relu else z
     inputs.append(a)
     last = layers[-1]
-    logits_t = torch.bmm(params[last.weight], a.transpose(1, 2))                 # shape: [M, C, B]
-    if last.bias:
-        logits_t += params[last.bias].unsqueeze(2)
+    w, at = params[last.weight], a.transpose(1, 2)
+    logits_t = torch.baddbmm(params[last.bias].unsqueeze(2), w, at) if last.bias else torch.bmm(w, at)
     return inputs, logits_t
 
 
 def cross_entropy_grads(layers: list[Layer], params: dict[str, Tensor], x: Tensor, y: Tensor,
-                        keep: Tensor) -> dict[str, Tensor]:
-    """Per-model gradients of each model's mean cross-entropy over its kept examples.
+                        weight: Tensor) -> dict[str, Tensor]:
+    """Per-model gradients of each model's weighted cross-entropy ``(ce * weight).sum()``.
 
-    ``x`` ``[M, B, in]``, ``y`` ``[M, B]`` class indices, ``keep`` ``[M, B]`` 1.0 for a real example, 0.0
-    for padding.  Returns ``{name: [M, *shape]}``, what autograd of ``(ce * keep).sum() / keep.sum()``
-    gives for every model."""
+    ``x`` ``[M, B, in]``, ``y`` ``[M, B]`` class indices, ``weight`` ``[M, B]`` each example's weight in its
+    model's loss (``batched.mean_weights``: 1/kept for a real example, 0 for padding, a minibatch's mean).
+    Returns ``{name: [M, *shape]}``, what autograd gives for every model."""
     inputs, logits_t = _forward(layers, params, x)
     d = torch.softmax(logits_t, dim=1)                                           # shape: [M, C, B]
     d.scatter_add_(1, y.unsqueeze(1), torch.full_like(d[:, :1], -1.0))          # softmax − one-hot
-    d *= (keep / keep.sum(1, keepdim=True).clamp(min=1)).unsqueeze(1)
+    d *= weight.unsqueeze(1)
     grads: dict[str, Tensor] = {}
     last = layers[-1]
     grads[last.weight] = torch.bmm(d, inputs[-1])                                # shape: [M, C, in]
@@ -122,38 +120,31 @@ def train_many_mlp_adam(task: Task, masks: Tensor, seeds: Sequence[int], epochs:
                         lr: float, weight_decay: float) -> Tensor:
     """``batched.train_many_adam`` for a task whose model is such an MLP and whose training loss is
     the mean cross-entropy of its logits: M models, model m from ``task.make_model(seeds[m])`` trained
-    on ``masks[m]`` (``[M, n_train]``) in data order ``seeds[m]``; returns ``[M, n_query]``.  The
-    models are trained in groups of ``group_size`` (each model's result does not depend on its group)."""
+    on ``masks[m]`` (``[M, n_train]``) in data order ``seeds[m]``; returns ``[M, n_query]``.  The models
+    are trained in groups of at most ``group_size`` (``batched.in_groups``; each model's result does not
+    depend on its group, tested)."""
     size = group_size(task.make_model(int(seeds[0])), batch_size)
-    return torch.cat([_train_group(task, masks[i : i + size], seeds[i : i + size], epochs, batch_size, lr, weight_decay)
-                      for i in range(0, len(seeds), size)])
+
+    @torch.no_grad()
+    def train(group_masks: Tensor, group_seeds: list[int]) -> Tensor:
+        models = [task.make_model(s) for s in group_seeds]
+        params = {n: p.detach() for n, p in stack_models(models).items()}
+        schedule, steps = minibatch_schedule(group_masks, group_seeds, epochs, batch_size)   # shape: [M, S, B], [M]
+        opt = StackedAdam(params, lr=lr, weight_decay=weight_decay)
+        final = train_stacked(params, opt, schedule, steps, mlp_grads(task, mlp_layers(models[0])))
+        return torch.stack([task.measure(_load(model, final, m), task.query_data()).cpu() for m, model in enumerate(models)])
+    return in_groups(masks, seeds, epochs, batch_size, size, train)
 
 
-@torch.no_grad()
-def _train_group(task: Task, masks: Tensor, seeds: Sequence[int], epochs: int, batch_size: int,
-                 lr: float, weight_decay: float) -> Tensor:
-    """One group of ``train_many_mlp_adam``, all its models stepped together."""
-    models = [task.make_model(int(s)) for s in seeds]
-    layers = mlp_layers(models[0])
-    params = {n: p.detach() for n, p in stack_models(models).items()}
-    opt = StackedAdam(params, lr=lr, weight_decay=weight_decay)
-    schedule, steps = minibatch_schedule(masks, seeds, epochs, batch_size)      # shape: [M, S, B], [M]
-    final = {n: p.clone() for n, p in params.items()}                           # each model's weights at its last step
+def mlp_grads(task: Task, layers: list[Layer]) -> GradFn:
+    """``cross_entropy_grads`` on the task's training inputs and labels, as ``batched.train_stacked`` asks."""
     x_all, y_all = task.train_data()[:2]
-    schedule = schedule.to(x_all.device)
-    for t in range(schedule.shape[1]):
-        idx = schedule[:, t]                                                     # shape: [M, B]
-        flat = idx.clamp(min=0).flatten()
-        x = x_all.index_select(0, flat).view(*idx.shape, -1)                     # shape: [M, B, in]
-        y = y_all.index_select(0, flat).view(idx.shape)                          # shape: [M, B]
-        for name, g in cross_entropy_grads(layers, params, x, y, (idx >= 0).to(x.dtype)).items():
-            params[name].grad = g
-        opt.step()
-        ended = (steps == t + 1).to(x.device)                                    # runs that end at this step
-        if ended.any():
-            for name, p in params.items():
-                final[name][ended] = p[ended]
-    return torch.stack([task.measure(_load(model, final, m), task.query_data()).cpu() for m, model in enumerate(models)])
+
+    def grads(params: dict[str, Tensor], rows: Tensor, weights: Tensor) -> dict[str, Tensor]:
+        flat = rows.flatten()
+        x = x_all.index_select(0, flat).view(*rows.shape, -1)                   # shape: [M, B, in]
+        return cross_entropy_grads(layers, params, x, y_all.index_select(0, flat).view(rows.shape), weights)
+    return grads
 
 
 def _load(model: nn.Module, stacked: dict[str, Tensor], m: int) -> nn.Module:

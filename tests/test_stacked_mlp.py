@@ -7,7 +7,7 @@ from torch import nn
 
 from tdabench.batched import stack_models, train_many_adam
 from tdabench.retrain import train_and_measure
-from tdabench import stacked_mlp
+from tdabench import batched, stacked_mlp
 from tdabench.stacked_mlp import cross_entropy_grads, group_size, mlp_layers, train_many_mlp_adam
 from tdabench.tasks.digits import Digits, DigitsConfig
 
@@ -26,7 +26,7 @@ def test_hand_written_gradients_equal_autograd_for_every_model():
     keep[1, 5:] = 0                                                              # padding: a shorter last batch
     keep[2, 1:] = 0
     params = {n: p.detach() for n, p in stack_models(models).items()}
-    grads = cross_entropy_grads(mlp_layers(models[0]), params, x, y, keep)
+    grads = cross_entropy_grads(mlp_layers(models[0]), params, x, y, batched.mean_weights(torch.where(keep > 0, 0, -1), torch.float64))
     for m, model in enumerate(models):
         rows = keep[m].bool()
         loss = F.cross_entropy(model(x[m][rows]), y[m][rows])                   # the one-model mean loss

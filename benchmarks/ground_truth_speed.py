@@ -1,5 +1,5 @@
-"""Ground-truth speed on digits (or regression with full-batch GD): the one-model loop (reference)
-against batched retraining.
+"""Ground-truth speed on digits (or regression with full-batch GD, or hierarchy): the one-model loop
+(reference) against batched retraining.
 
 Prints, from one run: retrains/s of the one-model loop on one thread (the reference), of batched
 retraining (``Task.train_many``) on one thread, and of the full builder on every core, with the
@@ -10,7 +10,7 @@ The reference and the batched rate are measured in alternating rounds and each r
 median (with the range), and so is each round's ratio: a shared host's cores vary in speed by 1.5×
 from minute to minute, which moves a round's two measurements alike.
 
-    python benchmarks/ground_truth_speed.py [--models 10] [--batch 256] [--rounds 3] [--task regression]
+    python benchmarks/ground_truth_speed.py [--models 10] [--batch 256] [--rounds 3] [--task regression|hierarchy]
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from tdabench.groundtruth import GroundTruthConfig, build_ground_truth
 from tdabench.retrain import subset_masks, train_and_measure
 from tdabench.task import Task
 from tdabench.tasks.digits import Digits
+from tdabench.tasks.hierarchy import Hierarchy
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 # the committed board's regression settings: full-batch GD, which trains many models at once
@@ -76,10 +77,12 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=10, help="retrains of the one-model reference per round")
     parser.add_argument("--batch", type=int, default=256, help="models trained at once")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the reference and the batched path")
-    parser.add_argument("--task", choices=("digits", "regression"), default="digits",
+    parser.add_argument("--task", choices=("digits", "regression", "hierarchy"), default="digits",
                         help="regression runs the board's full-batch GD (task.optimizer=gd, 300 steps)")
     args = parser.parse_args()
-    task = Digits() if args.task == "digits" else Regression(RegressionConfig(optimizer="gd", steps=300, lr=1.0))
+    tasks = {"digits": Digits, "hierarchy": Hierarchy,
+             "regression": lambda: Regression(RegressionConfig(optimizer="gd", steps=300, lr=1.0))}
+    task = tasks[args.task]()
     sets = REGRESSION_GD if args.task == "regression" else ()
     masks = subset_masks(task.n_train, 0.5, args.batch, 0)
     torch.set_num_threads(1)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from tdabench.batched import train_many_gd
 from tdabench.checks import integer, number
 from tdabench.deeplinear import DeepLinear
 from tdabench.registry import register_task
@@ -136,6 +137,13 @@ class Hierarchy(Task):
             if on_checkpoint is not None and step in wanted:
                 on_checkpoint(step, model, self.config.lr)
         return model
+
+    def train_many(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
+        """``train`` for M models at once: stacked weights, each model's own initialisation and items
+        (example weights 0/1 over all of them), one vmapped gradient a step: ``[M, n_items]``."""
+        data = self.train_data()
+        return train_many_gd(self, masks, seeds, self.config.steps, self.config.lr,   # as ``objective``
+                             lambda model, p, w: (self.loss(model, data) * w).sum() / self.n_train)
 
     def unroll(self, model: nn.Module, indices: Tensor, seed: int) -> Unroll:
         """Full-batch GD as pure steps, each item weighted w_i/N."""

@@ -15,13 +15,12 @@ from typing import Literal, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import grad, vmap
 
 from tdabench.checks import choices_and_patterns, integer, number
 from tdabench.registry import register_task
 from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
-from tdabench.batched import stack_models, stacked_measure
-from tdabench.unroll import Optimizer, Unroll, stateless
+from tdabench.batched import train_many_gd
+from tdabench.unroll import Optimizer, Unroll
 
 
 @dataclass(frozen=True)
@@ -148,18 +147,9 @@ class Regression(Task):
         initialisation and subset (example weights 0/1 over the whole set), one vmapped gradient a step."""
         if not self.trains_many:
             raise ValueError("task.optimizer=lbfgs trains one model at a time; set task.optimizer=gd")
-        models = [self.make_model(int(s)) for s in seeds]
-        template, params = models[0], {k: v.detach() for k, v in stack_models(models).items()}
-        data, weights = self.train_data(), masks.to(self.device, torch.float64)          # shape: [M, n_train]
-
-        def objective(p: dict[str, Tensor], w: Tensor) -> Tensor:   # as ``objective``: (1/N)·Σ w_i ℓ_i + penalty
-            return (self.loss(stateless(template, p), data) * w).sum() / self.n_train + self.penalty(p)
-
-        step = vmap(grad(objective))
-        for _ in range(self.config.steps):
-            grads = step(params, weights)
-            params = {k: v - self.config.lr * grads[k] for k, v in params.items()}
-        return stacked_measure(self, template, params, self.query_data()).cpu()
+        data = self.train_data()
+        return train_many_gd(self, masks, seeds, self.config.steps, self.config.lr,   # as ``objective``:
+                             lambda model, p, w: (self.loss(model, data) * w).sum() / self.n_train + self.penalty(p))
 
     def unroll_unavailable(self) -> str:
         if self.config.optimizer != "gd":       # L-BFGS's line search is not a fixed chain of steps

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import vmap
+from torch.func import grad, vmap
 
 from .task import Batch, Task
 from .training import steps_per_run
@@ -186,3 +186,20 @@ def train_many_adam(task: Task, masks: Tensor, seeds: Sequence[int], epochs: int
         final = train_stacked(params, opt, schedule, steps, stacked_loss_grads(task, template))
         return stacked_measure(task, template, final, task.query_data()).cpu()
     return in_groups(masks, seeds, epochs, batch_size, len(seeds), train)
+
+
+def train_many_gd(task: Task, masks: Tensor, seeds: Sequence[int], steps: int, lr: float,
+                  objective: Callable[[Callable[..., Tensor], dict[str, Tensor], Tensor], Tensor]) -> Tensor:
+    """M models trained by full-batch gradient descent, model m from ``task.make_model(seeds[m])``
+    minimising ``objective(model, params, weights)`` with ``weights`` = ``masks[m]`` as 0/1 example weights
+    over the whole training set (``model`` runs the forward with ``params``: what the task's ``loss``
+    calls); returns the query measurements ``[M, n_query]``.  One vmapped gradient a step."""
+    models = [task.make_model(int(s)) for s in seeds]
+    template = models[0]
+    params = {n: p.detach() for n, p in stack_models(models).items()}
+    weights = masks.to(task.device, next(iter(params.values())).dtype)           # shape: [M, n_train]
+    step = vmap(grad(lambda p, w: objective(stateless(template, p), p, w)))
+    for _ in range(steps):
+        grads = step(params, weights)
+        params = {n: p - lr * grads[n] for n, p in params.items()}
+    return stacked_measure(task, template, params, task.query_data()).cpu()

@@ -160,6 +160,23 @@ def test_batched_regression_gd_equals_the_one_model_path(kind):
     assert not torch.allclose(one[0], one[1], atol=1e-3)
 
 
+def test_batched_hierarchy_equals_the_one_model_path():
+    """hierarchy (full-batch GD on the tree's items, each weighted 1/N) trains many models at once:
+    subsets of four sizes in one batch give the one-model retrain's measurements."""
+    from tdabench.tasks.hierarchy import Hierarchy, HierarchyConfig
+
+    task = Hierarchy(HierarchyConfig(steps=300))
+    assert task.trains_many
+    masks = torch.ones(4, task.n_train, dtype=torch.bool)
+    masks[1, 3] = False                                          # leave one out
+    masks[2, :4] = False                                         # half the tree
+    masks[3, 1:] = False                                         # one item
+    seeds = [3, 4, 5, 6]
+    one = torch.stack([train_and_measure(task, m, s) for m, s in zip(masks, seeds)])
+    torch.testing.assert_close(task.train_many(masks, seeds), one, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(one[0], one[2], atol=1e-3)
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 0])
 def test_chunked_ground_truth_equals_one_by_one_and_resumes_per_chunk(tmp_path, chunk):
     from tdabench.tasks.digits import Digits, DigitsConfig

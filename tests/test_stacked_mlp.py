@@ -80,3 +80,20 @@ def test_models_trained_in_groups_equal_the_models_trained_all_at_once(monkeypat
     assert group_size(task.make_model(0), 16) == 3
     torch.testing.assert_close(run(), together, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(together[0], together[1], atol=1e-3)
+
+
+def test_in_groups_trains_runs_of_equal_length_together_and_answers_in_the_callers_order():
+    """Six runs of 1, 2 or 3 steps in groups of two: each group holds runs of one length (a group steps
+    until its longest run ends), each model keeps its seed, and the results come back in input order."""
+    sizes = [5, 25, 15, 28, 8, 19]                               # batches of 10: 1, 3, 2, 3, 1, 2 steps
+    masks = torch.stack([torch.arange(30) < n for n in sizes])
+    groups = []
+
+    def train(group_masks, group_seeds):
+        groups.append([(int(m.sum()), s) for m, s in zip(group_masks, group_seeds)])
+        return group_masks.sum(1, keepdim=True).float()
+
+    out = batched.in_groups(masks, [100 + n for n in sizes], epochs=1, batch_size=10, size=2, train=train)
+    assert out[:, 0].tolist() == sizes
+    assert all(seed == 100 + n for group in groups for n, seed in group)
+    assert [sorted(-(-n // 10) for n, _ in group) for group in groups] == [[3, 3], [2, 2], [1, 1]]

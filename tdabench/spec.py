@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -132,9 +133,8 @@ def check_writable(results_dir: Path) -> None:
     """Fail now, not after an hour of training, if results cannot be written."""
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
-        probe = results_dir / ".tdabench-write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".tdabench-write-test-"):
+            pass      # a probe of its own: concurrent checks (a sweep's trials) must not delete each other's
     except OSError as err:
         raise PermissionError(f"results directory {results_dir} is not writable ({err.strerror}); "
                               f"pass --results-dir DIR with a directory you can write") from None

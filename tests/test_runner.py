@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from tdabench import cli
 from tdabench.registry import Registry
 from tdabench.pipeline import evaluate as run
-from tdabench.spec import RunSpec
+from tdabench.spec import RunSpec, check_writable
 
 
 def test_digits_random_is_near_zero_and_gradient_methods_are_clearly_above(tmp_path):
@@ -112,3 +113,27 @@ def test_third_party_entry_points_are_discovered(tmp_path, monkeypatch):
     registry = Registry("method", "tdabench.methods", "tdabench.methods")
     assert "mine" in registry.names()
     assert registry.get("mine").__name__ == "Mine"
+
+
+
+def test_concurrent_write_checks_of_one_directory_never_fail(tmp_path):
+    """Trials of a sweep (and runs sharing a results directory) check it at the same moment: each probe
+    must be its own file, or one check's clean-up deletes another's probe and reports the directory as
+    unwritable (seen in a hierarchy sweep: 'not writable (No such file or directory)')."""
+    errors = []
+
+    def check() -> None:
+        for _ in range(300):
+            try:
+                check_writable(tmp_path)
+            except PermissionError as err:
+                errors.append(err)
+                return
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert list(tmp_path.iterdir()) == []                     # no probe left behind

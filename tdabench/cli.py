@@ -103,7 +103,7 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
         lines.insert(2, "  ".join("-" * w for w in widths))
         ceiling = next((s["ceiling"] for s in chosen if s["ceiling"] is not None), None)
         lines.append(f"noise ceiling (Spearman–Brown corrected, of the mean over retraining seeds): {_fmt(ceiling)}"
-                     if ceiling is not None else "noise ceiling: needs gt.retrain_seeds ≥ 2")
+                     if ceiling is not None else f"noise ceiling: {chosen[0]['ceiling_note']}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

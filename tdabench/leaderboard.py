@@ -188,5 +188,7 @@ def leaderboard(results_dir: Path, task: Optional[str] = None, fmt: str = "md", 
         f"Leaderboard ({metric}): mean ± SE over seeds, ranked within each task and ground truth (never across "
         "regimes); `=k`: tied within one combined SE; `*`: each method's best configuration; `[task]`: a setting "
         "the task recommends (others were set by the user); `of ceiling`: the mean as a fraction of the "
-        "Spearman–Brown corrected noise ceiling; `(stale)`: made by code that has changed since.\n\n")
+        "Spearman–Brown corrected noise ceiling (empty below 2 retraining seeds, `gt.retrain_seeds`, and for a "
+        "reference-order regime, whose retrains are one run reweighted, without retraining noise); `(stale)`: made "
+        "by code that has changed since.\n\n")
     return header + render(rows, fmt, metric)

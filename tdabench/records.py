@@ -130,6 +130,13 @@ class RunResult:
         return self.metrics.get(name)
 
 
+def ceiling_note(ground_truth: dict[str, Any]) -> str:
+    """Why a regime (a record's ``ground_truth`` settings) has no noise ceiling."""
+    if ground_truth.get("order") == "reference":
+        return "none: every retrain is the reference run reweighted, so there is no retraining noise"
+    return "needs gt.retrain_seeds ≥ 2"
+
+
 def summarize(results: list[RunResult], metric: str) -> dict[str, Any]:
     """The per-(task, ground truth, method, config) summary over seeds of ``metric``: mean ± SE,
     the noise ceiling and the mean as a fraction of it, and mean costs."""
@@ -143,6 +150,7 @@ def summarize(results: list[RunResult], metric: str) -> dict[str, Any]:
     return {"task": first.task, "ground_truth": first.ground_truth.get("label", ""), "method": first.method,
             "config": first.method_config, "seeds": [r.seed for r in results], "metric": metric,
             "mean": mean, "se": se, "per_seed": values, "ceiling": ceiling,
+            "ceiling_note": "" if ceiling is not None else ceiling_note(first.ground_truth),
             "fraction_of_ceiling": mean / ceiling if ceiling else None,
             "fit_seconds": float(np.mean([r.fit_seconds for r in results])),
             "score_seconds": float(np.mean([r.score_seconds for r in results])),

@@ -116,14 +116,14 @@ def filters(rows: list[dict[str, Any]]) -> str:
 
 def ceilings(rows: list[dict[str, Any]]) -> str:
     """The noise ceiling of each (ground truth, metric), as a list above the table."""
-    seen: dict[tuple[str, str], Optional[float]] = {}
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         key = (r["ground_truth"], r["metric"])
-        if seen.get(key) is None:
-            seen[key] = r["ceiling"]
-    missing = "— (not measured: a ceiling needs gt.retrain_seeds ≥ 2)"
-    items = "".join(f"<li>{esc(m)}, {esc(g)}: " + (f"<b>{c:.3f}</b>" if c is not None else missing) + "</li>"
-                    for (g, m), c in seen.items())
+        if key not in seen or seen[key]["ceiling"] is None:
+            seen[key] = r
+    items = "".join(f"<li>{esc(m)}, {esc(g)}: " + (f"<b>{r['ceiling']:.3f}</b>" if r["ceiling"] is not None
+                                                    else f"— ({esc(r.get('ceiling_note', ''))})") + "</li>"
+                    for (g, m), r in seen.items())
     return ("<details class=ceilings open><summary>noise ceiling (Spearman–Brown corrected)</summary>"
             f"<ul>{items}</ul></details>")
 

@@ -214,3 +214,18 @@ def _check_screenshot(png: Path) -> None:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50
     assert max(n for n, _ in colours) < 0.95 * sum(n for n, _ in colours)
+
+
+def test_a_regime_without_a_noise_ceiling_says_why():
+    """A reference-order regime has no retraining noise (more seeds are refused there), so it must not
+    be told to raise gt.retrain_seeds; an independent regime with one seed must."""
+    from tdabench.records import ceiling_note
+    from tdabench.site_html import ceilings
+
+    reference = ceiling_note({"kind": "subsets", "retrain_seeds": 1, "order": "reference"})
+    single = ceiling_note({"kind": "subsets", "retrain_seeds": 1})
+    assert "no retraining noise" in reference and "retrain_seeds" not in reference
+    assert "gt.retrain_seeds ≥ 2" in single
+    html = ceilings([{"ground_truth": "α=0.5 K=200 R=1 ref-order", "metric": "lds", "ceiling": None, "ceiling_note": reference},
+                     {"ground_truth": "α=0.5 K=200 R=2", "metric": "lds", "ceiling": 0.868, "ceiling_note": ""}])
+    assert "no retraining noise" in html and "<b>0.868</b>" in html and "retrain_seeds" not in html

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable
 
 import torch
 from torch.func import grad, vmap
 
 from tdabench.batched import stack_models
+from tdabench.meter import Meter
 from tdabench.tasks.tinylm import TinyLM
 from tdabench.unroll import stateless
 
@@ -22,10 +22,10 @@ from tdabench.unroll import stateless
 def seconds(f: Callable[[], object], n: int) -> float:
     """Mean wall-clock of ``f`` over ``n`` calls, after one warm-up call."""
     f()
-    start = time.perf_counter()
-    for _ in range(n):
-        f()
-    return (time.perf_counter() - start) / n
+    with Meter() as meter:
+        for _ in range(n):
+            f()
+    return meter.usage.seconds / n
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from torch import Tensor
 from . import retrain, trajectory
 from .config import ConfigError, config_dict, content_hash
 from .files import save_tensor, write_json
-from .fingerprint import changes, fingerprint
+from .fingerprint import changes, fingerprint, same_code
 from .locks import exclusive
 from .numerics import current_numerics
 from .progress import Progress
@@ -166,7 +166,7 @@ class GroundTruthStore:
             found = json.loads(meta_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             return f"its meta.json is unreadable ({err})"
-        if found.get("code") != self.code:
+        if not same_code(found.get("code"), self.code):
             return changes(found.get("code"), self.code)
         return None
 

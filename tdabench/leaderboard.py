@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from .groundtruth import code_fingerprint, config_of
 from .config import content_hash
-from .fingerprint import digest, fingerprint
+from .fingerprint import digest, fingerprint, same_code
 from .pipeline import scores_code
 from .records import RunResult, summarize
 from .registry import METHODS, METRICS, TASKS, UnknownNameError
@@ -59,7 +59,7 @@ def is_stale(record: RunResult, metric: str) -> bool:
     now = scores_code(task, method)
     entry = record.metrics.get(metric, {})
     truth_code = digest(code_fingerprint(task, config_of(record.ground_truth)))
-    return (record.code != now or record.ground_truth.get("code") != truth_code or entry.get("version") != metric_cls.version
+    return (not same_code(record.code, now) or record.ground_truth.get("code") != truth_code or entry.get("version") != metric_cls.version
             or entry.get("code") != digest(fingerprint(metric_cls)))
 
 

@@ -26,7 +26,7 @@ from . import reference as reference_module
 from .config import ConfigError, config_dict, content_hash
 from .capacity import device_memory, refusal
 from .costplan import trace
-from .fingerprint import changes, digest, fingerprint
+from .fingerprint import changes, digest, fingerprint, same_code
 from .groundtruth import GroundTruth, build_ground_truth, code_fingerprint
 from .locks import exclusive
 from .meter import Meter, Usage
@@ -180,7 +180,7 @@ def _decide(spec: RunSpec, plan: Plan, method: Method, seed: int, truth_code: st
         log.warning("recomputing %s seed %d: %s", method.name, seed, err)
         return _Todo(method, path)
     now = scores_code(type(plan.task), type(method))
-    if record.code != now:
+    if not same_code(record.code, now):
         log.warning("recomputing %s on %s seed %d: its record was made by other code (%s)", method.name,
                     plan.task.name, seed, changes(record.code, now))
         return _Todo(method, path)

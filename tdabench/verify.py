@@ -9,10 +9,11 @@ from typing import Iterator
 
 import torch
 
-from .fingerprint import changes
+from .fingerprint import changes, same_code
 from .groundtruth import GroundTruthConfig, code_fingerprint
 from .leaderboard import is_stale
 from .records import RunResult
+from .reproduce import carries, legacy_codes
 from .registry import TASKS, UnknownNameError
 from .store import load_scores
 
@@ -20,7 +21,12 @@ from .store import load_scores
 def _record_problems(path: Path, record: RunResult) -> Iterator[str]:
     for metric in record.metrics:
         if is_stale(record, metric):
-            yield f"{path}: made by code that has changed since (metric {metric}); `run` recomputes it"
+            if carries(record, legacy_codes(record)):
+                yield (f"{path}: fingerprinted by file bytes, before fingerprints followed meaning, and those bytes "
+                       f"are unchanged; `tdabench verify --reproduce` upgrades it without a rerun")
+            else:
+                yield (f"{path}: made by code that has changed since (metric {metric}); `tdabench verify --reproduce` "
+                       f"checks whether its numbers changed, `run` recomputes it")
             break
     scores = path.parent / (record.scores_file or "")
     if not record.scores_file or not scores.exists():
@@ -46,7 +52,7 @@ def _truth_problems(folder: Path) -> Iterator[str]:
     except UnknownNameError:
         yield f"{folder}: task {meta.get('task')!r} is not installed here; cannot check its code"
         return
-    if meta.get("code") != now:
+    if not same_code(meta.get("code"), now):
         yield f"{folder}: built by other code ({changes(meta.get('code'), now)}); `run` sets it aside and rebuilds"
     shapes = set()
     for piece in sorted((folder / "pieces").glob("*.pt")):

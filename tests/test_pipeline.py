@@ -186,7 +186,13 @@ def test_editing_a_methods_file_makes_run_recompute_and_say_why(tmp_path, monkey
     pipeline.evaluate(spec)
     pipeline.evaluate(spec)
     assert spy == ["mygradsim"]                                  # unchanged code: the record is reused
-    path.write_text(path.read_text() + "\n# an edit\n")
+    path.write_text(path.read_text() + "\n# an edit\n")          # a comment is not a change of code
+    _reload("mygradsim")
+    pipeline.evaluate(spec)
+    assert spy == ["mygradsim"]
+    text = path.read_text().replace("return -(g_train @ g_query.T)", "return -2 * (g_train @ g_query.T)")  # this is
+    assert text != path.read_text()
+    path.write_text(text)
     _reload("mygradsim")
     with caplog.at_level("WARNING", logger="tdabench"):
         pipeline.evaluate(spec)

@@ -158,45 +158,73 @@ def _threads(record: RunResult) -> int:
     return int(record.environment.get("torch_threads") or torch.get_num_threads())
 
 
-def reproduce_row(row: Row, results_dir: Path, executor: str, evaluate: Callable[..., Any]) -> str:
-    """Recompute the row's first seed into a scratch directory and settle the row (see the module's text)."""
+@dataclass(frozen=True)
+class Settled:
+    """What reproducing a row found: ``state`` is ``identical`` (nothing to do), ``refreshed`` (identical
+    numbers, fingerprints refreshed), ``changed`` (numbers differ; not written), ``recomputed`` (numbers
+    differ; the row recomputed) or ``unsettled`` (the rerun failed or cannot run here)."""
+
+    row: str
+    state: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.row}: {self.detail}"
+
+
+def reproduce_row(row: Row, results_dir: Path, executor: str, evaluate: Callable[..., Any], write: bool = True) -> Settled:
+    """Recompute the row's first seed into a scratch directory and settle the row (see the module's text).
+    ``write=False`` only compares: nothing under ``results_dir/runs`` is touched."""
     path, record = row.first
     device = str(record.environment.get("device", "cpu"))
     if not device.startswith("cpu"):
-        return f"{row.name()}: made on {device}; reproduce it there (this machine reproduces CPU records)"
+        return Settled(row.name(), "unsettled", f"made on {device}; reproduce it there (this machine reproduces CPU records)")
     scratch = results_dir / "reproduce" / row_key(record)
     shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        return _settle(row, results_dir, scratch, executor, evaluate, write)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _settle(row: Row, results_dir: Path, scratch: Path, executor: str, evaluate: Callable[..., Any], write: bool) -> Settled:
+    path, record = row.first
+    name = row.name()
     spec = spec_for(record, results_dir, scratch, (record.seed,), executor)
     before = torch.get_num_threads()
     torch.set_num_threads(_threads(record))     # CPU sums run in a thread-dependent order: as the record was made
     try:
-        summaries, failures = evaluate(spec)
+        _, failures = evaluate(spec)
     finally:
         torch.set_num_threads(before)
     if failures:
-        return f"{row.name()}: the rerun failed ({failures[0]}); left as it is"
+        return Settled(name, "unsettled", f"the rerun failed ({failures[0]}); left as it is")
     made = sorted(scratch.rglob(f"seed{record.seed}.json"))
     if len(made) != 1 or made[0].parent.name != path.parent.name:
-        return f"{row.name()}: its settings now resolve to another record ({made[0] if made else 'none'}); left as it is"
+        return Settled(name, "unsettled", f"its settings now resolve to another record ({made[0] if made else 'none'}); "
+                                          f"left as it is")
     fresh = RunResult.load(made[0])
     differs = _differences(record, fresh)
+    now = current_codes(record)
     if not differs:
-        now = current_codes(record)
+        if not write or not any(stale(r, now) for _, r in row.records.values()):
+            return Settled(name, "identical", f"seed {record.seed} reproduced identically")
         for seed, (p, r) in sorted(row.records.items()):
             refresh(r, p, now, f"reproduced: seed {record.seed} recomputed gave identical per-query numbers")
         if fresh.scores_file and not (path.parent / fresh.scores_file).exists():   # nothing computed is lost
             shutil.move(str(made[0].parent / fresh.scores_file), path.parent / fresh.scores_file)
-        shutil.rmtree(scratch, ignore_errors=True)
-        return (f"{row.name()}: seed {record.seed} reproduced identically; fingerprints refreshed, numbers and "
-                f"timings kept")
+        return Settled(name, "refreshed", f"seed {record.seed} reproduced identically; fingerprints refreshed, numbers "
+                                          f"and timings kept")
+    if not write:
+        return Settled(name, "changed", f"numbers changed ({'; '.join(differs)})")
     for item in (fresh.scores_file, made[0].name):      # the reproduced seed takes its record's place
         if item:
             shutil.move(str(made[0].parent / item), path.parent / item)
     rest = tuple(s for s in sorted(row.records) if s != record.seed)
     if rest:
         evaluate(spec_for(record, results_dir, path.parents[3], rest, executor))
-    shutil.rmtree(scratch, ignore_errors=True)
-    return f"{row.name()}: numbers changed ({'; '.join(differs)}): recomputed, seeds {','.join(map(str, sorted(row.records)))}"
+    return Settled(name, "recomputed", f"numbers changed ({'; '.join(differs)}): recomputed, seeds "
+                                       f"{','.join(map(str, sorted(row.records)))}")
 
 
 def upgrade_truth_caches(results_dir: Path) -> int:
@@ -248,5 +276,5 @@ def reproduce(results_dir: Path, task: Optional[str] = None, executor: str = "ra
     if truths:
         lines.append(f"{truths} ground-truth cache(s) made by byte-identical code: fingerprints upgraded")
     for row in rows.values():
-        lines.append(reproduce_row(row, results_dir, executor, evaluate))
+        lines.append(str(reproduce_row(row, results_dir, executor, evaluate)))
     return lines

@@ -1,7 +1,7 @@
 """The ``tdabench`` subcommands: one module each, registered in :data:`COMMANDS` (in ``--help`` order)."""
 from __future__ import annotations
 
-from . import evaluate, ground_truth, kernel, leaderboard, listing, plan, plot, regress, report, run, scaling, stagewise, sweep, token_classes, verify
+from . import board, evaluate, ground_truth, kernel, leaderboard, listing, plan, plot, regress, report, run, scaling, stagewise, sweep, token_classes, verify
 from .base import Command
 
 COMMANDS: tuple[Command, ...] = (
@@ -20,6 +20,7 @@ COMMANDS: tuple[Command, ...] = (
     regress.COMMAND,
     plan.COMMAND,
     verify.COMMAND,
+    board.COMMAND,
 )
 
 __all__ = ["COMMANDS", "Command"]

@@ -1,0 +1,143 @@
+"""The README's result tables, rendered from the committed records — never typed.
+
+Each table is a named block of ``README.md`` between ``<!-- board:NAME -->`` and ``<!-- /board:NAME -->``;
+``tdabench board`` rewrites the text between the markers and ``tests/test_board.py`` fails when the
+README holds a figure the records do not.  A table selects its records by the suite step that made
+them (the step's task, ground-truth, task and method settings), so a sweep's or a user's other rows
+never leak in.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+from .config import apply_overrides, coerce_known, config_dict, parse_set_args
+from .groundtruth import GroundTruthConfig, config_of
+from .presets import BREADTH, MAGIC_METHODS, NOT_RUN, SUITES, Step
+from .records import RunResult, summarize
+from .registry import METHODS, TASKS
+
+
+def matches(step: Step, record: RunResult) -> bool:
+    """True when ``record`` is one the suite ``step`` makes (at the end of training)."""
+    if record.task != step.task or record.method not in step.methods or record.ground_truth.get("at_checkpoint"):
+        return False
+    sets = parse_set_args(list(step.sets))
+    gt = apply_overrides(GroundTruthConfig(), sets.get("gt", {}), "gt")
+    if config_of(record.ground_truth).settings() != gt.settings():
+        return False
+    task = apply_overrides(TASKS.get(step.task).Config(), sets.get("task", {}), "task")
+    if config_dict(task) != record.task_config:
+        return False
+    return _method_sets(record, sets.get(record.method, {}))
+
+
+def _method_sets(record: RunResult, sets: dict[str, str]) -> bool:
+    """The user's settings of the record are exactly the step's (parsed against the method's config)."""
+    config = METHODS.get(record.method).Config()
+    wanted = config_dict_values({k: coerce_known(config, k, v, record.method) for k, v in sets.items()})
+    return record.method_overrides == wanted
+
+
+def config_dict_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Typed settings as a record holds them (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def summary(records: list[RunResult], step: Step, method: str, metric: str = "lds") -> Optional[dict[str, Any]]:
+    """The summary over seeds of ``method``'s records from ``step`` (None when it has none)."""
+    runs = sorted((r for r in records if r.method == method and matches(step, r)), key=lambda r: r.seed)
+    return summarize(runs, metric) if runs else None
+
+
+def _num(x: Optional[float], digits: int = 3) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def lds(row: Optional[dict[str, Any]]) -> str:
+    """``mean ± SE`` (or — when there is no row)."""
+    return "—" if row is None else f"{_num(row['mean'])} ± {_num(row['se'])}"
+
+
+def _seconds(row: dict[str, Any]) -> str:
+    total = row["fit_seconds"] + row["score_seconds"]
+    return f"{total:.1f}" if total < 100 else f"{total:.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _regime(step: Step) -> str:
+    gt = apply_overrides(GroundTruthConfig(), parse_set_args(list(step.sets)).get("gt", {}), "gt")
+    return f"α = {gt.alpha:g}, " + ("reference order" if gt.order == "reference" else "independent")
+
+
+def _ceiling(row: Optional[dict[str, Any]], step: Step) -> str:
+    if row is not None and row["ceiling"] is not None:
+        return _num(row["ceiling"])
+    return "— (deterministic)" if "reference" in _regime(step) else "—"
+
+
+def regime_grid(task: str) -> Callable[[list[RunResult]], str]:
+    """004's regime table of one task: every method of the ``magic-cpu`` suite × its four regimes."""
+    def render(records: list[RunResult]) -> str:
+        steps = [s for s in SUITES["magic-cpu"].steps if s.task == task]
+        rows = [[m] + [lds(summary(records, s, m)) for s in steps] for m in MAGIC_METHODS]
+        ceilings = [_ceiling(summary(records, s, MAGIC_METHODS[-1]), s) for s in steps]
+        return _table([task] + [_regime(s) for s in steps], rows + [["noise ceiling"] + ceilings])
+    return render
+
+
+def cost_table(step_index: int) -> Callable[[list[RunResult]], str]:
+    """One step of the ``cpu`` suite as a table: LDS, fraction of the ceiling and cost, best first."""
+    def render(records: list[RunResult]) -> str:
+        step = SUITES["cpu"].steps[step_index]
+        found = [(m, summary(records, step, m)) for m in step.methods]
+        found = sorted(((m, r) for m, r in found if r is not None), key=lambda mr: -mr[1]["mean"])
+        rows = [[m, lds(r), _num(r["fraction_of_ceiling"], 2), _num(r["fit_seconds"], 2), _num(r["score_seconds"], 2),
+                 f"{r['peak_rss_mb']:.0f}"] for m, r in found]
+        return _table(["method", "LDS", "of ceiling", "fit s", "score s", "peak MB"], rows)
+    return render
+
+
+def breadth(records: list[RunResult]) -> str:
+    """The field's other methods on every CPU task: LDS, fit + score seconds and peak MB, best on digits first;
+    a method a task cannot serve says why (``presets.NOT_RUN``)."""
+    steps = [s for s in SUITES["cpu"].steps if set(s.methods) <= set(BREADTH)]
+    cells: dict[str, list[str]] = {}
+    for method in BREADTH:
+        row: list[str] = []
+        for step in steps:
+            r = summary(records, step, method)
+            why = NOT_RUN.get((step.task, method), "not run")
+            row += [lds(r), _seconds(r), f"{r['peak_rss_mb']:.0f}"] if r else [f"— ({why})", "", ""]
+        cells[method] = row
+    first = {m: summary(records, steps[0], m) for m in BREADTH}
+    order = sorted(BREADTH, key=lambda m: -(first[m]["mean"] if first[m] else -math.inf))
+    header = ["method"] + [h for s in steps for h in (f"{s.task} LDS", "s", "MB")]
+    rows = [[f"`{m}`" + _settings_note(m, steps)] + cells[m] for m in order]
+    main = [s for s in SUITES["cpu"].steps if not set(s.methods) <= set(BREADTH)]
+    scale = ["for scale: `ekfac` / `if` / `gradsim`"]
+    for step in main:
+        scale += [" / ".join(_num(r["mean"]) if (r := summary(records, step, m)) else "—"
+                             for m in ("ekfac", "if", "gradsim")), "", ""]
+    return _table(header, rows + [scale])
+
+
+def _settings_note(method: str, steps: list[Step]) -> str:
+    notes = [f"{s.task}: " + ", ".join(f"{k}={v}" for k, v in parse_set_args(list(s.sets)).get(method, {}).items())
+             for s in steps if parse_set_args(list(s.sets)).get(method)]
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+#: Every README block by name.
+BLOCKS: dict[str, Callable[[list[RunResult]], str]] = {
+    "cpu-digits": cost_table(0),
+    "cpu-regression": cost_table(1),
+    "cpu-tinylm": cost_table(2),
+    "breadth": breadth,
+    "magic-digits": regime_grid("digits"),
+    "magic-regression": regime_grid("regression"),
+}

@@ -11,7 +11,7 @@ task's own loss under vmap; ``stacked_mlp`` writes an MLP's out by hand).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -97,6 +97,34 @@ class StackedAdam:
             p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(self.eps), value=-step_size)
 
 
+class StackedSGD:
+    """``torch.optim.SGD`` (momentum without dampening or Nesterov, L2 ``weight_decay`` added to the
+    gradient) over stacked parameters, operation by operation as torch's update."""
+
+    def __init__(self, params: dict[str, Tensor], lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.params, self.lr, self.momentum, self.wd = params, lr, momentum, weight_decay
+        self.buffers: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def step(self, grads: dict[str, Tensor]) -> None:
+        """One update of every model with ``grads`` ``{name: [M, *shape]}``."""
+        for name, p in self.params.items():
+            g = grads[name]
+            if self.wd != 0:
+                g = g.add(p, alpha=self.wd)
+            if self.momentum:
+                buf = self.buffers.get(name)
+                if buf is None:           # torch's first step: the buffer is the gradient itself
+                    buf = self.buffers[name] = g.clone()
+                else:
+                    buf.mul_(self.momentum).add_(g)
+                g = buf
+            p.add_(g, alpha=-self.lr)
+
+
+#: What ``train_stacked`` steps with: ``StackedAdam`` or ``StackedSGD``.
+StackedOptimizer = Union[StackedAdam, StackedSGD]
+
 #: A stacked model's gradients: ``(params {name: [M, *shape]}, rows [M, B] training-set indices,
 #: weights [M, B] each row's weight in its model's loss) → {name: [M, *shape]}``.
 GradFn = Callable[[dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]]
@@ -122,7 +150,7 @@ def stacked_loss_grads(task: Task, template: nn.Module) -> GradFn:
 
 
 @torch.no_grad()
-def train_stacked(params: dict[str, Tensor], opt: StackedAdam, schedule: Tensor, steps: Tensor,
+def train_stacked(params: dict[str, Tensor], opt: StackedOptimizer, schedule: Tensor, steps: Tensor,
                   grads: GradFn) -> dict[str, Tensor]:
     """Step M stacked models through their ``minibatch_schedule`` (``[M, S, B]``, each model's ``steps``
     ``[M]``) with ``grads`` and ``opt``; returns each model's weights after its own last step."""

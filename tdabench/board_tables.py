@@ -132,6 +132,34 @@ def _settings_note(method: str, steps: list[Step]) -> str:
     return f" ({'; '.join(notes)})" if notes else ""
 
 
+def reproduction(records: list[RunResult]) -> str:
+    """Every published table (``tdabench.anchors``) against the records: the peer's number, tdabench's
+    mean ± SE at the same recipe, the gap in tdabench's SEs, and why the two may differ."""
+    from .anchors import PUBLISHED
+
+    return "\n\n".join(published_table(PUBLISHED.get(name), records) for name in PUBLISHED.names())
+
+
+def published_cells(table: Any, records: list[RunResult]) -> tuple[list[str], list[list[str]]]:
+    """One published table's header and cells (``compare``'s rows), for the README and the site alike."""
+    from .anchors import compare, recipe
+
+    rows = []
+    for row in compare(table, records):
+        a, ours, gap = row["anchor"], row["ours"], row["gap_se"]
+        rows.append([f"{a.task} ({recipe(a)})", f"{a.label} (`{a.method}`)", f"{a.value:g}",
+                     lds(ours) if ours else "not run yet", str(len(ours["seeds"])) if ours else "",
+                     _num(ours["ceiling"]) if ours else "", "" if gap is None else f"{gap:+.1f}", a.note])
+    header = ["task (recipe)", f"{table.name}: method", "published", "tdabench", "seeds", "noise ceiling",
+              "gap (SE)", "why they may differ"]
+    return header, rows
+
+
+def published_table(table: Any, records: list[RunResult]) -> str:
+    """One published table as markdown."""
+    return _table(*published_cells(table, records))
+
+
 #: Every README block by name.
 BLOCKS: dict[str, Callable[[list[RunResult]], str]] = {
     "cpu-digits": cost_table(0),
@@ -140,4 +168,5 @@ BLOCKS: dict[str, Callable[[list[RunResult]], str]] = {
     "breadth": breadth,
     "magic-digits": regime_grid("digits"),
     "magic-regression": regime_grid("regression"),
+    "reproduction": reproduction,
 }

@@ -112,7 +112,12 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
 
 
 def get_suite(name: str) -> Suite:
-    """The suite called ``name``; unknown names fail with the list and a did-you-mean."""
+    """The suite called ``name`` — a suite above, or a published table's settings (``tdabench.anchors``);
+    unknown names fail with the list and a did-you-mean."""
+    from .anchors import PUBLISHED
+
     if name in SUITES:
         return SUITES[name]
-    raise unknown_name("suite", name, list(SUITES))
+    if name in PUBLISHED.names():
+        return PUBLISHED.get(name).suite()
+    raise unknown_name("suite", name, [*SUITES, *PUBLISHED.names()])

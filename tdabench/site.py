@@ -95,6 +95,23 @@ def primary_metric(rows: list[dict[str, Any]]) -> str:
     return next((m for m in PREFERRED if m in found), found[0])
 
 
+def _published(entries: list[Entry], task: Optional[str]) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """Each published table (of ``task``, when given) that the records answer at least in part."""
+    from .anchors import PUBLISHED
+    from .board_tables import published_cells
+
+    records = [e.record for e in entries]
+    out = []
+    for name in PUBLISHED.names():
+        table = PUBLISHED.get(name)
+        if task and all(a.task != task for a in table.anchors):
+            continue
+        header, rows = published_cells(table, records)
+        if any(r[3] != "not run yet" for r in rows):
+            out.append((name, table.source, header, rows))
+    return out
+
+
 def build(results_dir: Path, output: Optional[Path] = None, task: Optional[str] = None) -> Path:
     """Write the site for every task (or ``task``) to ``output`` (default ``results_dir/site``); the
     path of its ``index.html``."""
@@ -114,6 +131,7 @@ def build(results_dir: Path, output: Optional[Path] = None, task: Optional[str] 
         figures = [site_plots.figure_html(site_plots.cost_figure(shown, name), f"cost-{name}"),
                    site_plots.figure_html(site_plots.per_query_figure(shown, name), f"per-query-{name}")]
         sections.append(site_html.section(name, rows, figures, output))
+    sections.append(site_html.published_section(_published(entries, task)))
     index = output / "index.html"
     index.write_text(site_html.page(list(tables), sections, len(entries)), encoding="utf-8")
     return index

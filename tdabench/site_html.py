@@ -139,6 +139,19 @@ def section(task: str, rows: list[dict[str, Any]], figures: list[str], output: P
             f"<tbody>{body}</tbody></table></div><div class=plots>{plots}</div></section>")
 
 
+def published_section(tables: list[tuple[str, str, list[str], list[list[str]]]]) -> str:
+    """The peers' published numbers next to tdabench's (``board_tables.published_cells``): one table each."""
+    if not tables:
+        return ""
+    parts = ['<section id="published"><h2>Against the peers\' published numbers</h2>']
+    for name, source, header, rows in tables:
+        head = "".join(f"<th>{esc(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c.replace('`', ''))}</td>" for c in row) + "</tr>" for row in rows)
+        parts.append(f"<h3>{esc(name)}</h3><p class=source>{esc(source)}</p><table><thead><tr>{head}</tr></thead>"
+                     f"<tbody>{body}</tbody></table>")
+    return "".join(parts) + "</section>"
+
+
 def page(tasks: list[str], sections: list[str], n_records: int) -> str:
     """The whole ``index.html``: styles and the sorter inline, plotly.js from the local file."""
     nav = " · ".join(f'<a href="#task-{esc(t)}">{esc(t)}</a>' for t in tasks)

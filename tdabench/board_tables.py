@@ -151,7 +151,7 @@ def published_cells(table: Any, records: list[RunResult]) -> tuple[list[str], li
                      lds(ours) if ours else "not run yet", str(len(ours["seeds"])) if ours else "",
                      _num(ours["ceiling"]) if ours else "", "" if gap is None else f"{gap:+.1f}", a.note])
     header = ["task (recipe)", f"{table.name}: method", "published", "tdabench", "seeds", "noise ceiling",
-              "gap (SE)", "why they may differ"]
+              "gap (combined SE)", "why they may differ"]
     return header, rows
 
 

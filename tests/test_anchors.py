@@ -22,7 +22,8 @@ class Toy(PublishedTable):
     seeds = 2
     board_sets = SMALL
     anchors = (Anchor("regression", "gradsim", "Grad-Dot", 0.5),
-               Anchor("regression", "gradsim", "Grad-Cos", 0.9, ("gradsim.normalize=true",), note="a figure"),
+               Anchor("regression", "gradsim", "Grad-Cos", 0.9, ("gradsim.normalize=true",), note="a figure",
+                      uncertainty=0.02),
                Anchor("regression", "random", "Random", 0.0))
 
 
@@ -48,7 +49,8 @@ def test_run_suite_then_compare_reads_each_anchors_own_records(toy, tmp_path, ca
     by_config = {(s["method"], s["config"].get("normalize")): s["mean"] for s in summaries}
     assert dot["mean"] == by_config[("gradsim", False)] and cos["mean"] == by_config[("gradsim", True)]
     assert dot["mean"] != cos["mean"] and rand["mean"] == by_config[("random", None)]
-    assert rows[1]["gap_se"] == pytest.approx((cos["mean"] - 0.9) / cos["se"])
+    assert rows[1]["gap_se"] == pytest.approx((cos["mean"] - 0.9) / (cos["se"] ** 2 + 0.02 ** 2) ** 0.5)
+    assert rows[0]["gap_se"] == pytest.approx((dot["mean"] - 0.5) / dot["se"])
     text = published_table(toy, load_records(tmp_path))
     assert "| regression (gradsim: normalize=true) | Grad-Cos (`gradsim`) | 0.9 |" in text and "a figure" in text
     from tdabench.site import build

@@ -137,3 +137,23 @@ def test_concurrent_write_checks_of_one_directory_never_fail(tmp_path):
         t.join()
     assert not errors, errors[0]
     assert list(tmp_path.iterdir()) == []                     # no probe left behind
+
+
+def test_list_says_which_methods_apply_as_run_refuses_them(tmp_path):
+    """`tdabench list`'s applicability line agrees with what `prepare` refuses before any work."""
+    from tdabench import pipeline
+    from tdabench.commands.listing import applicability
+    from tdabench.config import ConfigError
+    from tdabench.registry import METHODS
+    from tdabench.spec import RunSpec
+
+    line = applicability("hierarchy")
+    refused = {m for m in METHODS.names() if f"{m} (" in line.split("refused: ", 1)[-1]}
+    assert refused == {"knn_shapley", "rps"} and line.startswith(f"{len(METHODS.names()) - 2} of {len(METHODS.names())}")
+    for method in ("rps", "gradsim"):
+        spec = RunSpec(task="hierarchy", methods=(method,), results_dir=tmp_path, executor="serial")
+        if method in refused:
+            with pytest.raises((ConfigError, ValueError), match="classification"):
+                pipeline.prepare(spec)
+        else:
+            pipeline.prepare(spec)

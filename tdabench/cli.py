@@ -57,13 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``"3"`` → (0, 1, 2); ``"0,4,7"`` → (0, 4, 7)."""
     try:
-        if "," in text:
-            return tuple(int(s) for s in text.split(",") if s)
-        count = int(text)
+        seeds = tuple(int(s) for s in text.split(",") if s) if "," in text else ()
+        count = int(text) if "," not in text else 0
     except ValueError:
         raise ConfigError(f"--seeds {text!r}: give a count (3) or a comma-separated list (0,4,7)") from None
+    if seeds:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:   # a repeated seed is the same repetition twice: its SE would be a false 0
+            raise ConfigError(f"--seeds {text!r}: seed(s) {', '.join(map(str, repeated))} repeated; each seed is one "
+                              f"whole repetition, so list each once (e.g. {','.join(map(str, sorted(set(seeds))))})")
+        return seeds
     if count < 1:
-        raise ConfigError(f"--seeds {text!r}: at least one seed is needed")
+        raise ConfigError(f"--seeds {text!r}: a single number is a count of seeds (3 means seeds 0, 1, 2); for seed 0 "
+                          f"alone give --seeds 1, for other seeds list them (--seeds 4,7)")
     return tuple(range(count))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from typing import Any, Optional
 
 from ..cli import _common, parse_seeds
@@ -34,6 +35,9 @@ def plan_spec(task_name: str, methods: tuple[str, ...], overrides: dict[str, dic
     from ..config import apply_overrides
     from ..spec import make_task, resolve_method
 
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"--device {device!r}: plan for auto, cpu or cuda[:N] (a CUDA device is planned without one "
+                          f"here; --device-memory GB sets its memory)")
     wanted = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
     unknown = set(overrides) - {"task", "gt", "store", *methods}
     if unknown:

@@ -52,9 +52,10 @@ def test_regress_passes_then_fails_when_a_baseline_is_raised_above_reach(results
     path = tmp_path / "baselines.json"
     path.write_text(json.dumps({"checks": [{"task": "regression", "methods": ["gradsim"], "seeds": 2, "set": SMALL}]}))
     report, failures = regress(path, results, executor="serial")
-    assert failures == [] and "baseline written" in report[0]
+    assert failures == [] and any("baseline written" in line for line in report)
+    assert json.loads(path.read_text())["calibration_seconds"] > 0          # the machine's speed, written with them
     report, failures = regress(path, results, executor="serial")
-    assert failures == [] and report[0].endswith("ok")
+    assert failures == [] and [line for line in report if line.startswith("regression/gradsim")][0].endswith("ok")
     spec = json.loads(path.read_text())
     spec["checks"][0]["baselines"]["gradsim"]["lds_mean"] += 0.5
     path.write_text(json.dumps(spec))
@@ -65,6 +66,29 @@ def test_regress_passes_then_fails_when_a_baseline_is_raised_above_reach(results
     path.write_text(json.dumps(spec))
     _, failures = regress(path, results, executor="serial")
     assert len(failures) == 1 and "fit+score took" in failures[0]
+
+
+def test_time_limits_scale_with_how_busy_the_machine_is(results, tmp_path, monkeypatch):
+    from tdabench import baseline_check
+
+    now = {"lds_mean": 0.5, "lds_se": 0.0, "fit_seconds": 10.0, "score_seconds": 0.0}
+    base = {"lds_mean": 0.5, "lds_se": 0.0, "seconds": 1.0}
+    assert baseline_check.compare("t/m", now, base, 2.0, 4.0, 2.0)                 # 10 s > 4 × 1 s + 2 s
+    assert baseline_check.compare("t/m", now, base, 2.0, 4.0, 2.0, slowdown=3.0) == []   # busy 3×: 14 s allowed
+    assert baseline_check.compare("t/m", now, base, 2.0, 4.0, 2.0, slowdown=0.2)    # a fast machine keeps the limit
+    path = tmp_path / "baselines.json"
+    path.write_text(json.dumps({"checks": [{"task": "regression", "methods": ["gradsim"], "seeds": 2, "set": SMALL}]}))
+    regress(path, results, executor="serial")
+    spec = json.loads(path.read_text())
+    spec["checks"][0]["baselines"]["gradsim"]["seconds"] = 1e-6                    # beaten only on an idle machine ...
+    spec["time_slack_seconds"] = 0.0
+    path.write_text(json.dumps(spec))
+    _, failures = regress(path, results, executor="serial")
+    assert failures and "fit+score took" in failures[0]
+    slow = spec["calibration_seconds"] * 1e6                                        # ... the machine now a million times slower
+    monkeypatch.setattr(baseline_check, "machine_seconds", lambda repeats=5: slow)
+    report, failures = regress(path, results, executor="serial")
+    assert failures == [] and any("slower than when the baselines were written" in line for line in report)
 
 
 def test_growth_exponent_recovers_a_power_law():

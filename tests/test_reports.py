@@ -110,3 +110,24 @@ def test_scaling_study_and_plots_write_their_files(results, tmp_path):
     assert open(study["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["plot", "--results-dir", str(results)]) == 0
     assert len(list((results / "plots").glob("regression-*.png"))) == 3
+
+
+@pytest.mark.parametrize("arrivals, expected", [
+    ([5.0] * 200, ["200/200"]),                                                 # one chunk: one line, at its end
+    ([5.0] * 60 + [9.0] * 60 + [13.0] * 80, ["60/200", "120/200", "200/200"]),  # three chunks: a line after each
+    ([float(t) for t in range(1, 11)], [f"{k}/10" for k in range(1, 11)]),      # one at a time: every 10 %
+])
+def test_progress_reports_a_chunk_as_the_one_step_it_is(arrivals, expected, monkeypatch, caplog):
+    from tdabench import progress
+
+    clock = iter([0.0, *arrivals])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    with caplog.at_level("INFO", logger="tdabench"):
+        with progress.Progress(len(arrivals), "retrain t seed 0") as bar:
+            for _ in arrivals:
+                bar.update()
+    lines = [r.getMessage().split(": ")[1].split(" ")[0] for r in caplog.records]
+    assert lines == expected
+    if expected == ["60/200", "120/200", "200/200"]:      # rates measured at each chunk's end, not mid-burst
+        assert "(12.00/s, 12 s left)" in caplog.records[0].getMessage()

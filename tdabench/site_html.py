@@ -104,14 +104,22 @@ def _options(values: list[str], chosen: str) -> str:
                    for v in values)
 
 
+def main_regime(rows: list[dict[str, Any]]) -> str:
+    """The regime a task's board opens on: the end-of-training regime with the most rows (a regime seen at
+    a checkpoint, ``… @c``, is one click away), or every regime ('') when there is only one."""
+    regimes = list(dict.fromkeys(r["ground_truth"] for r in rows))
+    ends = [g for g in regimes if " @" not in g] or regimes
+    return max(ends, key=lambda g: sum(r["ground_truth"] == g for r in rows)) if len(regimes) > 1 else ""
+
+
 def filters(rows: list[dict[str, Any]]) -> str:
-    """The ground-truth and metric ``<select>``s (the metric starts on the first one: values of two metrics
-    are not comparable) and the count of rows shown."""
+    """The ground-truth and metric ``<select>``s (the ground truth starts on the main regime, the metric on
+    the first one: values of two metrics are not comparable) and the count of rows shown."""
     regimes = list(dict.fromkeys(r["ground_truth"] for r in rows))
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     return ('<div class=filters><label>ground truth <select class=filter data-key=regime>'
-            f'{_options(["", *regimes], "")}</select></label> <label>metric <select class=filter data-key=metric>'
-            f'{_options(["", *metrics], metrics[0])}</select></label> <span class=count></span></div>')
+            f'{_options(["", *regimes], main_regime(rows))}</select></label> <label>metric <select class=filter '
+            f'data-key=metric>{_options(["", *metrics], metrics[0])}</select></label> <span class=count></span></div>')
 
 
 def ceilings(rows: list[dict[str, Any]]) -> str:

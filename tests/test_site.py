@@ -14,6 +14,7 @@ import pytest
 
 from tdabench import cli
 from tdabench.leaderboard import leaderboard, table_rows
+from tdabench.site_html import main_regime
 
 SMALL = ["gt.num_subsets=10", "task.n_train=40", "task.optimizer=gd", "task.steps=100", "task.lr=1.0"]
 SECOND_REGIME = "α=0.8 K=10 R=1"
@@ -155,7 +156,9 @@ def test_site_in_a_headless_browser(site, board, tmp_path):
             assert plot.find_elements(By.CSS_SELECTOR, "svg.main-svg")
         tables = driver.find_elements(By.CSS_SELECTOR, "table.board")
         assert len(tables) == 1 and len(tables[0].find_elements(By.CSS_SELECTOR, "tbody tr")) == len(board)
-        assert len(_visible_rows(driver)) == len(board)
+        main = main_regime(board)                               # it opens on the main regime, the others a click away
+        assert main and main != SECOND_REGIME
+        assert len(_visible_rows(driver)) == sum(r["ground_truth"] == main for r in board) == len(board) - 2
 
         regime = Select(driver.find_element(By.CSS_SELECTOR, "select[data-key=regime]"))
         regime.select_by_value(SECOND_REGIME)
@@ -229,3 +232,10 @@ def test_a_regime_without_a_noise_ceiling_says_why():
     html = ceilings([{"ground_truth": "α=0.5 K=200 R=1 ref-order", "metric": "lds", "ceiling": None, "ceiling_note": reference},
                      {"ground_truth": "α=0.5 K=200 R=2", "metric": "lds", "ceiling": 0.868, "ceiling_note": ""}])
     assert "no retraining noise" in html and "<b>0.868</b>" in html and "retrain_seeds" not in html
+
+
+def test_the_board_opens_on_the_main_regime_not_its_checkpoints():
+    rows = [{"ground_truth": g} for g in ["α=0.5 K=100 R=2 C=5 @1"] * 4 + ["α=0.5 K=200 R=2"] * 3
+            + ["α=0.99 K=200 R=2"] * 2 + ["α=0.5 K=100 R=2 C=5 @5"] * 4]
+    assert main_regime(rows) == "α=0.5 K=200 R=2"
+    assert main_regime([{"ground_truth": "α=0.5 K=100 R=1"}] * 3) == ""     # one regime: nothing to choose

@@ -119,13 +119,20 @@ class ExactIF(Method):
                         "damping_used": used, "damping_raised": raised, "min_eigenvalue_damped": lowest + used}
         return used
 
+    def check(self, task: Task) -> None:
+        """Refuse a model above ``max_params`` before any training (its d×d matrix would not be built)."""
+        self._refuse_size(num_params(select_params(task.make_model(0), self.config.patterns)))
+
+    def _refuse_size(self, d: int) -> None:
+        if d > self.config.max_params:
+            raise ValueError(f"if: the model has {d:,} parameters in scope, above if.max_params={self.config.max_params:,} "
+                             f"(a {d}×{d} matrix); restrict if.patterns or use an approximate method (ekfac, bif)")
+
     def score(self, ctx: Context) -> Tensor:
         cfg = self.config
         params = select_params(ctx.model, cfg.patterns)
         d = num_params(params)
-        if d > cfg.max_params:
-            raise ValueError(f"if: the model has {d:,} parameters in scope, above if.max_params={cfg.max_params:,} "
-                             f"(a {d}×{d} matrix); restrict if.patterns or use an approximate method (ekfac, bif)")
+        self._refuse_size(d)
         build = objective_hessian if cfg.curvature == "hessian" else objective_gauss_newton
         curv = build(ctx.task, ctx.model, ctx.train_data, params, cfg.batch_size)
         damping = self._check_curvature(curv)

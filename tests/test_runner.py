@@ -70,6 +70,7 @@ def test_json_output_records_and_second_run_reuses_everything(tmp_path, capsys, 
     (["run", "--task", "digits", "--method", "gradsim", "--device", "tpu"], "--device 'tpu'"),
     (["sweep", "--task", "digits", "--method", "gradsim", "--grid", "proj_dim=0,8", "--samples", "-1"], "--samples -1"),
     (["run", "--task", "digits", "--method", "gradsim", "--seeds", "0,0"], "seed(s) 0 repeated"),
+    (["run", "--task", "digits", "--method", "if", "--set", "task.hidden=100000"], "above if.max_params=10,000"),
     (["run", "--task", "digits", "--method", "gradsim", "--seeds", "0"], "for seed 0 alone give --seeds 1"),
     (["plan", "--task", "digits", "--method", "gradsim", "--device", "tpu"], "--device 'tpu': plan for auto, cpu or cuda"),
 ])

@@ -59,10 +59,11 @@ def test_ctrl_c_during_a_parallel_build_stops_every_process_of_the_run(tmp_path)
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
     deadline = time.time() + 120
-    running = "retrain regression seed 0: 60/600"            # the first progress line: workers are retraining
-    while not any(running in line for line in lines) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert any(running in line for line in lines), "".join(lines)
+    started = "600 of 600 retrains to do"                    # the build has begun; then wait for its workers
+    while not (any(started in line for line in lines) and len(descendants(proc.pid)) >= 2) \
+            and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert any(started in line for line in lines), "".join(lines)
     tree = descendants(proc.pid)
     assert len(tree) >= 2, tree                              # a worker per core
     os.killpg(proc.pid, signal.SIGINT)

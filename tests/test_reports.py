@@ -112,22 +112,23 @@ def test_scaling_study_and_plots_write_their_files(results, tmp_path):
     assert len(list((results / "plots").glob("regression-*.png"))) == 3
 
 
-@pytest.mark.parametrize("arrivals, expected", [
-    ([5.0] * 200, ["200/200"]),                                                 # one chunk: one line, at its end
-    ([5.0] * 60 + [9.0] * 60 + [13.0] * 80, ["60/200", "120/200", "200/200"]),  # three chunks: a line after each
-    ([float(t) for t in range(1, 11)], [f"{k}/10" for k in range(1, 11)]),      # one at a time: every 10 %
+@pytest.mark.parametrize("bursts, expected", [
+    ([200], ["200/200"]),                                   # one chunk: one line, when it is done
+    ([60, 60, 80], ["60/200", "120/200", "200/200"]),       # three chunks: a line after each
+    ([1] * 10, [f"{k}/10" for k in range(1, 11)]),          # one at a time: every 10 %
 ])
-def test_progress_reports_a_chunk_as_the_one_step_it_is(arrivals, expected, monkeypatch, caplog):
+def test_progress_reports_a_chunk_as_the_one_step_it_is(bursts, expected, monkeypatch, caplog):
+    """Results of a chunk arrive together: one line for the chunk (written once it has ended), not a line
+    for every 10 % inside it — before, a chunk of 200 wrote ten lines in the same second."""
+    import time
+
     from tdabench import progress
 
-    clock = iter([0.0, *arrivals])
-    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
     monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
     with caplog.at_level("INFO", logger="tdabench"):
-        with progress.Progress(len(arrivals), "retrain t seed 0") as bar:
-            for _ in arrivals:
-                bar.update()
-    lines = [r.getMessage().split(": ")[1].split(" ")[0] for r in caplog.records]
-    assert lines == expected
-    if expected == ["60/200", "120/200", "200/200"]:      # rates measured at each chunk's end, not mid-burst
-        assert "(12.00/s, 12 s left)" in caplog.records[0].getMessage()
+        with progress.Progress(sum(bursts), "retrain t seed 0") as bar:
+            for size in bursts:
+                for _ in range(size):
+                    bar.update()
+                time.sleep(4 * progress.BURST_SECONDS)      # the next chunk trains
+    assert [r.getMessage().split(": ")[1].split(" ")[0] for r in caplog.records] == expected

@@ -62,12 +62,31 @@ class Arnoldi(DattriMethod):
             return
         smallest = float(eigenvalues.min())
         self._info["min_eigenvalue_damped"] = smallest
+        broken = breakdown_zeros(eigenvalues)
+        if broken:
+            raise FloatingPointError(
+                f"arnoldi: {broken} of the {len(eigenvalues)} kept eigenvalues are 0 to rounding whatever the "
+                f"damping: the Arnoldi iteration broke down (its Krylov space has fewer directions than "
+                f"arnoldi.proj_dim={len(eigenvalues)}); set --set arnoldi.proj_dim={len(eigenvalues) - broken} (or fewer)")
         if smallest <= 0:
             need = self.config.damping - smallest * 1.5
             raise FloatingPointError(
                 f"arnoldi: {int((eigenvalues <= 0).sum())} of the {len(eigenvalues)} kept eigenvalues of H + λI are "
                 f"not positive (smallest {smallest:.3g}): the Hessian is indefinite at this model; "
                 f"set --set arnoldi.damping={need:.2g} (or larger)")
+
+
+#: A kept eigenvalue of H + λI this much smaller than the largest is a zero the iteration padded in.
+BREAKDOWN = 1e-5
+
+
+def breakdown_zeros(eigenvalues: Tensor) -> int:
+    """How many kept eigenvalues are zeros of a broken-down Arnoldi iteration (|μ| ≤ BREAKDOWN · max|μ|),
+    not of the damped curvature: a genuine eigenvalue of H + λI falls to zero only where H has one at
+    exactly −λ, which no damping setting reproduces (on the mnist MLP five such zeros stayed below 3e-7
+    at λ = 0.05 and at λ = 0.1, while the rest were ≥ 0.09)."""
+    scale = float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0
+    return int((eigenvalues.abs() <= BREAKDOWN * scale).sum()) if scale > 0 else 0
 
 
 def _eigenvalues(attributor: Any, d: int) -> Tensor | None:

@@ -187,3 +187,14 @@ def test_lissa_minibatches_are_seeded_so_scores_repeat_and_other_streams_do_not_
     torch.manual_seed(123)
     assert torch.equal(torch.rand(1), after)                              # the caller's stream did not move
     assert torch.equal(_scores("lissa", task, ctx, settings), first)
+
+
+def test_arnoldi_tells_a_broken_down_iteration_from_an_indefinite_hessian():
+    """Zeros padded in by a broken-down Arnoldi iteration (at rounding level, whatever the damping) are not
+    the damped curvature's: they ask for fewer eigenvectors, not for more damping."""
+    from tdabench.methods.arnoldi import breakdown_zeros
+
+    padded = torch.tensor([-2.3e-7, 6.6e-8, 1.6e-7, 0.095, 0.25, 0.46])
+    indefinite = torch.tensor([-0.05, 0.02, 0.3, 0.46])
+    assert breakdown_zeros(padded) == 3 and breakdown_zeros(indefinite) == 0
+    assert breakdown_zeros(torch.zeros(3)) == 0

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import ConfigError, config_dict, with_values
-from .forkpool import ignore_interrupts
+from .forkpool import forking, ignore_interrupts
 from .numerics import Numerics, current_numerics
 from .retrain import train_and_measure_many
 from .trajectory import measure_many_along
@@ -160,8 +160,9 @@ class ProcessExecutor:
         for attempt in range(self.max_retries + 1):
             pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"), ignore_interrupts)
             try:
-                pending = {pool.submit(_local_retrain, task.name, config, payload(group), numerics, order,
-                                       checkpoints): i for i, group in enumerate(todo)}
+                with forking():      # a fork-context pool starts every worker at the first submit
+                    pending = {pool.submit(_local_retrain, task.name, config, payload(group), numerics, order,
+                                           checkpoints): i for i, group in enumerate(todo)}
                 finished = yield from self._collect(pending, todo)
             finally:
                 self._stop(pool)

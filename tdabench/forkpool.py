@@ -7,12 +7,13 @@ order, so whatever consumes them in that order gets the same answer for any numb
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
 import sys
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 
@@ -33,11 +34,25 @@ def ignore_interrupts() -> None:
     running Ray has Ray's handler there, and every forked worker printed its stack dump on the way out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # blocked by ``forking``: a pending one is dropped
     if sys.platform.startswith("linux"):
         parent = os.getppid()
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:   # the parent died before the request took hold
             os._exit(1)
+
+
+@contextlib.contextmanager
+def forking() -> Iterator[None]:
+    """Ctrl-C held back while worker processes are forked: a SIGINT between a fork and the worker's
+    ``ignore_interrupts`` interrupted the child's own start-up (Python reseeds ``random`` at fork) and printed
+    its traceback.  Held, it reaches this process once the workers exist (they start with it blocked, then
+    ignore it)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _call(item: int) -> Any:

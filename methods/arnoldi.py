@@ -41,6 +41,8 @@ class Arnoldi(DattriMethod):
     name = "arnoldi"
     description = "influence function on the Hessian's top eigenvectors by Arnoldi iteration (dattri)"
     Config = ArnoldiConfig
+    #: --set arnoldi.damping=auto (λ on the kept eigenvalues; too small a one is refused where H is indefinite)
+    tunable = {"damping": ("0.0001", "0.001", "0.01", "0.1", "1", "10")}
 
     def attributor(self, ctx: Context) -> Any:
         from dattri.algorithm import IFAttributorArnoldi

@@ -148,6 +148,8 @@ class BIF(Method):
     name = "bif"
     description = "local Bayesian influence function: −Cov(ℓ_i, φ_j) over (RMSprop-)SGLD draws around w*"
     Config = BIFConfig
+    #: --set bif.epsilon=auto (the SGLD step size)
+    tunable = {"epsilon": ("0.00003", "0.0001", "0.0003", "0.001", "0.003")}
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

@@ -35,6 +35,7 @@ class CG(DattriMethod):
     name = "cg"
     description = "influence function, (H+λI)⁻¹ by conjugate gradient on HVPs (dattri)"
     Config = CGConfig
+    tunable = {"damping": ("0.0001", "0.001", "0.01", "0.1", "1", "10")}   # --set cg.damping=auto (λ)
 
     def attributor(self, ctx: Context) -> Any:
         from dattri.algorithm import IFAttributorCG

@@ -37,6 +37,7 @@ class DataInf(DattriMethod):
     name = "datainf"
     description = "DataInf: per-layer Fisher inverted by averaged Sherman-Morrison (dattri)"
     Config = DataInfConfig
+    tunable = {"damping": ("0.001", "0.01", "0.1", "1", "10")}   # --set datainf.damping=auto (each layer's λ)
 
     def fit_data(self, ctx: Context) -> Any:
         """The Fisher sample: the first ``fit_fraction`` of the attribution rows."""

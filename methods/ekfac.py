@@ -130,7 +130,7 @@ def sampled_fisher(task: Task, model: nn.Module, data: Batch, choice: str, limit
     if choice == "empirical":
         return False
     size = None
-    if type(task).outputs is not Task.outputs and type(task).output_loss is not Task.output_loss:
+    if task.has_outputs:
         with torch.no_grad():
             size = task.outputs(model, tuple(t[:1] for t in data))[0].numel()
     if size is not None and size <= limit:
@@ -295,6 +295,8 @@ class EKFAC(Method):
     name = "ekfac"
     description = "influence function with kronfluence's EK-FAC / K-FAC / diagonal / identity curvature"
     Config = EKFACConfig
+    #: --set ekfac.damping=auto: λ (the default is kronfluence's 0.1 × mean eigenvalue)
+    tunable = {"damping": ("0.00001", "0.0001", "0.001", "0.01", "0.1", "1", "10")}
     requires = ("kronfluence",)
     install_hint = INSTALL_HINT
 

@@ -41,6 +41,8 @@ class FactGraSS(BlockProjected):
     name = "factgrass"
     description = "FactGraSS: masked then SJLT-sketched per-layer gradients, IF with their Fisher (dattri)"
     Config = FactGraSSConfig
+    #: --set factgrass.damping=auto (λ of the sketches' Fisher)
+    tunable = {"damping": ("0.00001", "0.0001", "0.001", "0.01", "0.1", "1", "10")}
 
     def attributor(self, ctx: Context) -> Any:
         from dattri.algorithm import FactGraSSAttributor

@@ -43,6 +43,7 @@ class GradSim(Method):
     name = "gradsim"
     description = "gradient similarity −∇ℓ_i·∇φ_j (dot or cosine, optional random projection)"
     Config = GradSimConfig
+    tunable = {"normalize": ("false", "true")}   # --set gradsim.normalize=auto (dot product or cosine)
 
     def score(self, ctx: Context) -> Tensor:
         g_train, g_query = gradient_features(ctx, self.config)

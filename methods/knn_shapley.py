@@ -40,6 +40,7 @@ class KNNShapley(DattriMethod):
     name = "knn_shapley"
     description = "exact Data Shapley of a K-NN classifier on representations (dattri; classifiers only)"
     Config = KNNShapleyConfig
+    tunable = {"k": ("1", "3", "5", "10", "25", "50")}   # --set knn_shapley.k=auto (neighbours)
     influence_scale = False
 
     def check(self, task: Task) -> None:

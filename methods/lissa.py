@@ -40,6 +40,7 @@ class LiSSA(DattriMethod):
     name = "lissa"
     description = "influence function, (H+λI)⁻¹ by the LiSSA stochastic recursion (dattri)"
     Config = LiSSAConfig
+    tunable = {"damping": ("0.0001", "0.001", "0.01", "0.1", "1", "10")}   # --set lissa.damping=auto (λ)
 
     def attributor(self, ctx: Context) -> Any:
         from dattri.algorithm import IFAttributorLiSSA

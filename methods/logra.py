@@ -69,6 +69,8 @@ class LoGra(BlockProjected):
     name = "logra"
     description = "LoGra: Kronecker-projected per-layer gradients, IF with their Fisher (dattri)"
     Config = LoGraConfig
+    #: --set logra.damping=auto (λ of the projected Fisher)
+    tunable = {"damping": ("0.00001", "0.0001", "0.001", "0.01", "0.1", "1", "10")}
 
     def attributor(self, ctx: Context) -> Any:
         from dattri.algorithm import LoGraAttributor

@@ -87,6 +87,7 @@ class RepSim(Method):
     name = "repsim"
     description = "representation similarity −cos(h_i, h_j) of the final linear layer's input (gradient-free)"
     Config = RepSimConfig
+    tunable = {"normalize": ("true", "false")}   # --set repsim.normalize=auto (cosine or dot product)
 
     def check(self, task: Task) -> None:
         """A named module must exist (building one model is cheap next to the ground truth it saves)."""

@@ -62,6 +62,7 @@ class RPS(DattriMethod):
     name = "rps"
     description = "representer point selection: re-fitted last layer, representer theorem (dattri; classifiers)"
     Config = RPSConfig
+    tunable = {"l2": ("0.0001", "0.001", "0.003", "0.01", "0.1", "1")}   # --set rps.l2=auto (the re-fitted layer's λ)
     influence_scale = False
     #: RPS explains the model's prediction (the last layer is re-fitted to the model's own outputs), not its
     #: loss: a training copy of a query the model gets wrong supports the wrong prediction and scores as harm.

@@ -159,6 +159,8 @@ class Source(Method):
     name = "source"
     description = "SOURCE: unrolled influence over L segments, EK-FAC filter (1−e^{−ηKσ})/σ per segment"
     Config = SourceConfig
+    #: --set source.damping=auto (λ on every eigenvalue)
+    tunable = {"damping": ("0", "0.0001", "0.001", "0.01", "0.1", "1")}
     requires = ("kronfluence",)
     install_hint = INSTALL_HINT
 

@@ -38,6 +38,8 @@ class TracIn(Method):
     name = "tracin"
     description = "TracIn-CP: −Σ_t η_t ∇ℓ_i(w_t)·∇φ_j(w_t) over training checkpoints"
     Config = TracInConfig
+    #: --set tracin.checkpoints=auto (checkpoints of the reference run)
+    tunable = {"checkpoints": ("1", "2", "5", "10")}
 
     @property
     def needs_checkpoints(self) -> int:

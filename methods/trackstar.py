@@ -53,6 +53,7 @@ class TrackStar(Method):
     name = "trackstar"
     description = "TrackStar: −cos of second-moment-corrected, randomly projected gradients (Chang et al. 2024)"
     Config = TrackStarConfig
+    tunable = {"normalize": ("true", "false")}   # --set trackstar.normalize=auto (unit-normalised or not)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)

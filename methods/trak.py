@@ -190,6 +190,8 @@ class TRAK(Method):
     name = "trak"
     description = "TRAK via traker: projected loss gradients of a model ensemble, (ΦᵀΦ)⁻¹-weighted"
     Config = TRAKConfig
+    #: --set trak.damping=auto: λ on the features' Fisher (the default is 0.1 × mean eigenvalue)
+    tunable = {"damping": ("0.00001", "0.0001", "0.001", "0.01", "0.1", "1", "10")}
     requires = ("trak",)
 
     def __init__(self, config: Any = None) -> None:

@@ -34,8 +34,10 @@ def matches(step: Step, record: RunResult) -> bool:
 
 def _method_sets(record: RunResult, sets: dict[str, str]) -> bool:
     """The user's settings of the record are exactly the step's (parsed against the method's config)."""
-    config = METHODS.get(record.method).Config()
-    wanted = config_dict_values({k: coerce_known(config, k, v, record.method) for k, v in sets.items()})
+    cls = METHODS.get(record.method)
+    config = cls.Config()
+    wanted = config_dict_values({k: "auto" if v == "auto" and k in cls.tunable else coerce_known(config, k, v, record.method)
+                                 for k, v in sets.items()})
     return record.method_overrides == wanted
 
 
@@ -161,6 +163,32 @@ def published_table(table: Any, records: list[RunResult]) -> str:
 
 
 #: Every README block by name.
+def tuned(records: list[RunResult]) -> str:
+    """Each default row of the ``cpu`` suite beside its tuned row (``KEY=auto``: chosen on the tuning half,
+    held-out half reported), the values chosen per seed, and the gain in combined SEs, largest first."""
+    steps = SUITES["cpu"].steps
+    rows = []
+    for step in (s for s in steps if len(s.methods) == 1 and any(x.endswith("=auto") for x in s.sets)):
+        method, key = step.methods[0], next(x for x in step.sets if x.endswith("=auto")).split("=")[0].split(".")[1]
+        default_sets = tuple(x for x in step.sets if not x.endswith("=auto"))
+        base = next((s for s in steps if s.task == step.task and method in s.methods and s.sets == default_sets), None)
+        default = summary(records, base, method) if base else None
+        runs = sorted((r for r in records if r.method == method and matches(step, r)), key=lambda r: r.seed)
+        tuned_row = summarize(runs, "lds") if runs else None
+        chosen = "/".join(str(r.extras.get("auto", {}).get("chosen", "?")) for r in runs) or "—"
+        gain = None
+        if default and tuned_row:
+            gain = (tuned_row["mean"] - default["mean"]) / math.sqrt(default["se"] ** 2 + tuned_row["se"] ** 2 + 1e-12)
+        rows.append((gain if gain is not None else -math.inf, [step.task, f"`{method}`", lds(default),
+                     lds(tuned_row), f"{key} = {chosen}", "—" if gain is None else f"{gain:+.1f}"]))
+    rows.sort(key=lambda r: -r[0])
+    table = _table(["task", "method", "default LDS", "tuned LDS (held-out half)", "chosen per seed",
+                    "gain (combined SEs)"], [r[1] for r in rows])
+    top = [f"{r[1][1]} on {r[1][0]} ({r[1][5]})" for r in rows if r[0] > 2][:4]
+    return table + ("\n\nLargest gains from tuning: " + ", ".join(top) + "." if top else
+                    "\n\nNo tuned row beats its default by more than 2 combined SEs.")
+
+
 BLOCKS: dict[str, Callable[[list[RunResult]], str]] = {
     "cpu-digits": cost_table(0),
     "cpu-regression": cost_table(1),
@@ -169,4 +197,5 @@ BLOCKS: dict[str, Callable[[list[RunResult]], str]] = {
     "magic-digits": regime_grid("digits"),
     "magic-regression": regime_grid("regression"),
     "reproduction": reproduction,
+    "tuned": tuned,
 }

@@ -287,7 +287,9 @@ def trace(make_task: Callable[[torch.device], Task], methods: list[Method], gt: 
         for i, m in enumerate(methods):
             got, counts = _method_traces(tracer, task, m, Path(tmp) / f"{i}-{m.name}")
             target = sizes | counts
-            stages += [_extrapolate(name, got[name], target, seeds, _settings(m.name, m.config)) for name in got]
+            grid = len(type(m).tunable[m.auto]) if m.auto else 1      # KEY=auto: a fit and a score per grid value
+            label = _settings(m.name, m.config) + (f"; {m.auto}=auto: × {grid} values" if m.auto else "")
+            stages += [_extrapolate(name, got[name], target, seeds * grid, label) for name in got]
         return CostPlan(task.name, str(wanted), str(traced), tuple(stages))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +70,9 @@ class Method(ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     #: The command that installs ``requires``.
     install_hint: ClassVar[str] = "pip install 'tdabench[all]'"
+    #: Settings ``--set NAME.KEY=auto`` may choose on the tuning half of the run's own ground truth
+    #: (``tdabench.tuning``): key → its grid of at most 9 values, as they would be typed after ``=``.
+    tunable: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def missing_requirements(cls) -> list[str]:
@@ -80,6 +83,8 @@ class Method(ABC):
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
+        #: The ``tunable`` key set to ``auto`` for this run (None: none); the pipeline tunes it.
+        self.auto: Optional[str] = None
         if not isinstance(self.config, self.Config):
             raise TypeError(f"{type(self).__name__} expects a {self.Config.__qualname__}, got {type(config).__name__}")
 

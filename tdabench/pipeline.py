@@ -37,9 +37,10 @@ from .quarantine import quarantine
 from .records import CorruptRecord, RunResult, committed, environment, summarize
 from .reference import reference_key, reference_model
 from .seeds import reference_seed
-from .spec import Plan, RunSpec, _LazyExecutor, make_task, prepare
+from .spec import Plan, RunSpec, _LazyExecutor, make_method, make_task, prepare
 from .store import load_scores, save_scores
 from .task import Task
+from .tuning import choose, heldout_view, settings
 
 log = logging.getLogger("tdabench")
 
@@ -140,7 +141,7 @@ def record_path(spec: RunSpec, plan: Plan, method: Method, seed: int) -> Path:
     """Keyed by what the numbers mean (task, ground truth, method settings), not by the code: a record
     made by other code is found, reported and replaced rather than silently missed."""
     where = [spec.at_checkpoint] if spec.at_checkpoint else []            # the end of training keeps its old keys
-    key = content_hash([plan.task.describe(), plan.gt.settings(), method.name, config_dict(method.config), *where])
+    key = content_hash([plan.task.describe(), plan.gt.settings(), method.name, settings(method), *where])
     return (spec.records_dir or spec.results_dir / "runs") / plan.task.name / method.name / key / f"seed{seed}.json"
 
 
@@ -222,18 +223,48 @@ def _fit_and_score_exclusively(spec: RunSpec, task: Task, method: Method, seed: 
     return locked_fit_and_score(method, locked_context(spec, task, method, seed, along))
 
 
+def _tuned(spec: RunSpec, plan: Plan, method: Method, seed: int, truth: GroundTruth) -> Scored:
+    """``method.auto``: a fit and score per grid value, the one best on the tuning half kept
+    (``tuning.choose``); its seconds are the whole grid's, its extras say what was chosen from what."""
+    key, grid = method.auto, type(method).tunable[method.auto]
+    given = spec.overrides.get(method.name, {})
+
+    runs: list[Scored] = []
+
+    def run(value: str) -> Scored:
+        trial = make_method(method.name, plan.task, {**given, key: value})
+        runs.append(_fit_and_score_exclusively(spec, plan.task, trial, seed, plan.gt.checkpoints))
+        return runs[-1]
+
+    log.info("%s on %s, seed %d: %s=auto, %d values chosen on the tuning half", method.name, plan.task.name, seed,
+             key, len(grid))
+    best, info = choose(key, grid, run, truth, seed)
+    return Scored(best.scores, _total([r.fit for r in runs]), _total([r.score for r in runs]),
+                  {**best.extras, "auto": info})
+
+
+def _total(usages: list[Usage]) -> Usage:
+    """The cost of a stage run once per grid value: summed seconds, the highest peaks."""
+    cuda = [u.peak_cuda_mb for u in usages if u.peak_cuda_mb is not None]
+    return Usage(sum(u.seconds for u in usages), max(u.peak_rss_mb for u in usages), max(cuda) if cuda else None)
+
+
 def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: GroundTruth) -> RunResult:
-    """Fit, score, store the scores, compute every metric; the new record (saved)."""
+    """Fit, score, store the scores, compute every metric; the new record (saved).  A tuned method
+    (``KEY=auto``) is scored on every grid value and its metrics are those of the held-out half."""
     method, task = todo.method, plan.task
     log.info("%s on %s, seed %d: fit and score", method.name, task.name, seed)
-    scored = _fit_and_score_exclusively(spec, task, method, seed, plan.gt.checkpoints)
+    if method.auto:
+        scored = _tuned(spec, plan, method, seed, truth)
+    else:
+        scored = _fit_and_score_exclusively(spec, task, method, seed, plan.gt.checkpoints)
     scores_name = todo.path.with_suffix(".scores.pt").name
     save_scores(todo.path.with_name(scores_name), scored.scores, plan.store)
     cuda = [u.peak_cuda_mb for u in (scored.fit, scored.score) if u.peak_cuda_mb is not None]
     result = RunResult(
         task=task.name, task_version=task.version, task_config=config_dict(task.config), method=method.name,
-        method_config=config_dict(method.config), seed=seed, ground_truth=_truth_entry(plan, truth),
-        metrics={m.name: metric_entry(m, scored.scores, truth) for m in plan.metrics},
+        method_config=settings(method), seed=seed, ground_truth=_truth_entry(plan, truth),
+        metrics=_metrics(plan.metrics, scored.scores, truth, seed, tuned=bool(method.auto)),
         fit_seconds=scored.fit.seconds, score_seconds=scored.score.seconds,
         peak_rss_mb=max(scored.fit.peak_rss_mb, scored.score.peak_rss_mb), peak_cuda_mb=max(cuda) if cuda else None,
         method_recommended=config_dict_of(plan.recommended[method.name]),
@@ -242,6 +273,15 @@ def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: GroundTruth
         extras=scored.extras)
     result.save(todo.path)
     return result
+
+
+def _metrics(metrics: list[Metric], scores: torch.Tensor, truth: GroundTruth, seed: int, tuned: bool,
+             names: Optional[tuple[str, ...]] = None) -> dict[str, dict[str, Any]]:
+    """Each metric's record entry (only ``names`` when given); a tuned method's on the held-out half."""
+    if tuned:
+        truth, queries = heldout_view(truth, seed)
+        scores = scores[:, queries]
+    return {m.name: metric_entry(m, scores, truth) for m in metrics if names is None or m.name in names}
 
 
 def config_dict_of(values: dict[str, Any]) -> dict[str, Any]:
@@ -258,9 +298,7 @@ def _truth_entry(plan: Plan, truth: GroundTruth) -> dict[str, Any]:
 def rescore_metrics(record: RunResult, path: Path, plan: Plan, names: tuple[str, ...], truth: GroundTruth) -> RunResult:
     """Recompute ``names`` from the record's stored scores (no method runs) and save the record."""
     scores, _ = load_scores(path.parent / str(record.scores_file))
-    for metric in plan.metrics:
-        if metric.name in names:
-            record.metrics[metric.name] = metric_entry(metric, scores, truth)
+    record.metrics.update(_metrics(plan.metrics, scores, truth, record.seed, bool(record.extras.get("auto")), names))
     record.ground_truth = _truth_entry(plan, truth)
     record.save(path)
     return record

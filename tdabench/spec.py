@@ -21,6 +21,7 @@ from .numerics import Numerics
 from .registry import METHODS, METRICS, TASKS
 from .store import StoreConfig
 from .task import Task
+from .tuning import AUTO, check_grids, pop_auto
 
 #: --set scopes that are not a method's name.
 CORE_SCOPES = ("task", "gt", "store")
@@ -99,9 +100,10 @@ def make_task(name: str, overrides: dict[str, str], device: torch.device) -> Tas
     return cls(apply_overrides(cls.Config(), overrides, "task"), device=device)
 
 
-def method_config(cls: type, task: Task, overrides: dict[str, str]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """(final config, the task's recommended settings, the user's parsed settings) of method ``cls``:
-    class defaults, then the task's recommendations, then ``--set`` (each step checked by the config)."""
+def method_config(cls: type, task: Task, overrides: dict[str, str]) -> tuple[Any, dict[str, Any], dict[str, Any], Optional[str]]:
+    """(final config, the task's recommended settings, the user's parsed settings, the key set to
+    ``auto`` or None) of method ``cls``: class defaults, then the task's recommendations, then ``--set``
+    (each step checked by the config)."""
     recommended = task.recommendations().get(cls.name, {})
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(recommended) - fields)
@@ -109,8 +111,19 @@ def method_config(cls: type, task: Task, overrides: dict[str, str]) -> tuple[Any
         raise ConfigError(f"task {task.name} recommends {cls.name} setting(s) {unknown} that {cls.name} does not "
                           f"have (valid: {sorted(fields)}); fix {type(task).__name__}.recommendations")
     config = dataclasses.replace(cls.Config(), **recommended)
-    user = {k: coerce_known(config, k, v, cls.name) for k, v in overrides.items()}
-    return apply_overrides(config, overrides, cls.name), dict(recommended), user
+    overrides, auto = pop_auto(cls, overrides)
+    try:
+        user = {k: coerce_known(config, k, v, cls.name) for k, v in overrides.items()}
+    except ConfigError as err:
+        autos = [k for k, v in overrides.items() if str(v).strip().lower() == AUTO]
+        if not autos:
+            raise
+        tunable = ", ".join(cls.tunable) or "none"
+        raise ConfigError(f"{err}; ({cls.name}'s settings that =auto tunes: {tunable})") from None
+    if auto:
+        check_grids(cls)
+        user[auto] = AUTO
+    return apply_overrides(config, overrides, cls.name), dict(recommended), user, auto
 
 
 def make_method(name: str, task: Task, overrides: dict[str, str]) -> Method:
@@ -125,8 +138,10 @@ def resolve_method(name: str, task: Task, overrides: dict[str, str]) -> tuple[Me
     if missing:
         raise ImportError(f"method {name!r} needs {', '.join(missing)}, which is not installed: "
                           f"{cls.install_hint} (see the README)")
-    config, recommended, user = method_config(cls, task, overrides)
-    return cls(config), recommended, user
+    config, recommended, user, auto = method_config(cls, task, overrides)
+    method = cls(config)
+    method.auto = auto
+    return method, recommended, user
 
 
 def check_writable(results_dir: Path) -> None:
@@ -183,6 +198,10 @@ def prepare(spec: RunSpec) -> Plan:
     plan.store.check(plan.task.n_train, plan.task.n_query)
     for method in plan.methods:
         method.check(plan.task)
+        if method.auto and (plan.gt.kind != "subsets" or spec.at_checkpoint):
+            raise ConfigError(f"{method.name}.{method.auto}=auto is chosen on a tuning half of α-subsets and queries; "
+                              f"it needs gt.kind=subsets at the end of training (drop the auto, or gt.kind=loo / "
+                              f"the checkpoint)")
     check_checkpoint(spec, plan)
     return plan
 

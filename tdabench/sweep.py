@@ -25,10 +25,10 @@ from . import pipeline
 from .config import ConfigError, coerce_known, content_hash
 from .distributed import start_ray
 from .groundtruth import GroundTruth, build_ground_truth
-from .lds import lds_per_query, mean_se
+from .lds import mean_se
 from .stagewise import loo_effects, pair_correlations
-from .seeds import derive_seed
 from .spec import Plan, RunSpec, _LazyExecutor, prepare
+from .tuning import split, split_lds
 
 log = logging.getLogger("tdabench")
 
@@ -54,23 +54,6 @@ def parse_grid(items: list[str], method: str) -> dict[str, tuple[str, ...]]:
         if not grid[key]:
             raise ConfigError(f"--grid {item!r}: gives no value for {key}; list the candidates, e.g. {key}=V1,V2")
     return grid
-
-
-def split(n: int, seed: int, salt: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded half/half split of ``range(n)``: (tuning indices, held-out indices)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, salt)))
-    return perm[: n // 2].sort().values, perm[n // 2 :].sort().values
-
-
-def split_lds(scores: torch.Tensor, truth: GroundTruth, seed: int) -> tuple[float, float]:
-    """LDS on (tuning subsets × tuning queries) and on (held-out subsets × held-out queries)."""
-    k_tune, k_held = split(truth.masks.shape[0], seed, 0x7E5)
-    q_tune, q_held = split(scores.shape[1], seed, 0x9E5)
-    out = []
-    for k, q in ((k_tune, q_tune), (k_held, q_held)):
-        per_query = lds_per_query(scores[:, q].float().cpu(), truth.masks[k], truth.targets[k][:, q])
-        out.append(float(torch.tensor(per_query).nanmean()))
-    return out[0], out[1]
 
 
 def objective(gt: Any) -> str:

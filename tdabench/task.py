@@ -129,6 +129,11 @@ class Task(ABC):
         """Per-example loss ``[B]`` from ``outputs(model, batch)``; ``loss`` must equal their composition."""
         raise NotImplementedError(f"{type(self).__name__} does not expose output_loss(); Gauss-Newton curvature needs it")
 
+    @property
+    def has_outputs(self) -> bool:
+        """True when ``outputs`` and ``output_loss`` are implemented (Gauss-Newton curvature needs both)."""
+        return type(self).outputs is not Task.outputs and type(self).output_loss is not Task.output_loss
+
     def regularizer(self, model: nn.Module) -> Tensor:
         """The explicit regulariser of the training objective (scalar); 0 by default.
 

@@ -91,7 +91,7 @@ CASES: list[tuple[list[str], str]] = [
     (_set(["run", "--task", "digits", "--method", "bif"], "bif.nbeta=nan"), "bif.nbeta=nan"),
     (_set(["run", "--task", "digits", "--method", "bif"], "bif.patterns=(("), "bif.patterns"),
     (_set(["run", "--task", "digits", "--method", "trak"], "trak.proj_dim=0"), "trak.proj_dim=0"),
-    (_set(["run", "--task", "digits", "--method", "if"], "if.curvature=exact"), "hessian, gauss_newton"),
+    (_set(["run", "--task", "digits", "--method", "if"], "if.curvature=exact"), "gauss_newton, hessian"),
     # flags
     (D + ["--threads", "0"], "--threads 0: must be at least 1"),
     (D + ["--threads", "-2"], "--threads -2"),

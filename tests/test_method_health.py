@@ -262,6 +262,8 @@ class _Bound(nn.Module):
 
 
 def _run_if(ctx: Context, caplog: pytest.LogCaptureFixture, **settings: Any) -> tuple[Tensor, dict[str, Any]]:
+    """``if`` with ``settings``; the Hessian unless they say otherwise (the policy tested here is the Hessian's)."""
+    settings = {"curvature": "hessian", **settings}
     method: Method = METHODS.get("if")(METHODS.get("if").Config(**settings))
     with caplog.at_level(logging.WARNING, logger="tdabench"):
         scores = method.score(ctx)
@@ -325,6 +327,38 @@ def test_if_with_huge_damping_is_the_scaled_gradient_dot_product(tanh_problem, c
     assert extras["damping_used"] == lam and extras["damping_raised"] is False
     limit = -(g_train @ g_query.T) / ctx.n_train / lam
     torch.testing.assert_close(scores.double(), limit, rtol=1e-4, atol=1e-6 * float(limit.abs().max()))
+
+
+def test_if_defaults_to_gauss_newton_damped_by_a_hundredth_of_its_largest_eigenvalue(tmp_path, caplog):
+    """Logistic regression: the model is linear in its parameters, so the Gauss-Newton matrix is the
+    Hessian, which ``_flat_problem`` builds independently; the default λ is 0.01 × its largest eigenvalue."""
+    task = Regression(RegressionConfig(n_train=40, n_query=8, dim=4))
+    ctx = _context(task, tmp_path)
+    hess, g_train, g_query = _flat_problem(task, ctx.model)
+    method: Method = METHODS.get("if")()
+    scores, extras = method.score(ctx), method.extras()
+    top = float(torch.linalg.eigvalsh(hess)[-1])
+    assert extras["curvature"] == "gauss_newton" and "largest" in extras["damping_rule"]
+    assert extras["damping_used"] == pytest.approx(0.01 * top, rel=1e-6) and not extras["damping_raised"]
+    damped = hess + extras["damping_used"] * torch.eye(hess.shape[0], dtype=hess.dtype)
+    expected = -(g_train @ torch.linalg.solve(damped, g_query.T)) / ctx.n_train
+    torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_if_falls_back_to_the_hessian_where_the_task_has_no_outputs_and_says_so(tanh_problem, caplog):
+    ctx, hess, _, _ = tanh_problem
+    assert not ctx.task.has_outputs
+    method: Method = METHODS.get("if")()
+    with caplog.at_level(logging.WARNING, logger="tdabench"):
+        scores = method.score(ctx)
+    extras = method.extras()
+    eig = torch.linalg.eigvalsh(hess)
+    assert torch.isfinite(scores).all() and extras["curvature"] == "hessian" and "outputs" in extras["curvature_fallback"]
+    requested = 0.01 * float(eig.abs().max())
+    assert extras["damping_requested"] == pytest.approx(requested, rel=1e-6)
+    assert extras["damping_raised"] == bool(eig[0] + requested <= 1e-8 * eig.abs().max())
+    assert float(eig[0]) + extras["damping_used"] == pytest.approx(extras["min_eigenvalue_damped"], rel=1e-9)
+    assert extras["min_eigenvalue_damped"] > 0
 
 
 @pytest.mark.parametrize("damping", [0.0, 1e-3])

@@ -16,9 +16,9 @@ def publish(name: str, table: str, detail: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table.rstrip("\n") + "\n\n" + detail.rstrip("\n") + "\n")
     readme = ROOT / "README.md"
-    marker = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+    marker = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
     text = readme.read_text()
     if not marker.search(text):
         raise SystemExit(f"README.md has no <!-- bench:{name} --> block to fill")
-    readme.write_text(marker.sub(lambda m: m.group(1) + table.rstrip("\n") + m.group(2), text))
+    readme.write_text(marker.sub(lambda m: m.group(1) + table.rstrip("\n") + "\n" + m.group(2), text))
     print(f"wrote {out.relative_to(ROOT)} and the README's bench:{name} block")

@@ -4,12 +4,17 @@ score[i, j] = −(1/n)·Σ_k (vₖᵀ∇ℓᵢ)(vₖᵀ∇φⱼ)/(μₖ + λ) ov
 |μ|.  With every eigenvector it equals ``if`` (tested).  ``proj_dim`` above the parameter count or
 ``max_iter`` − 1 uses as many as there are; the run record says how many.  Away from a minimum H is
 indefinite and a kept eigenvalue of H + λI can be negative (dattri divides by its square root, which
-would make every score NaN): ``fit`` finds the eigenpairs and refuses, naming the damping that would
-make them all positive; the smallest is in the run record."""
+would make every score NaN): ``fit`` finds the eigenpairs and, with ``indefinite="raise"`` (the
+default, as ``if`` does with its Hessian), raises λ by the requested λ minus the smallest kept
+eigenvalue of H + λI (which would lift that eigenvalue to λ), warns and runs the iteration again (the
+eigenpairs kept are then those of largest |μ + λ|, so the smallest kept may lie higher); with ``indefinite="refuse"`` it refuses,
+naming the damping that would make them all positive.  The run record has the smallest kept eigenvalue
+and the damping used."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -21,6 +26,8 @@ from tdabench.method import Context, MethodConfig
 from tdabench.registry import register_method
 from tdabench.seeds import derive_seed
 
+log = logging.getLogger("tdabench")
+
 
 @dataclass(frozen=True)
 class ArnoldiConfig(MethodConfig):
@@ -28,6 +35,7 @@ class ArnoldiConfig(MethodConfig):
     proj_dim: int = 100              # eigenvectors kept (top |μ|)
     max_iter: int = 200              # Arnoldi iterations (Krylov dimension + 1)
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
+    indefinite: Literal["raise", "refuse"] = "raise"   # a kept eigenvalue of H + λI ≤ 0: raise λ (warned) or refuse
 
     def __post_init__(self) -> None:
         choices_and_patterns(self, "arnoldi")
@@ -49,6 +57,7 @@ class Arnoldi(DattriMethod):
 
         cfg = self.config
         damping, self._info = curvature_damping(ctx, cfg.damping, cfg.patterns)
+        damping = getattr(self, "_raised", None) or damping
         d = num_params(select_params(ctx.model, cfg.patterns))
         iters = min(cfg.max_iter, d + 1)
         self._info["eigenvectors"] = min(cfg.proj_dim, iters - 1)
@@ -57,12 +66,24 @@ class Arnoldi(DattriMethod):
                                    regularization=damping, seed=derive_seed(ctx.seed, 0xA5401D))
 
     def fit(self, ctx: Context) -> None:
+        self._raised = None
         super().fit(ctx)
-        with session(dtype_of(ctx.model), ctx.seed):
-            eigenvalues = _eigenvalues(self._attributor, num_params(select_params(ctx.model, self.config.patterns)))
+        eigenvalues = self._kept(ctx)
         if eigenvalues is None:
             return
         smallest = float(eigenvalues.min())
+        if smallest <= 0 and self.config.indefinite == "raise" and not breakdown_zeros(eigenvalues):
+            total = float(self._info.get("damping_total", self.config.damping))
+            floor = 1e-6 * float(eigenvalues.abs().max())
+            first = smallest
+            self._raised = total + max(total, floor) - smallest      # the smallest kept one becomes max(λ, floor)
+            log.warning("arnoldi: the Hessian is indefinite at this model (smallest kept eigenvalue of H + λI %.4g "
+                        "at λ = %g): damping raised to %.6g (arnoldi.indefinite=refuse stops instead)",
+                        smallest, total, self._raised)
+            super().fit(ctx)
+            eigenvalues = self._kept(ctx)
+            smallest = float(eigenvalues.min())
+            self._info.update(damping_raised=True, damping_used=self._raised, min_eigenvalue_at_requested=first)
         self._info["min_eigenvalue_damped"] = smallest
         broken = breakdown_zeros(eigenvalues)
         if broken:
@@ -76,6 +97,11 @@ class Arnoldi(DattriMethod):
                 f"arnoldi: {int((eigenvalues <= 0).sum())} of the {len(eigenvalues)} kept eigenvalues of H + λI are "
                 f"not positive (smallest {smallest:.3g}): the Hessian is indefinite at this model; "
                 f"set --set arnoldi.damping={need:.2g} (or larger)")
+
+
+    def _kept(self, ctx: Context) -> Tensor | None:
+        with session(dtype_of(ctx.model), ctx.seed):
+            return _eigenvalues(self._attributor, num_params(select_params(ctx.model, self.config.patterns)))
 
 
 #: A kept eigenvalue of H + λI this much smaller than the largest is a zero the iteration padded in.

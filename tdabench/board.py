@@ -22,7 +22,7 @@ from .leaderboard import leaderboard, load_records
 from .records import RunResult
 from .reproduce import Row, Settled, current_codes, reproduce_row, row_key, stale
 
-MARKER = re.compile(r"(<!-- board:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /board:(?P=name) -->)", re.S)
+MARKER = re.compile(r"(<!-- board:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n?<!-- /board:(?P=name) -->)", re.S)
 
 
 def render_readme(text: str, records: list[RunResult]) -> str:
@@ -33,7 +33,7 @@ def render_readme(text: str, records: list[RunResult]) -> str:
         name = match["name"]
         if name not in BLOCKS:
             raise ValueError(f"README block {name!r} is not a board table (known: {', '.join(BLOCKS)})")
-        return match.group(1) + BLOCKS[name](records) + match.group(4)
+        return match.group(1) + BLOCKS[name](records) + "\n" + match.group(4).lstrip("\n")
     return MARKER.sub(fill, text)
 
 

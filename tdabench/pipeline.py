@@ -229,17 +229,18 @@ def _tuned(spec: RunSpec, plan: Plan, method: Method, seed: int, truth: GroundTr
     key, grid = method.auto, type(method).tunable[method.auto]
     given = spec.overrides.get(method.name, {})
 
-    runs: list[Scored] = []
+    costs: list[tuple[Usage, Usage]] = []          # the costs only: one score matrix at a time is held
 
     def run(value: str) -> Scored:
         trial = make_method(method.name, plan.task, {**given, key: value})
-        runs.append(_fit_and_score_exclusively(spec, plan.task, trial, seed, plan.gt.checkpoints))
-        return runs[-1]
+        scored = _fit_and_score_exclusively(spec, plan.task, trial, seed, plan.gt.checkpoints)
+        costs.append((scored.fit, scored.score))
+        return scored
 
     log.info("%s on %s, seed %d: %s=auto, %d values chosen on the tuning half", method.name, plan.task.name, seed,
              key, len(grid))
     best, info = choose(key, grid, run, truth, seed)
-    return Scored(best.scores, _total([r.fit for r in runs]), _total([r.score for r in runs]),
+    return Scored(best.scores, _total([c[0] for c in costs]), _total([c[1] for c in costs]),
                   {**best.extras, "auto": info})
 
 

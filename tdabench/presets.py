@@ -105,11 +105,12 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "on digits and regression (GD), α = 0.5 and 0.99, independent and reference data order, 3 seeds",
           _magic_steps()),
     # if.damping=10: chosen by `tdabench sweep --method if --grid damping=0.001,...,1000` on a half of the pairs
+    # (on the Hessian, if's default curvature when the study ran)
     # (BIF's sweep kept the task's recommended ε=1e-4, γ=1000); the README gives both sweeps' held-out numbers
     Suite("lee2025-hierarchy", "002 §3 / App. C: influence over training on the hierarchy toy model — BIF, damped "
           "IF and GradSim against leave-one-out retraining at 12 checkpoints, 3 seeds, with pair and MDS figures",
           (Step("stagewise", "hierarchy", ("bif", "if", "gradsim"), 3, ("gt.kind=loo", "gt.checkpoints=12",
-                                                                        "if.damping=10")),)),
+                                                                        "if.damping=10", "if.curvature=hessian")),)),
     Suite("kreer2025-cifar10", "001 C.2: ResNet-9 / CIFAR-10 LDS of BIF, EK-FAC, TRAK, GradSim over attribution "
           "set sizes, 100 retrains at α=0.5, 5 seeds (GPU)", tuple(
         Step("run", "cifar10", ("bif", "ekfac", "trak", "gradsim"), 5, (f"task.n_train={n}",))

@@ -200,9 +200,10 @@ def _settle(row: Row, results_dir: Path, scratch: Path, executor: str, evaluate:
     if failures:
         return Settled(name, "unsettled", f"the rerun failed ({failures[0]}); left as it is")
     made = sorted(scratch.rglob(f"seed{record.seed}.json"))
-    if len(made) != 1 or made[0].parent.name != path.parent.name:
-        return Settled(name, "unsettled", f"its settings now resolve to another record ({made[0] if made else 'none'}); "
-                                          f"left as it is")
+    if len(made) == 1 and made[0].parent.name != path.parent.name:
+        return _rekeyed(row, made[0], write)
+    if len(made) != 1:
+        return Settled(name, "unsettled", "its rerun made no single record; left as it is")
     fresh = RunResult.load(made[0])
     differs = _differences(record, fresh)
     now = current_codes(record)
@@ -225,6 +226,39 @@ def _settle(row: Row, results_dir: Path, scratch: Path, executor: str, evaluate:
         evaluate(spec_for(record, results_dir, path.parents[3], rest, executor))
     return Settled(name, "recomputed", f"numbers changed ({'; '.join(differs)}): recomputed, seeds "
                                        f"{','.join(map(str, sorted(row.records)))}")
+
+
+def _rekeyed(row: Row, made: Path, write: bool) -> Settled:
+    """The row's settings now resolve to another record key — its method's config gained fields, which
+    take their defaults.  Identical per-query numbers prove the settings mean what they meant: every seed
+    moves to the new key with the config as it now reads and the current fingerprints.  Anything else is
+    left as it is, said."""
+    path, record = row.first
+    fresh = RunResult.load(made)
+    differs = _differences(record, fresh)
+    target = path.parent.parent / made.parent.name
+    if differs or target.exists():
+        why = f"its numbers changed ({'; '.join(differs)})" if differs else f"{target} already holds records"
+        return Settled(row.name(), "unsettled", f"its settings now resolve to another record key ({made.parent.name}) "
+                                                f"and {why}; left as it is")
+    if not write:
+        return Settled(row.name(), "identical", f"seed {record.seed} reproduced identically under the key "
+                                                f"{made.parent.name} its settings now resolve to")
+    now = current_codes(record)
+    target.mkdir(parents=True)
+    for _, (p, r) in sorted(row.records.items()):
+        r.method_config = fresh.method_config
+        refresh(r, p, now, f"reproduced: seed {record.seed} recomputed gave identical per-query numbers under the "
+                           f"key the settings now resolve to (the method's config gained fields at their defaults)")
+        for item in (p.name, r.scores_file):
+            if item and (p.parent / item).exists():
+                shutil.move(str(p.parent / item), target / item)
+    if fresh.scores_file and not (target / fresh.scores_file).exists():      # nothing computed is lost
+        shutil.move(str(made.parent / fresh.scores_file), target / fresh.scores_file)
+    if not any(f.suffix in (".json", ".pt") for f in path.parent.iterdir()):
+        shutil.rmtree(path.parent)
+    return Settled(row.name(), "refreshed", f"seed {record.seed} reproduced identically; moved to {target} (the key "
+                                            f"its settings now resolve to), fingerprints refreshed, numbers kept")
 
 
 def upgrade_truth_caches(results_dir: Path) -> int:

@@ -102,3 +102,12 @@ def test_board_all_reruns_current_rows_in_parallel_and_finds_a_typed_number(tmp_
     assert cli.main([*args, "--all", "--check"]) == 1
     assert "regression/gradsim" in capsys.readouterr().out
     assert json.loads(target.read_text()) == record                        # --check wrote nothing
+
+
+def test_an_empty_block_is_found_and_filled(committed):
+    """A block a writer has just added, with nothing between its markers, is rendered like any other."""
+    text = "intro\n<!-- board:breadth -->\n<!-- /board:breadth -->\nafter\n"
+    assert readme_blocks(text) == ["breadth"]
+    rendered = render_readme(text, committed)
+    assert "| method |" in _block(rendered, "breadth") and rendered.endswith("\n<!-- /board:breadth -->\nafter\n")
+    assert render_readme(rendered, committed) == rendered                       # and stays as it is

@@ -4,6 +4,8 @@ one-step run is MAGIC's exact metagradient; KNN-Shapley equals a brute-force Sha
 decomposes the re-fitted logits; methods that cannot serve a task say so before any work."""
 from __future__ import annotations
 
+import logging
+
 import itertools
 import math
 
@@ -171,11 +173,31 @@ def test_arnoldi_refuses_an_indefinite_hessian_naming_the_damping_that_fixes_it(
     task = Digits(DigitsConfig())              # Adam's end point: H has negative eigenvalues among its top 100 |μ|
     ctx = make_context(task, tmp_path)
     with pytest.raises(FloatingPointError, match=r"arnoldi\.damping=") as refused:
-        _scores("arnoldi", task, ctx, {})
+        _scores("arnoldi", task, ctx, {"indefinite": "refuse"})
     fix = str(refused.value).split("arnoldi.damping=")[1].split()[0]
     method = make_method("arnoldi", task, {"damping": fix})
     method.fit(ctx)
     assert torch.isfinite(method.score(ctx)).all() and method.extras()["min_eigenvalue_damped"] > 0
+
+
+def test_arnoldi_raises_the_damping_on_an_indefinite_hessian_by_default_and_records_it(tmp_path, caplog):
+    """The default raises λ by the requested λ minus the smallest kept eigenvalue (as ``if`` does with its
+    Hessian), says so, keeps only positive eigenvalues, and scores as an explicit run at the damping it used."""
+    task = Digits(DigitsConfig())
+    ctx = make_context(task, tmp_path)
+    method = make_method("arnoldi", task, {})
+    with caplog.at_level(logging.WARNING, logger="tdabench"):
+        method.fit(ctx)
+    scores, info = method.score(ctx), method.extras()
+    assert any("damping raised" in r.getMessage() for r in caplog.records)
+    assert info["damping_raised"] is True and torch.isfinite(scores).all()
+    requested = info.get("damping_total", 1e-3)
+    assert info["min_eigenvalue_at_requested"] < 0 < info["min_eigenvalue_damped"]
+    assert info["damping_used"] == pytest.approx(2 * requested - info["min_eigenvalue_at_requested"], rel=1e-9)
+    explicit = make_method("arnoldi", task, {"damping": str(info["damping_used"] - (requested - 1e-3)),
+                                             "indefinite": "refuse"})
+    explicit.fit(ctx)
+    assert _rel(explicit.score(ctx), scores) < 1e-4
 
 
 def test_lissa_minibatches_are_seeded_so_scores_repeat_and_other_streams_do_not_move(regression):

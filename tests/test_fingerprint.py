@@ -131,6 +131,40 @@ def test_reproduce_recomputes_a_row_whose_numbers_changed(tmp_path, capsys):
     assert all("refreshed" not in RunResult.load(p).environment for p in paths)
 
 
+def _old_schema(tmp_path: Path, lds=None) -> tuple[list[Path], Path]:
+    """The row's records as an older gradsim config (without its ``batch_size`` field) left them: under
+    another key, with that field missing and stale code."""
+    pipeline.evaluate(_spec(tmp_path))
+    paths = sorted(tmp_path.rglob("seed*.json"))
+    current = paths[0].parent
+    old = current.with_name("0123456789abcdef")
+    current.rename(old)
+    for path in sorted(old.glob("seed*.json")):
+        _tamper(path, code=lambda r: r["code"].update({"tdabench.methods.gradsim": "0" * 16}),
+                config=lambda r: r["method_config"].pop("batch_size"), lds=lds or (lambda r: None))
+    return sorted(old.glob("seed*.json")), current
+
+
+def test_reproduce_moves_a_row_whose_config_gained_a_field_to_its_new_key(tmp_path, capsys):
+    paths, current = _old_schema(tmp_path)
+    values = [RunResult.load(p).metrics["lds"]["value"] for p in paths]
+    assert cli.main(["verify", "--results-dir", str(tmp_path), "--reproduce", "--serial"]) == 0
+    assert f"moved to {current}" in capsys.readouterr().out
+    assert not paths[0].parent.exists()
+    moved = [RunResult.load(current / p.name) for p in paths]
+    assert [r.metrics["lds"]["value"] for r in moved] == values                 # numbers kept
+    assert all(r.method_config["batch_size"] == 64 and same_code(r.code, current_codes(r).scores) for r in moved)
+    assert all((current / r.scores_file).exists() for r in moved)               # the score matrices moved too
+    assert cli.main(["verify", "--results-dir", str(tmp_path)]) == 0            # nothing stale is left
+
+
+def test_reproduce_leaves_a_rekeyed_row_whose_numbers_changed_and_says_so(tmp_path, capsys):
+    paths, current = _old_schema(tmp_path, lds=lambda r: r["metrics"]["lds"].update(value=0.5, per_query=[0.5] * 10))
+    assert cli.main(["verify", "--results-dir", str(tmp_path), "--reproduce", "--serial"]) == 1   # still stale: said
+    assert "its numbers changed" in capsys.readouterr().out
+    assert all(p.exists() and RunResult.load(p).metrics["lds"]["value"] == 0.5 for p in paths)
+
+
 def test_reproduce_upgrades_byte_fingerprints_of_unchanged_code_without_a_rerun(tmp_path, capsys, monkeypatch):
     pipeline.evaluate(_spec(tmp_path, seeds=(0,)))
     path = next(tmp_path.rglob("seed0.json"))

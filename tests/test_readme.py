@@ -35,3 +35,14 @@ def test_the_quickstart_prints_the_readme_sample(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     printed = run.stdout.rstrip("\n").replace(str(tmp_path / "results"), "results").split("\n")
     assert [_mask(x) for x in printed] == [_mask(x) for x in _sample()]
+
+
+def test_every_benchmark_block_is_that_benchmarks_written_output():
+    """A ``<!-- bench:NAME -->`` block holds exactly what ``benchmarks/NAME.py --readme`` wrote into
+    ``results/benchmarks/NAME.md`` (its first part): a figure typed into the README fails here."""
+    text = README.read_text()
+    blocks = re.findall(r"<!-- bench:([\w-]+) -->\n(.*?)<!-- /bench:\1 -->", text, re.S)
+    assert {name for name, _ in blocks} >= {"defaults_unseen", "if_curvature"}
+    for name, body in blocks:
+        written = (README.parent / "results" / "benchmarks" / f"{name}.md").read_text()
+        assert body.strip() and written.startswith(body.rstrip("\n") + "\n\n"), name

@@ -20,6 +20,8 @@ def run(_: argparse.Namespace) -> int:
             for field, tp, default in field_summary(cls.Config):
                 doc = f"  # {docs[field]}" if docs.get(field) else ""
                 print(f"      {field} ({tp}) = {default!r}{doc}")
+            for key, grid in getattr(cls, "tunable", {}).items():
+                print(f"      {name}.{key}=auto: chosen on the tuning half from {', '.join(grid)}")
         for label, err in registry.broken.items():
             print(f"  ! {label} failed to import: {err}")
     print("which methods apply (each task at its defaults; `run` refuses the others before any work):")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from unseen_tasks import FAMILY, registered  # noqa: E402
 
 from tdabench import pipeline  # noqa: E402
+from tdabench.records import combined_se  # noqa: E402
 from tdabench.registry import METHODS  # noqa: E402
 from tdabench.spec import RunSpec  # noqa: E402
 
@@ -75,7 +75,7 @@ def measure(methods: list[str], seeds: int, scratch: Path, with_tuned: bool) -> 
             if row is None:
                 lines.append(f"| {method} | failed | {next((f for f in failures if f.startswith(method)), '')} |")
                 continue
-            margin = (row["mean"] - base["mean"]) / math.sqrt(row["se"] ** 2 + base["se"] ** 2 + 1e-12)
+            margin = (row["mean"] - base["mean"]) / max(combined_se(row, base), 1e-6)
             mark = "" if margin > 2 else " ✗"
             best = tuned(spec, method) if with_tuned else "—"
             cells.setdefault(method, {})[name] = f"{row['mean']:.3f}{mark} / {best.split(' ± ')[0]}"

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 from .config import apply_overrides, coerce_known, config_dict, parse_set_args
 from .groundtruth import GroundTruthConfig, config_of
 from .presets import BREADTH, MAGIC_METHODS, NOT_RUN, SUITES, Step
-from .records import RunResult, summarize
+from .records import RunResult, combined_se, summarize
 from .registry import METHODS, TASKS
 
 
@@ -36,7 +36,7 @@ def _method_sets(record: RunResult, sets: dict[str, str]) -> bool:
     """The user's settings of the record are exactly the step's (parsed against the method's config)."""
     cls = METHODS.get(record.method)
     config = cls.Config()
-    wanted = config_dict_values({k: "auto" if v == "auto" and k in cls.tunable else coerce_known(config, k, v, record.method)
+    wanted = config_dict_values({k: v if v == "auto" and k in cls.tunable else coerce_known(config, k, v, record.method)
                                  for k, v in sets.items()})
     return record.method_overrides == wanted
 
@@ -178,7 +178,7 @@ def tuned(records: list[RunResult]) -> str:
         chosen = "/".join(str(r.extras.get("auto", {}).get("chosen", "?")) for r in runs) or "—"
         gain = None
         if default and tuned_row:
-            gain = (tuned_row["mean"] - default["mean"]) / math.sqrt(default["se"] ** 2 + tuned_row["se"] ** 2 + 1e-12)
+            gain = (tuned_row["mean"] - default["mean"]) / max(combined_se(default, tuned_row), 1e-6)
         rows.append((gain if gain is not None else -math.inf, [step.task, f"`{method}`", lds(default),
                      lds(tuned_row), f"{key} = {chosen}", "—" if gain is None else f"{gain:+.1f}"]))
     rows.sort(key=lambda r: -r[0])

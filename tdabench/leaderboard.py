@@ -20,7 +20,7 @@ from .groundtruth import code_fingerprint, config_of
 from .config import content_hash
 from .fingerprint import digest, fingerprint, same_code
 from .pipeline import scores_code
-from .records import RunResult, summarize
+from .records import RunResult, combined_se, summarize
 from .registry import METHODS, METRICS, TASKS, UnknownNameError
 
 log = logging.getLogger("tdabench")
@@ -111,12 +111,8 @@ def _num(x: Optional[float]) -> float:
 
 
 def _tied(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    se = math.sqrt(_zero(a["se"]) ** 2 + _zero(b["se"]) ** 2)
+    se = combined_se(a, b)
     return se > 0 and _num(a["mean"]) - _num(b["mean"]) <= se
-
-
-def _zero(x: Optional[float]) -> float:
-    return 0.0 if x is None or math.isnan(x) else float(x)
 
 
 COLUMNS = ("rank", "task", "ground truth", "method", "settings", "{metric}", "SE", "seeds", "noise ceiling",

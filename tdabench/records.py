@@ -137,6 +137,14 @@ def ceiling_note(ground_truth: dict[str, Any]) -> str:
     return "needs gt.retrain_seeds ≥ 2"
 
 
+def combined_se(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """√(SE_a² + SE_b²) of two summaries (``summarize``'s); a missing or NaN SE counts as 0."""
+    def se(row: dict[str, Any]) -> float:
+        x = row.get("se")
+        return 0.0 if x is None or math.isnan(x) else float(x)
+    return math.sqrt(se(a) ** 2 + se(b) ** 2)
+
+
 def summarize(results: list[RunResult], metric: str) -> dict[str, Any]:
     """The per-(task, ground truth, method, config) summary over seeds of ``metric``: mean ± SE,
     the noise ceiling and the mean as a fraction of it, and mean costs."""

@@ -99,23 +99,24 @@ class Unseen(Task):
     def total_steps(self, n_examples: int) -> int:
         return steps_per_run(n_examples, self.config.epochs, self.config.batch_size)
 
-    def _optimizer(self, params):  # type: ignore[no-untyped-def]
+    def _optimizer(self) -> tuple[type, type, dict[str, float]]:
+        """(torch's optimiser, its stacked twin from ``tdabench.batched``, their shared settings)."""
         c = self.config
         if c.optimizer == "adam":
-            return (torch.optim.Adam, StackedAdam), dict(lr=0.01, weight_decay=c.weight_decay)
-        return (torch.optim.SGD, StackedSGD), dict(lr=0.05, momentum=0.9, weight_decay=c.weight_decay)
+            return torch.optim.Adam, StackedAdam, dict(lr=0.01, weight_decay=c.weight_decay)
+        return torch.optim.SGD, StackedSGD, dict(lr=0.05, momentum=0.9, weight_decay=c.weight_decay)
 
     def train(self, model: nn.Module, indices: Tensor, seed: int, on_checkpoint: Optional[CheckpointHook] = None,
               checkpoint_steps: tuple[int, ...] = ()) -> nn.Module:
         c = self.config
-        (one, _), kw = self._optimizer(None)
+        one, _, kw = self._optimizer()
         return minibatch_train(model, self.train_data(), indices, lambda m, b: self.loss(m, b).mean(),
                                one(model.parameters(), **kw), c.epochs, c.batch_size, seed, on_checkpoint,
                                checkpoint_steps)
 
     def train_many(self, masks: Tensor, seeds: Sequence[int]) -> Tensor:
         c = self.config
-        (_, many), kw = self._optimizer(None)
+        _, many, kw = self._optimizer()
 
         def train(group_masks: Tensor, group_seeds: list[int]) -> Tensor:
             models = [self.make_model(s) for s in group_seeds]

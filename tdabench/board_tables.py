@@ -92,10 +92,14 @@ def regime_grid(task: str) -> Callable[[list[RunResult]], str]:
     return render
 
 
-def cost_table(step_index: int) -> Callable[[list[RunResult]], str]:
-    """One step of the ``cpu`` suite as a table: LDS, fraction of the ceiling and cost, best first."""
+def cost_table(step_index: int, task: str = "") -> Callable[[list[RunResult]], str]:
+    """One step of the ``cpu`` suite as a table: LDS, fraction of the ceiling and cost, best first.  With
+    ``task``: the ``step_index``-th step of that task's default-settings runs (no breadth, no ``auto``)."""
     def render(records: list[RunResult]) -> str:
-        step = SUITES["cpu"].steps[step_index]
+        steps = SUITES["cpu"].steps
+        if task:
+            steps = tuple(s for s in steps if s.task == task and len(s.methods) > 1 and not set(s.methods) <= set(BREADTH))
+        step = steps[step_index]
         found = [(m, summary(records, step, m)) for m in step.methods]
         found = sorted(((m, r) for m, r in found if r is not None), key=lambda mr: -mr[1]["mean"])
         rows = [[m, lds(r), _num(r["fraction_of_ceiling"], 2), _num(r["fit_seconds"], 2), _num(r["score_seconds"], 2),
@@ -189,13 +193,20 @@ def tuned(records: list[RunResult]) -> str:
                     "\n\nNo tuned row beats its default by more than 2 combined SEs.")
 
 
+from . import board_protocols  # noqa: E402  (its tables use this module's helpers; bound here, called late)
+
+#: Every README block by name.
 BLOCKS: dict[str, Callable[[list[RunResult]], str]] = {
     "cpu-digits": cost_table(0),
     "cpu-regression": cost_table(1),
+    "cpu-mnist1d-mlp": cost_table(0, "mnist1d"),
+    "cpu-mnist1d-cnn": cost_table(1, "mnist1d"),
     "cpu-tinylm": cost_table(2),
     "breadth": breadth,
     "magic-digits": regime_grid("digits"),
     "magic-regression": regime_grid("regression"),
     "reproduction": reproduction,
     "tuned": tuned,
+    "mislabel": lambda records: board_protocols.mislabel(records),
+    "removal": lambda records: board_protocols.removal(records),
 }

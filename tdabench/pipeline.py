@@ -28,6 +28,7 @@ from .capacity import device_memory, refusal
 from .costplan import trace
 from .fingerprint import changes, digest, fingerprint, same_code
 from .groundtruth import GroundTruth, build_ground_truth, code_fingerprint
+from .labelnoise import self_influence
 from .locks import exclusive
 from .meter import Meter, Usage
 from .method import Context, Method
@@ -250,17 +251,24 @@ def _total(usages: list[Usage]) -> Usage:
     return Usage(sum(u.seconds for u in usages), max(u.peak_rss_mb for u in usages), max(cuda) if cuda else None)
 
 
-def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: GroundTruth) -> RunResult:
+def _score(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: Optional[GroundTruth], executor: Any = None) -> RunResult:
     """Fit, score, store the scores, compute every metric; the new record (saved).  A tuned method
     (``KEY=auto``) is scored on every grid value and its metrics are those of the held-out half."""
     method, task = todo.method, plan.task
     log.info("%s on %s, seed %d: fit and score", method.name, task.name, seed)
     if method.auto:
         scored = _tuned(spec, plan, method, seed, truth)
+    elif plan.gt.kind == "mislabel":    # the training set as its own queries: scores[i, i], shape [n_train, 1]
+        ctx = locked_context(spec, task, method, seed)
+        with exclusive(ctx.cache_dir.with_name(ctx.cache_dir.name + ".lock"), f"{method.name}'s cache for {task.name}"):
+            own, fit, score = self_influence(method, ctx)
+        scored = Scored(own[:, None], fit, score, method.extras())
     else:
         scored = _fit_and_score_exclusively(spec, task, method, seed, plan.gt.checkpoints)
     scores_name = todo.path.with_suffix(".scores.pt").name
     save_scores(todo.path.with_name(scores_name), scored.scores, plan.store)
+    if plan.gt.kind == "removal":
+        truth = _removal_truth(spec, plan, todo.path.with_name(scores_name), seed, executor)
     cuda = [u.peak_cuda_mb for u in (scored.fit, scored.score) if u.peak_cuda_mb is not None]
     result = RunResult(
         task=task.name, task_version=task.version, task_config=config_dict(task.config), method=method.name,
@@ -341,14 +349,16 @@ def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[l
         for seed in spec.seeds:
             todos = [_triage(spec, plan, m, seed, truth_code) for m in plan.methods]
             work = [t for t in todos if t.rescore or t.metrics]
-            truth = build_ground_truth(plan.task, plan.gt, seed, spec.results_dir, executor) if work else None
+            # top-k removal is built after scoring, from each method's own stored scores (_score, _run_todo)
+            early = work and plan.gt.kind != "removal"
+            truth = build_ground_truth(plan.task, plan.gt, seed, spec.results_dir, executor) if early else None
             truth = at_checkpoint(truth, spec.at_checkpoint) if truth is not None else None
             for todo in todos:
                 try:
                     with exclusive(todo.path.with_name(todo.path.name + ".lock"), f"{todo.method.name} seed {seed}"):
                         if todo.stamp != _stamp(todo.path):   # another run wrote it while we waited: look again
                             todo = _triage(spec, plan, todo.method, seed, truth_code)
-                        record = _run_todo(spec, plan, todo, seed, truth)
+                        record = _run_todo(spec, plan, todo, seed, truth, executor)
                     results[todo.method.name].append(record)
                     if outcomes is not None:
                         outcomes.append(_outcome(todo, seed, record))
@@ -387,11 +397,20 @@ def _guard_committed(spec: RunSpec, plan: Plan) -> None:
                           f"committed board on purpose")
 
 
-def _run_todo(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: Optional[GroundTruth]) -> RunResult:
+def _run_todo(spec: RunSpec, plan: Plan, todo: _Todo, seed: int, truth: Optional[GroundTruth], executor: Any) -> RunResult:
     """Score, recompute metrics, or reuse, as triage decided."""
     if todo.rescore:
-        return _score(spec, plan, todo, seed, truth)
+        return _score(spec, plan, todo, seed, truth, executor)
     if todo.metrics:
+        if plan.gt.kind == "removal":
+            truth = _removal_truth(spec, plan, todo.path.parent / str(todo.record.scores_file), seed, executor)
         return rescore_metrics(todo.record, todo.path, plan, todo.metrics, truth)
     return todo.record
+
+
+def _removal_truth(spec: RunSpec, plan: Plan, scores_path: Path, seed: int, executor: Any) -> GroundTruth:
+    """The top-k removal ground truth of the scores stored at ``scores_path`` (as stored: what ``tdabench
+    evaluate`` reads back), its missing retrains trained now."""
+    stored, _ = load_scores(scores_path)
+    return build_ground_truth(plan.task, plan.gt, seed, spec.results_dir, executor, scores=stored)
 

@@ -65,6 +65,14 @@ def _magic_steps() -> tuple[Step, ...]:
 BREADTH = ("cg", "lissa", "arnoldi", "datainf", "logra", "factgrass", "rps", "knn_shapley", "dvemb", "repsim",
            "trackstar")
 BREADTH_TINYLM = ("logra", "factgrass", "dvemb", "repsim", "trackstar")
+# MNIST-1D's MLP (d = 15,210) is above if.max_params = 10,000 (its d×d float64 curvature, 1.9 GB, and
+# its eigendecomposition); the CNN (d = 5,210) is not.  MAGIC would replay 3,000 Adam steps per seed.
+MNIST1D = ("random", "gradsim", "tracin", "source", "bif", "ekfac", "trak")
+# Issue 35's protocols beyond correlation.  Top-k removal retrains 1 + 20 queries × 4 fractions sets per
+# method and seed (MNIST-1D's would take about 40 minutes per task here: not yet run).  Mislabel
+# detection retrains nothing: 10 % of the training labels flipped (seeded per seed), the reference model
+# trained on them, every training example ranked by its self-influence.
+PROTOCOL_METHODS = ("random", "gradsim", "if", "tracin", "source", "bif", "ekfac", "trak")
 #: Why a breadth method has no row on a task (the README's table says it in the empty cell).
 NOT_RUN = {("tinylm", "cg"): "not finished one seed in 8 min: HVPs over d = 165,632",
            ("tinylm", "lissa"): "not finished one seed in 8 min, as `cg`",
@@ -94,12 +102,24 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
         Step("run", "regression", ("random", "gradsim", "if", "tracin", "source", "bif", "ekfac", "trak", "magic"), 3,
              (*REGRESSION_GD, "gt.num_subsets=200", "gt.retrain_seeds=2")),
         Step("run", "tinylm", ("random", "gradsim", "tracin", "bif", "ekfac"), 3, ("gt.retrain_seeds=2",)),
+        Step("run", "mnist1d", MNIST1D, 3, ("gt.retrain_seeds=2",)),
+        Step("run", "mnist1d", (*MNIST1D, "if"), 3, ("task.model=cnn", "gt.retrain_seeds=2")),
         Step("run", "digits", BREADTH, 3, ("gt.num_subsets=200", "gt.retrain_seeds=2", "arnoldi.damping=0.08")),
         Step("run", "regression", BREADTH, 3, (*REGRESSION_GD, "gt.num_subsets=200", "gt.retrain_seeds=2")),
         Step("run", "tinylm", BREADTH_TINYLM, 3, ("gt.retrain_seeds=2", "dvemb.proj_dim=1024")),
         *tuned_steps("digits", tuple(TUNED), ("gt.num_subsets=200", "gt.retrain_seeds=2")),
         *tuned_steps("regression", tuple(TUNED), (*REGRESSION_GD, "gt.num_subsets=200", "gt.retrain_seeds=2")),
         *tuned_steps("tinylm", TUNED_TINYLM, ("gt.retrain_seeds=2",)),
+    )),
+    Suite("protocols", "issue 35's other protocols: top-k removal (each of 20 queries' top 1/2/5/10 % helpful "
+          "examples removed and retrained, 2 retraining seeds) on digits and regression; mislabel detection (10 % "
+          "of the training labels flipped; self-influence ROC-AUC, share found after inspecting 10 % / 20 %) on "
+          "digits and MNIST-1D; 3 seeds", (
+        Step("run", "digits", (*PROTOCOL_METHODS, "magic"), 3, ("gt.kind=removal", "gt.retrain_seeds=2")),
+        Step("run", "regression", (*PROTOCOL_METHODS, "magic"), 3, (*REGRESSION_GD, "gt.kind=removal", "gt.retrain_seeds=2")),
+        Step("run", "digits", (*PROTOCOL_METHODS, "magic"), 3, ("gt.kind=mislabel",)),
+        Step("run", "mnist1d", MNIST1D, 3, ("gt.kind=mislabel",)),
+        Step("run", "mnist1d", (*MNIST1D, "if"), 3, ("task.model=cnn", "gt.kind=mislabel")),
     )),
     Suite("magic-cpu", "004 §4.2.2's regime table: MAGIC's exact metagradients next to every approximate method "
           "on digits and regression (GD), α = 0.5 and 0.99, independent and reference data order, 3 seeds",

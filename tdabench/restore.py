@@ -33,8 +33,9 @@ def reevaluate(path: Path, results_dir: Path, names: tuple[str, ...] = ()) -> tu
     cls = TASKS.get(record.task)
     task = cls(with_values(cls.Config, record.task_config), device="cpu")
     gt = config_of(record.ground_truth)
-    truth = at_checkpoint(load_ground_truth(task, gt, record.seed, results_dir), record.ground_truth.get("at_checkpoint", 0))
     scores, exact = load_scores(path.parent / record.scores_file)
+    truth = at_checkpoint(load_ground_truth(task, gt, record.seed, results_dir, scores if gt.kind == "removal" else None),
+                          record.ground_truth.get("at_checkpoint", 0))
     metrics = _metrics_for(names, gt.kind)
     for metric in metrics:
         entry = metric_entry(metric, scores, truth)

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import torch
 
+from . import labelnoise
 from .config import ConfigError, apply_overrides, coerce_known
 from .distributed import ProcessExecutor, RayExecutor, SerialExecutor, check_address
 from .groundtruth import GroundTruthConfig
@@ -180,6 +181,8 @@ def resolve(spec: RunSpec) -> Plan:
     store = apply_overrides(StoreConfig(), spec.overrides.get("store", {}), "store")
     built = [resolve_method(m, task, spec.overrides.get(m, {})) for m in spec.methods]
     metrics = pick_metrics(spec.metrics, gt)
+    if gt.kind == "mislabel":           # the reference model and the records are the noisy task's
+        labelnoise.mark(task, gt.mislabel_fraction)
     check_writable(spec.results_dir)
     check_address(spec.ray_address or os.environ.get("RAY_ADDRESS"))
     return Plan(task=task, methods=[b[0] for b in built], gt=gt, store=store, metrics=metrics,
@@ -195,6 +198,9 @@ def prepare(spec: RunSpec) -> Plan:
         raise ConfigError(f"task {plan.task.name} has {n_train} attribution and {n_query} query examples with these "
                           f"settings; attribution needs at least 2 and 1 (check the task.* sizes, `tdabench list`)")
     plan.gt.check(plan.task)
+    if plan.gt.kind == "removal" and not plan.methods:
+        raise ConfigError("gt.kind=removal retrains without the top-k examples a method's scores name, so it is built "
+                          "after scoring: use `tdabench run --method NAME --set gt.kind=removal`")
     plan.store.check(plan.task.n_train, plan.task.n_query)
     for method in plan.methods:
         method.check(plan.task)

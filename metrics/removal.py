@@ -33,5 +33,7 @@ class Removal(Metric):
         at = int(np.argmin([abs(f - HEADLINE) for f in truth.fractions]))
         curve = {f"{f:g}": float(actual[:, b].mean()) for b, f in enumerate(truth.fractions)}
         fit = {f"{f:g}": (None if np.isnan(p) else float(p)) for f, p in zip(truth.fractions, pearson)}
-        return MetricValue.from_per_query(actual[:, at], None, at_fraction=truth.fractions[at], curve=curve,
+        per_query = np.full(scores.shape[1], np.nan)                            # shape: [n_query], NaN: not followed
+        per_query[truth.queries.numpy()] = actual[:, at]
+        return MetricValue.from_per_query(per_query, None, at_fraction=truth.fractions[at], curve=curve,
                                           predicted_pearson=fit, queries=truth.queries.tolist())

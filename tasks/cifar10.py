@@ -56,6 +56,7 @@ class Cifar10Config(TaskConfig):
     data_dir: str = ""               # folder holding cifar-10-batches-py/ (or it, or the .tar.gz); empty: $TDABENCH_CIFAR10_DIR, else ~/.cache/tdabench/cifar10
     download: bool = True            # fetch through torchvision when the files are missing (needs torchvision + network)
     verify: bool = True              # check the files against the published md5 checksums
+    classes: tuple[int, ...] = ()    # empty: all ten; 3,5: dattri's CIFAR-2 (cat, dog), relabelled 0..C−1
     n_train: int = 10000             # attribution set size N (drawn from the 50,000 training images)
     warmup_size: int = 5000          # held-out warmup set (fits the whitening layer, primes the optimiser)
     n_query: int = 0                 # 0: the full test set (10,000); k: a seeded subset of k test images
@@ -93,11 +94,16 @@ class Cifar10Config(TaskConfig):
         for name, meaning in (("warmup_size", "held-out warmup images"), ("warmup_steps", "warmup steps"),
                               ("n_query", "query images (0: the full test set)"), ("translate", "random translation")):
             integer(self, "task", name, meaning, minimum=0)
-        if self.n_train + self.warmup_size > 50000:
-            fail("task", "n_train", self.n_train, f"at most {50000 - self.warmup_size} with task.warmup_size="
-                 f"{self.warmup_size}", "the training set has 50,000 images", 50000 - self.warmup_size)
-        if self.n_query > 10000:
-            fail("task", "n_query", self.n_query, "at most 10000", "the test set has 10,000 images", 0)
+        if self.classes and (len(set(self.classes)) != len(self.classes) or len(self.classes) < 2
+                             or not all(0 <= c <= 9 for c in self.classes)):
+            fail("task", "classes", self.classes, "two or more distinct classes in 0..9 (or empty: all ten)",
+                 "the CIFAR-10 classes kept", (3, 5))
+        pool, tests = (5000 * len(self.classes), 1000 * len(self.classes)) if self.classes else (50000, 10000)
+        if self.n_train + self.warmup_size > pool:
+            fail("task", "n_train", self.n_train, f"at most {pool - self.warmup_size} with task.warmup_size="
+                 f"{self.warmup_size}", f"the training set has {pool:,} images of these classes", pool - self.warmup_size)
+        if self.n_query > tests:
+            fail("task", "n_query", self.n_query, f"at most {tests}", f"the test set has {tests:,} images of these classes", 0)
         for name, meaning in (("lr", "learning rate per 1024 examples"), ("bias_scaler", "BatchNorm shift lr multiplier"),
                               ("whiten_eps", "whitening eigenvalue floor")):
             number(self, "task", name, meaning, above=0)
@@ -248,16 +254,24 @@ class ResNet9(nn.Module):
     """Frozen whitening conv (buffer ``whiten``, 24 filters of 2×2) → GELU → three blocks → global
     max-pool → linear head (no bias) scaled by 1/9.  Input: standardised images ``[B, 3, H, W]``."""
 
-    def __init__(self, whiten: Tensor, widths: tuple[int, ...], bn_momentum: float) -> None:
+    def __init__(self, whiten: Tensor, widths: tuple[int, ...], bn_momentum: float, classes: int = 10) -> None:
         super().__init__()
         self.register_buffer("whiten", whiten.clone())               # shape: [24, 3, 2, 2]
         chans = (whiten.shape[0], *widths)
         self.blocks = nn.Sequential(*(Block(chans[i], chans[i + 1], bn_momentum) for i in range(3)))
-        self.head = nn.Linear(widths[-1], 10, bias=False)
+        self.head = nn.Linear(widths[-1], classes, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.blocks(F.gelu(F.conv2d(x, self.whiten)))
-        return self.head(x.amax(dim=(2, 3))) / 9.0                  # shape: [B, 10]
+        return self.head(x.amax(dim=(2, 3))) / 9.0                  # shape: [B, C]
+
+
+def keep_classes(images: Tensor, labels: Tensor, classes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """The images of ``classes`` only, their labels renumbered 0..C−1 in the order of ``classes``."""
+    lookup = torch.full((10,), -1, dtype=torch.long)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    keep = lookup[labels] >= 0
+    return images[keep], lookup[labels[keep]]
 
 
 def whitening_filters(images: Tensor, eps: float) -> Tensor:
@@ -298,6 +312,8 @@ class Cifar10(Task):
         checksums = MD5 if c.verify else None
         train_x, train_y = read_batches(folder, TRAIN_FILES, checksums)
         test_x, test_y = read_batches(folder, ("test_batch",), checksums)
+        if c.classes:                           # keep these classes, relabelled 0..C−1 in the order given
+            (train_x, train_y), (test_x, test_y) = keep_classes(train_x, train_y, c.classes), keep_classes(test_x, test_y, c.classes)
         if c.warmup_size + c.n_train > len(train_y):
             raise ValueError(f"task.warmup_size + task.n_train = {c.warmup_size + c.n_train} exceeds the "
                              f"{len(train_y)} training images")
@@ -324,6 +340,10 @@ class Cifar10(Task):
         d = self._data
         return (d["fit_x"], d["fit_y"]) if self.config.fit_on_full else self.train_data()
 
+    @property
+    def n_classes(self) -> int:
+        return len(self.config.classes) or 10
+
     @cached_property
     def _whiten(self) -> Tensor:
         """Whitening filters from (at most 5,000 of) the warmup images, else the attribution images."""
@@ -333,14 +353,14 @@ class Cifar10(Task):
 
     def make_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = ResNet9(self._whiten.cpu(), self.config.widths, self.config.bn_momentum).to(self.device)
+        model = ResNet9(self._whiten.cpu(), self.config.widths, self.config.bn_momentum, self.n_classes).to(self.device)
         if self._cuda and self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
 
     # ----- objective and measurement --------------------------------------------------------
     def outputs(self, model: nn.Module, batch: Batch) -> Tensor:
-        return model(normalize(batch[0])).float()   # shape: [B, 10] logits
+        return model(normalize(batch[0])).float()   # shape: [B, C] logits
 
     def output_loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         return F.cross_entropy(outputs, batch[1], label_smoothing=self.config.label_smoothing, reduction="none")
@@ -352,7 +372,7 @@ class Cifar10(Task):
         logits, labels = self.outputs(model, batch), batch[1]
         if self.config.measurement == "loss":
             return F.cross_entropy(logits, labels, reduction="none")  # shape: [B]
-        own = torch.arange(10, device=logits.device) == labels[:, None]
+        own = torch.arange(logits.shape[1], device=logits.device) == labels[:, None]
         return logits.gather(1, labels[:, None]).squeeze(1) - logits.masked_fill(own, float("-inf")).logsumexp(1)
 
     def _groups(self, model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -453,11 +473,11 @@ class Cifar10(Task):
         2M × 2,048 Gaussian would be 390 × 16 GB of random numbers per model at 50,000 images."""
         c = self.config
         chans = (24, *c.widths)
-        dim = sum(9 * (a * b + b * b) + 2 * b for a, b in zip(chans, chans[1:])) + 10 * c.widths[-1]
+        dim = sum(9 * (a * b + b * b) + 2 * b for a, b in zip(chans, chans[1:])) + self.n_classes * c.widths[-1]
         recs: dict[str, dict[str, object]] = {
             "bif": {"batch_size": 1024, "chains": 4, "draws": 100, "burn_in": 0, "nbeta": 200.0,
                     "gamma": 10000.0, "epsilon": 1e-5}}
-        if 4 * dim * (c.n_train + (c.n_query or 10000)) > 2**31:   # float32 gradients above 2 GiB
+        if 4 * dim * (c.n_train + (c.n_query or 1000 * self.n_classes)) > 2**31:   # float32 gradients above 2 GiB
             projected = {"proj_dim": 512, "batch_size": 1024 if self._cuda else 64}
             recs |= {"gradsim": projected, "tracin": dict(projected)}
         if self._cuda:   # TRAK's d × 2,048 Gaussian (16 GB at full width) held once, not redrawn for every batch

@@ -67,6 +67,8 @@ BREADTH = ("cg", "lissa", "arnoldi", "datainf", "logra", "factgrass", "rps", "kn
 BREADTH_TINYLM = ("logra", "factgrass", "dvemb", "repsim", "trackstar")
 # MNIST-1D's MLP (d = 15,210) is above if.max_params = 10,000 (its d×d float64 curvature, 1.9 GB, and
 # its eigendecomposition); the CNN (d = 5,210) is not.  MAGIC would replay 3,000 Adam steps per seed.
+# The tuned rows leave the CNN's if out: its Gauss-Newton eigendecomposition (about a minute a seed on 2
+# cores) would be redone for each of the grid's ratios.
 MNIST1D = ("random", "gradsim", "tracin", "source", "bif", "ekfac", "trak")
 # Issue 35's protocols beyond correlation.  Top-k removal retrains 1 + 20 queries × 4 fractions sets per
 # method and seed (MNIST-1D's would take about 40 minutes per task here: not yet run).  Mislabel
@@ -110,6 +112,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
         *tuned_steps("digits", tuple(TUNED), ("gt.num_subsets=200", "gt.retrain_seeds=2")),
         *tuned_steps("regression", tuple(TUNED), (*REGRESSION_GD, "gt.num_subsets=200", "gt.retrain_seeds=2")),
         *tuned_steps("tinylm", TUNED_TINYLM, ("gt.retrain_seeds=2",)),
+        *tuned_steps("mnist1d", MNIST1D, ("gt.retrain_seeds=2",)),
+        *tuned_steps("mnist1d", MNIST1D, ("task.model=cnn", "gt.retrain_seeds=2")),
     )),
     Suite("protocols", "issue 35's other protocols: top-k removal (each of 20 queries' top 1/2/5/10 % helpful "
           "examples removed and retrained, 2 retraining seeds) on digits and regression; mislabel detection (10 % "

@@ -130,6 +130,9 @@ def build(results_dir: Path, output: Optional[Path] = None, task: Optional[str] 
         shown = [r for r in rows if r["metric"] == primary_metric(rows)]
         figures = [site_plots.figure_html(site_plots.cost_figure(shown, name), f"cost-{name}"),
                    site_plots.figure_html(site_plots.per_query_figure(shown, name), f"per-query-{name}")]
+        removal = [r for r in rows if r["metric"] == "removal"]
+        if removal:
+            figures.append(site_plots.figure_html(site_plots.removal_figure(removal, name), f"removal-{name}"))
         sections.append(site_html.section(name, rows, figures, output))
     sections.append(site_html.published_section(_published(entries, task)))
     index = output / "index.html"

@@ -146,6 +146,23 @@ def per_query_figure(rows: list[dict[str, Any]], task: str) -> Any:
     return _layout(fig, f"{task}: per-query {metric.upper()} spread")
 
 
+def removal_figure(rows: list[dict[str, Any]], task: str) -> Any:
+    """Top-k removal's curves (``gt.kind=removal``): per row, the query's mean loss rise (seeds averaged)
+    against the share of the attribution set removed."""
+    go = _go()
+    fig = go.Figure()
+    for i, row in enumerate(rows):
+        curves = [e.record.metrics["removal"]["details"]["curve"] for e in row["entries"]]
+        xs = list(curves[0])
+        ys = [sum(c[x] for c in curves) / len(curves) for x in xs]
+        fig.add_trace(go.Scatter(x=[100 * float(x) for x in xs], y=ys, mode="lines+markers", name=_name(row),
+                                 line={"color": COLORS[i % len(COLORS)]}, legendgroup=row["ground_truth"],
+                                 hovertemplate=_hover(row) + "<br>k = %{x:g} % of n: rise %{y:.3f}<extra></extra>"))
+    fig.update_layout(xaxis={"title_text": "top-k helpful examples removed (% of the attribution set)"},
+                      yaxis={"title_text": "mean rise of the query's loss (retrained)", "zeroline": True})
+    return _layout(fig, f"{task}: loss rise after removing each query's top-k helpful examples")
+
+
 def _layout(fig: Any, title: str) -> Any:
     fig.update_layout(template="plotly_white", title={"text": title, "font": {"size": 14}}, height=460,
                       margin={"l": 60, "r": 20, "t": 50, "b": 40}, hoverlabel={"align": "left"},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import tarfile
 from pathlib import Path
@@ -137,3 +138,28 @@ def test_training_learns_and_calls_the_checkpoint_hook(tmp_path):
     assert steps[1][1] > steps[0][1] > steps[2][1] > 0                       # triangle: up, then down
     accuracy = (task.outputs(model.eval(), task.query_data()).argmax(1) == task.query_data()[1]).float().mean()
     assert accuracy > 0.5                                                    # learnt the prototypes (chance: 0.1)
+
+
+def test_cifar2_keeps_two_classes_relabelled_and_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    """dattri's CIFAR-2 as a setting (task.classes=3,5): only cats and dogs, relabelled 0 and 1 in that
+    order, a two-way head; a reduced run on generated files in the real layout goes through."""
+    written = write_cifar(tmp_path / "data", per_batch=120)
+    monkeypatch.setenv("TDABENCH_CIFAR10_DIR", str(tmp_path / "data"))
+    task = Cifar10(Cifar10Config(classes=(5, 3), verify=False, download=False, n_train=60, warmup_size=20,
+                                 image_size=12, widths=(8, 16, 16)))
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    _, test_y = read_batches(folder, ("test_batch",), None)
+    kept = test_y[(test_y == 3) | (test_y == 5)]
+    assert torch.equal(task.query_data()[1], (kept == 3).long())                # 5 → 0, 3 → 1
+    assert len(task.query_data()[1]) == len(kept) and written["test_batch"].shape[0] == 120
+    assert set(task.train_data()[1].tolist()) == {0, 1}
+    assert task.outputs(task.make_model(0), task.query_data()).shape == (len(kept), 2)
+    with pytest.raises(ValueError, match="task.classes"):
+        Cifar10Config(classes=(3, 3))
+    from tdabench import cli
+    assert cli.main(["run", "--task", "cifar10", "--method", "gradsim,random", "--results-dir", str(tmp_path / "r"),
+                     "--serial", "--json", "--set", "task.classes=3,5", "--set", "task.verify=false",
+                     "--set", "task.download=false", "--set", "task.n_train=60", "--set", "task.warmup_size=20",
+                     "--set", "task.image_size=12", "--set", "task.widths=8,16,16", "--set", "task.batch_size=20",
+                     "--set", "task.epochs=2", "--set", "task.warmup_steps=2", "--set", "gt.num_subsets=6"]) == 0
+    assert {r["method"] for r in json.loads(capsys.readouterr().out)} == {"gradsim", "random"}

@@ -50,9 +50,14 @@ def test_the_exact_influence_function_predicts_the_retrained_rise_on_a_convex_ta
                      "--set", "if.damping=0"]) == 0
     rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
     record = json.loads(next((tmp_path / "r" / "runs" / "regression" / "if").rglob("seed0.json")).read_text())
-    details = record["metrics"]["removal"]["details"]
+    details, per_query = record["metrics"]["removal"]["details"], record["metrics"]["removal"]["per_query"]
     assert details["predicted_pearson"]["0.01"] > 0.95
+    assert len(per_query) == record["task_config"]["n_query"]                 # one entry per query, as verify expects
+    assert [i for i, v in enumerate(per_query) if v is not None] == details["queries"]
     assert rows["if"]["mean"] > 10 * abs(rows["random"]["mean"])
+    from tdabench.site import build
+    page = build(tmp_path / "r").read_text()
+    assert 'id="removal-regression"' in page and "top-k helpful examples removed" in page   # the curve is on the site
 
 
 class Crashing:

@@ -167,6 +167,12 @@ def published_table(table: Any, records: list[RunResult]) -> str:
 
 
 #: Every README block by name.
+def task_label(step: Step) -> str:
+    """The step's task with its task settings: ``mnist1d (model=cnn)``."""
+    own = [x.split(".", 1)[1] for x in step.sets if x.startswith("task.")]
+    return f"{step.task} ({', '.join(own)})" if own else step.task
+
+
 def tuned(records: list[RunResult]) -> str:
     """Each default row of the ``cpu`` suite beside its tuned row (``KEY=auto``: chosen on the tuning half,
     held-out half reported), the values chosen per seed, and the gain in combined SEs, largest first."""
@@ -183,7 +189,7 @@ def tuned(records: list[RunResult]) -> str:
         gain = None
         if default and tuned_row:
             gain = (tuned_row["mean"] - default["mean"]) / max(combined_se(default, tuned_row), 1e-6)
-        rows.append((gain if gain is not None else -math.inf, [step.task, f"`{method}`", lds(default),
+        rows.append((gain if gain is not None else -math.inf, [task_label(step), f"`{method}`", lds(default),
                      lds(tuned_row), f"{key} = {chosen}", "—" if gain is None else f"{gain:+.1f}"]))
     rows.sort(key=lambda r: -r[0])
     table = _table(["task", "method", "default LDS", "tuned LDS (held-out half)", "chosen per seed",

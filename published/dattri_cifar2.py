@@ -4,13 +4,15 @@ and 500 test images.  Values read off the figure (two decimals at best).
 
 How the numbers can differ by construction: dattri trains its own ResNet-9 recipe on the 5,000 images;
 tdabench's ``cifar10`` trains the airbench-style ResNet-9 of 001 Table 4 (one epoch, a 5,000-image warmup
-set that fits the whitening layer — here the other 5,000 CIFAR-2 training images), so the model differs.
+set that fits the whitening layer — here the other 5,000 CIFAR-2 training images), so the model differs;
+it trains 8 epochs (001's longer setting): one epoch of 5,000 images is 5 steps, too few for TracIn's
+checkpoints.
 A GPU run: ``tdabench plan --suite dattri-cifar2`` sizes it first; until one runs, the table says so.
 """
 from tdabench.anchors import Anchor, PublishedTable, register_published
 
 FIGURE = "read off dattri's figure; dattri's own ResNet-9 recipe there, the airbench-style one of 001 here (GPU)"
-CIFAR2 = ("task.classes=3,5", "task.n_train=5000", "task.n_query=500")
+CIFAR2 = ("task.classes=3,5", "task.n_train=5000", "task.n_query=500", "task.epochs=8")
 
 
 @register_published

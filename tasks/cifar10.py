@@ -28,6 +28,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -154,9 +155,10 @@ def resolve_folder(data_dir: str, download: bool, verify: bool) -> Path:
     raise FileNotFoundError(missing_message(root))
 
 
-def read_batches(folder: Path, names: tuple[str, ...], checksums: Optional[dict[str, str]]) -> tuple[Tensor, Tensor]:
+def read_batches(folder: Path, names: tuple[str, ...], checksums: Optional[dict[str, str]],
+                 classes: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
     """Images ``[n, 3, 32, 32]`` uint8 and labels ``[n]`` of the pickled batches ``names``, each file
-    checked against ``checksums`` first (None: no check)."""
+    checked against ``checksums`` first (None: no check); with ``classes``, only those (``keep_classes``)."""
     xs, ys = [], []
     for name in names + ("batches.meta",):
         path = folder / name
@@ -169,8 +171,9 @@ def read_batches(folder: Path, names: tuple[str, ...], checksums: Optional[dict[
             continue
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
-        xs.append(torch.as_tensor(batch[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
-        ys.append(torch.as_tensor(batch[b"labels"], dtype=torch.long))
+        data, labels = keep_classes(np.asarray(batch[b"data"]), np.asarray(batch[b"labels"]), classes)
+        xs.append(torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32))
+        ys.append(torch.as_tensor(labels, dtype=torch.long))
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -266,12 +269,16 @@ class ResNet9(nn.Module):
         return self.head(x.amax(dim=(2, 3))) / 9.0                  # shape: [B, C]
 
 
-def keep_classes(images: Tensor, labels: Tensor, classes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """The images of ``classes`` only, their labels renumbered 0..C−1 in the order of ``classes``."""
-    lookup = torch.full((10,), -1, dtype=torch.long)
-    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+def keep_classes(rows: np.ndarray, labels: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``classes`` only, their labels renumbered 0..C−1 in the order of ``classes`` (all rows
+    when empty).  In NumPy, on the files' arrays: a planner's fake-tensor trace cannot take a shape that
+    depends on the data."""
+    if not classes:
+        return rows, labels
+    lookup = np.full(10, -1)
+    lookup[list(classes)] = np.arange(len(classes))
     keep = lookup[labels] >= 0
-    return images[keep], lookup[labels[keep]]
+    return rows[keep], lookup[labels[keep]]
 
 
 def whitening_filters(images: Tensor, eps: float) -> Tensor:
@@ -310,10 +317,8 @@ class Cifar10(Task):
         c = self.config
         folder = resolve_folder(c.data_dir, c.download, c.verify)
         checksums = MD5 if c.verify else None
-        train_x, train_y = read_batches(folder, TRAIN_FILES, checksums)
-        test_x, test_y = read_batches(folder, ("test_batch",), checksums)
-        if c.classes:                           # keep these classes, relabelled 0..C−1 in the order given
-            (train_x, train_y), (test_x, test_y) = keep_classes(train_x, train_y, c.classes), keep_classes(test_x, test_y, c.classes)
+        train_x, train_y = read_batches(folder, TRAIN_FILES, checksums, c.classes)   # classes: relabelled 0..C−1
+        test_x, test_y = read_batches(folder, ("test_batch",), checksums, c.classes)
         if c.warmup_size + c.n_train > len(train_y):
             raise ValueError(f"task.warmup_size + task.n_train = {c.warmup_size + c.n_train} exceeds the "
                              f"{len(train_y)} training images")

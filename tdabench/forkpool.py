@@ -72,8 +72,16 @@ def fork_map(fn: Callable[[int], T], count: int, workers: int) -> list[T]:
     if "fork" not in multiprocessing.get_all_start_methods():
         raise RuntimeError("parallel workers fork this process, which this platform cannot do: use 1 worker")
     _JOB = (fn, max(1, torch.get_num_threads() // workers))
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts)
     try:
-        with multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) as pool:
-            return pool.map(_call, range(count), chunksize=1)
+        results = pool.map(_call, range(count), chunksize=1)
+        # Done: let every worker take its end-of-work sentinel and exit.  ``terminate`` (what the pool's
+        # ``with`` block calls) raced the pool's worker-handler thread on a busy machine: a worker it had
+        # just forked sat on the job queue's lock, which ``terminate`` holds, unsignalled, and the join
+        # waited for it forever (seen once in a CI run beside a ground-truth build).
+        pool.close()
+        pool.join()
+        return results
     finally:
+        pool.terminate()          # an error or Ctrl-C: stop the workers (after a join, nothing is left to stop)
         _JOB = None

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 from scipy.stats import spearmanr
 
-from .board_tables import _num, _table, lds, matches, summary
+from .board_tables import _num, _table, lds, matches, summary, task_label
 from .presets import SUITES, Step
 from .records import RunResult, summarize
 
@@ -25,12 +25,11 @@ def _runs(records: list[RunResult], step: Step, method: str) -> list[RunResult]:
 
 
 def _title(step: Step, pairs: list[tuple[float, float]]) -> str:
-    model = [x.split(".", 1)[1] for x in step.sets if x.startswith("task.") and "=" in x and "model" in x]
     agree = ""
     if len(pairs) >= 3:
         rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0]
         agree = f" Rank correlation of the methods' order here and their LDS order: ρ = {rho:+.2f} over {len(pairs)} methods."
-    return f"**{step.task}{' (' + ', '.join(model) + ')' if model else ''}**.{agree}"
+    return f"**{task_label(step)}**.{agree}"
 
 
 def _steps(kind: str) -> list[Step]:

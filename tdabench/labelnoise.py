@@ -72,7 +72,7 @@ def check(task: Task, fraction: float) -> None:
     if int(y.max()) < 1:
         raise ConfigError(f"gt.kind=mislabel: task {task.name}'s training labels hold one class only; there is "
                           f"no other class to flip to")
-    if task.train_data()[-1] is not y and task.train_data()[-1].data_ptr() != y.data_ptr():
+    if task.train_data()[-1].data_ptr() != y.data_ptr():
         raise ConfigError(f"gt.kind=mislabel: task {task.name} builds a new training batch at every train_data() "
                           f"call, so flipped labels would not reach its training; cache the batch (as digits does)")
 

@@ -58,7 +58,7 @@ class BIFConfig(MethodConfig):
     patterns: tuple[str, ...] = ()   # regexes of parameter names to sample (others frozen at w*)
     include_regularizer: bool = True  # add the task's regulariser to the potential
     record_batch_size: int = 1024    # examples per recording forward pass (and per backward pass of a larger minibatch)
-    diverge_factor: float = 100.0    # stop when the mean train loss exceeds this × its value at w*
+    diverge_factor: float = 100.0    # stop when the mean train loss exceeds this × (its value at w* + d/(2nβ))
     workers: int = 1                 # processes sampling chains at once (CPU, forked; the torch threads shared out); same scores for any count
 
     def __post_init__(self) -> None:
@@ -78,7 +78,7 @@ class BIFConfig(MethodConfig):
         integer(self, "bif", "record_batch_size", "examples per recording forward pass", minimum=1)
         integer(self, "bif", "workers", "processes sampling chains at once (CPU)", minimum=1)
         # A factor ≤ 1 stops every chain at its first noisy step; inf turns the guard off.
-        number(self, "bif", "diverge_factor", "the loss multiple of w*'s loss that stops a chain; inf: never",
+        number(self, "bif", "diverge_factor", "the multiple of w*'s loss + d/(2nβ) that stops a chain; inf: never",
                above=1, finite=False)
         if self.chains * self.draws < 2:   # a covariance needs two draws
             fail("bif", "draws", self.draws, f"≥ 2 with bif.chains={self.chains}", "a covariance needs at least "
@@ -216,7 +216,8 @@ class BIF(Method):
         rec = _Recorder(ctx, cfg, est)
         rec.n_columns = probe[1].numel()
         start = float(probe[0].mean())
-        guard = DivergenceGuard(start, cfg.diverge_factor, cfg.settings(), prefix="bif.")
+        guard = DivergenceGuard(start, cfg.diverge_factor, cfg.settings(), prefix="bif.",
+                                n_params=sum(p.numel() for p in params))
         sampler = LocalSGLD(params, cfg.settings(), torch.Generator(device=ctx.device))
         streams: dict[str, torch.Generator] = {}
         potential = self._potential(ctx, streams, params)

@@ -165,7 +165,8 @@ def token_bif(model: nn.Module, pretraining: Tensor, probe: Tensor, bif: Any, se
 
     with torch.no_grad():
         start = max(float(potential()), float(token_losses(model, probe).mean()))
-    guard = DivergenceGuard(start, bif.diverge_factor, bif.settings(), prefix="bif.")
+    guard = DivergenceGuard(start, bif.diverge_factor, bif.settings(), prefix="bif.",
+                            n_params=sum(p.numel() for p in params))
     run_chains(sampler, potential, record, bif.chains, bif.draws, bif.burn_in, bif.thin, guard)
     return correlation(est)
 

@@ -95,6 +95,42 @@ def test_conjugate_linear_regression_matches_the_closed_form(tmp_path):
     assert (estimate - cov).norm() / cov.norm() < 0.15
 
 
+@pytest.mark.parametrize("gamma", [0.0, 20.0])
+def test_divergence_limit_bounds_the_exact_stationary_loss_and_a_chain_stays_under_it(tmp_path, gamma):
+    """The guard's allowance d/(2nβ) against the exact law of the conjugate regression chain: the
+    stationary mean train loss, start + mean_i s_ii/2 (s = AΣAᵀ), is below start + d/(2nβ) (equal in
+    the limit γ → 0), and a chain sampled there is not stopped with diverge_factor at 2."""
+    task = Regression(RegressionConfig(n_train=100, n_query=5, dim=40, kind="linear", noise=0.5))
+    ctx = make_context(task, tmp_path)
+    nbeta, eps = 20.0, 0.005
+    *_, eig = _conjugate_truth(task, ctx.model, nbeta, gamma, eps)              # eigenvalues of Λ
+    d = sum(p.numel() for p in ctx.model.parameters())
+    assert float(((eig - gamma) / eig).sum()) / (2 * nbeta) <= d / (2 * nbeta)   # the posterior's rise, ε → 0
+    # the chain's: Σ inflated by the Euler step, (1 − εΛ/4)⁻¹; tr(HΣ)/2 with nβH = Λ − γI (l2 counted in H)
+    exact_rise = float(((eig - gamma) / eig / (1 - eps * eig / 4)).sum()) / (2 * nbeta)
+    bif = make_method("bif", task, {"sampler": "sgld", "epsilon": str(eps), "nbeta": str(nbeta), "gamma": str(gamma),
+                                    "batch_size": "100", "chains": "2", "draws": "400", "diverge_factor": "2"})
+    bif.score(ctx)                                    # a limit on the loss at w* alone (×2) would stop it
+    trace, start = torch.tensor(bif.diagnostics["train_loss_trace"]), bif.diagnostics["train_loss_at_w_star"]
+    assert float(trace.max()) > 2 * start
+    assert abs(float(trace.mean()) - start - exact_rise) < 0.25 * exact_rise
+
+
+def test_guard_passes_a_stationary_chain_of_an_interpolating_model_and_stops_a_runaway():
+    """The MNIST-1D MLP's numbers: w* at loss 7.4e-5, d = 15,210, nβ = 100; its default chain sat at
+    0.4 (peak 1.3, stopped by the old limit of 1); ε ×30 ran away to 1e6 and beyond."""
+    from tdabench.sgld import DivergenceGuard
+    settings = SamplerSettings(nbeta=100.0, gamma=100.0, epsilon=3e-4)
+    guard = DivergenceGuard(7.4e-5, 100.0, settings, prefix="bif.", n_params=15_210)
+    guard(1.345, chain=0, step=400)
+    for runaway in (1e6, math.inf, math.nan):
+        with pytest.raises(SamplerDivergence, match=r"d/\(2nβ\): 76\.05.*lower bif\.epsilon"):
+            guard(runaway, chain=0, step=50)
+    noiseless = DivergenceGuard(7.4e-5, 100.0, SamplerSettings(nbeta=100.0, gamma=0.0, epsilon=1e-3, noise=0.0),
+                                n_params=15_210)
+    assert noiseless.limit == 1.0                     # no noise, no spread: the floor of 0.01 × 100
+
+
 @pytest.mark.parametrize("sampler,eps", [("sgld", "1e-3"), ("rmsprop", "1e-4")])
 def test_bif_tracks_the_damped_influence_function_on_regression(tmp_path, sampler, eps):
     """Laplace: −Cov(ℓ_i, φ_j) ≈ −∇ℓ_iᵀ(nβ(H + γ/nβ))⁻¹∇φ_j, the IF with damping γ/nβ (001 App. A.2)."""

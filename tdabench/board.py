@@ -3,8 +3,9 @@
 1. **Settle what is stale.** Every stale row of the records is reproduced (``verify --reproduce``: one
    seed recomputed; identical numbers refresh the fingerprints, different ones recompute the row), rows
    in parallel processes.  ``--all`` reproduces every row, stale or not: the whole board as a check.
-2. **Render everything derived from the records**: ``results/leaderboard.md``, the README's result
-   tables (between ``<!-- board:NAME -->`` markers, ``board_tables``) and the site
+2. **Render everything derived from the records**: ``results/leaderboard.md``, the result tables of the
+   README and of the docs pages beside it (``docs/*.md``; between ``<!-- board:NAME -->`` markers,
+   ``board_tables``) and the site
    (``results/site/index.html``).  No figure there is typed by hand.
 3. **Write what changed and say so**; ``--check`` writes nothing and exits 1 when anything would change.
 """
@@ -42,6 +43,14 @@ def readme_blocks(text: str) -> list[str]:
     return [m["name"] for m in MARKER.finditer(text)]
 
 
+def pages(readme: Optional[Path]) -> list[Path]:
+    """The pages whose blocks are rendered from records: the README and the docs pages beside it."""
+    if readme is None:
+        return []
+    docs = sorted((readme.parent / "docs").rglob("*.md")) if (readme.parent / "docs").is_dir() else []
+    return [p for p in (readme, *docs) if p.exists()]
+
+
 @dataclass
 class Output:
     """One file derived from the records, and how to make its content."""
@@ -54,8 +63,8 @@ def outputs(results_dir: Path, readme: Optional[Path]) -> list[Output]:
     """Every committed file ``board`` renders from the records under ``results_dir``."""
     records = load_records(results_dir)
     out = [Output(results_dir / "leaderboard.md", lambda: leaderboard(results_dir))]
-    if readme is not None and readme.exists():
-        out.append(Output(readme, lambda: render_readme(readme.read_text(), records)))
+    for page in pages(readme):
+        out.append(Output(page, lambda page=page: render_readme(page.read_text(), records)))
     out.append(Output(results_dir / "site" / "index.html", lambda: _site(results_dir)))
     return out
 

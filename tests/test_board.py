@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tdabench import cli, pipeline
-from tdabench.board import board, readme_blocks, render_readme
+from tdabench.board import board, pages, readme_blocks, render_readme
 from tdabench.board_tables import BLOCKS
 from tdabench.leaderboard import load_records
 from tdabench.records import RunResult
@@ -24,14 +24,32 @@ def committed() -> list[RunResult]:
     return load_records(REPO / "results")
 
 
-def test_every_readme_table_is_rendered_from_the_committed_records(committed):
-    text = (REPO / "README.md").read_text()
-    assert sorted(readme_blocks(text)) == sorted(BLOCKS)          # every table is in the README, once
-    rendered = render_readme(text, committed)
-    for name in BLOCKS:                                           # name the first table that differs
-        assert _block(rendered, name) == _block(text, name), f"README table {name} differs from the records: " \
-                                                              f"run `tdabench board`"
-    assert rendered == text
+def test_every_table_is_rendered_from_the_committed_records(committed):
+    """The README and the docs pages hold every board table (each at least once) exactly as the records render it."""
+    found = []
+    for page in pages(REPO / "README.md"):
+        text = page.read_text()
+        found += readme_blocks(text)
+        rendered = render_readme(text, committed)
+        for name in readme_blocks(text):                          # name the first table that differs
+            assert _block(rendered, name) == _block(text, name), f"table {name} of {page.name} differs from the " \
+                                                                  f"records: run `tdabench board`"
+        assert rendered == text
+    assert set(found) == set(BLOCKS)
+    assert {REPO / "README.md", REPO / "docs" / "benchmarks.md"} <= set(pages(REPO / "README.md"))
+
+
+def test_board_renders_and_checks_the_docs_pages_beside_the_readme(tmp_path, committed):
+    """A block in ``docs/*.md`` is rendered by ``board`` and a typed figure there makes ``--check`` fail."""
+    readme, docs = tmp_path / "README.md", tmp_path / "docs"
+    docs.mkdir()
+    readme.write_text("# r\n")
+    (docs / "page.md").write_text("<!-- board:cpu-digits -->\n| typed |\n<!-- /board:cpu-digits -->\n")
+    assert [p.name for p in pages(readme)] == ["README.md", "page.md"]
+    _run(tmp_path / "results")
+    lines, changed = board(tmp_path / "results", readme, check=True)
+    assert changed and any(str(docs / "page.md") in line for line in lines)
+    assert (docs / "page.md").read_text().count("| typed |") == 1              # --check wrote nothing
 
 
 def _block(text: str, name: str) -> str:
@@ -39,7 +57,7 @@ def _block(text: str, name: str) -> str:
 
 
 def test_a_changed_record_changes_its_readme_table(committed):
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "methods.md").read_text()
     records = copy.deepcopy(committed)
     target = next(r for r in records if r.task == "regression" and r.method == "magic"
                   and r.ground_truth.get("order") == "reference" and r.ground_truth["alpha"] == 0.99)

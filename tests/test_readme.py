@@ -38,9 +38,9 @@ def test_the_quickstart_prints_the_readme_sample(tmp_path):
 
 
 def test_every_benchmark_block_is_that_benchmarks_written_output():
-    """A ``<!-- bench:NAME -->`` block holds exactly what ``benchmarks/NAME.py --readme`` wrote into
+    """A ``<!-- bench:NAME -->`` block (README or docs page) holds exactly what ``benchmarks/NAME.py --readme`` wrote into
     ``results/benchmarks/NAME.md`` (its first part): a figure typed into the README fails here."""
-    text = README.read_text()
+    text = "".join(p.read_text() for p in (README, *sorted((README.parent / "docs").glob("*.md"))))
     blocks = re.findall(r"<!-- bench:([\w-]+) -->\n(.*?)<!-- /bench:\1 -->", text, re.S)
     assert {name for name, _ in blocks} >= {"defaults_unseen", "if_curvature"}
     for name, body in blocks:

@@ -12,7 +12,8 @@ from .base import Command
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results-dir", type=Path, default=Path("results"), help="the board's records (results/runs)")
     p.add_argument("--readme", type=Path, default=Path("README.md"),
-                   help="the README whose <!-- board:NAME --> tables are rendered from the records")
+                   help="the README whose <!-- board:NAME --> tables are rendered from the records, "
+                        "with the docs pages beside it (docs/*.md)")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 when a row is stale or a rendered file would change")
     p.add_argument("--all", action="store_true", dest="every",

@@ -35,13 +35,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")     # devinterp's per-chain progress 
 
 import torch  # noqa: E402
 
-from tdabench.config import parse_set_args  # noqa: E402
-from tdabench.grads import select_params  # noqa: E402
-from tdabench.meter import Meter  # noqa: E402
-from tdabench.pipeline import make_context  # noqa: E402
-from tdabench.spec import RunSpec, make_method, make_task, pick_device  # noqa: E402
-from tdabench.sgld import StreamingEstimator, TraceEstimator, covariance, minibatch  # noqa: E402
-from tdabench.task import take  # noqa: E402
+from tdabench.api.config import parse_set_args  # noqa: E402
+from tdabench.toolkit.grads import select_params  # noqa: E402
+from tdabench.toolkit.meter import Meter  # noqa: E402
+from tdabench.engine.pipeline import make_context  # noqa: E402
+from tdabench.engine.spec import RunSpec, make_method, make_task, pick_device  # noqa: E402
+from tdabench.toolkit.sgld import StreamingEstimator, TraceEstimator, covariance, minibatch  # noqa: E402
+from tdabench.api.task import take  # noqa: E402
 
 
 def devinterp_optimizer_bif(ctx, cfg) -> tuple[torch.Tensor, float, float]:

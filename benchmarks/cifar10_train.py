@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdabench.config import apply_overrides, parse_set_args
-from tdabench.numerics import Numerics
-from tdabench.spec import pick_device
+from tdabench.api.config import apply_overrides, parse_set_args
+from tdabench.toolkit.numerics import Numerics
+from tdabench.engine.spec import pick_device
 from tdabench.tasks.cifar10 import TRAIN_FILES, Cifar10, Cifar10Config
 
 

@@ -19,16 +19,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from unseen_tasks import FAMILY, registered  # noqa: E402
 
-from tdabench import pipeline  # noqa: E402
-from tdabench.records import combined_se  # noqa: E402
-from tdabench.registry import METHODS  # noqa: E402
-from tdabench.spec import RunSpec  # noqa: E402
+from tdabench.engine import pipeline  # noqa: E402
+from tdabench.engine.records import combined_se  # noqa: E402
+from tdabench.api.registry import METHODS  # noqa: E402
+from tdabench.engine.spec import RunSpec  # noqa: E402
 
 
 
 def applicable(settings: dict[str, object]) -> list[str]:
     """The methods whose own ``check`` accepts the task (what ``run`` refuses before any work)."""
-    from tdabench.spec import make_method
+    from tdabench.engine.spec import make_method
     from unseen_tasks import Unseen, UnseenConfig
 
     task, out = Unseen(UnseenConfig(**settings)), []

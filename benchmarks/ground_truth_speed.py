@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from tdabench.distributed import ProcessExecutor
-from tdabench.groundtruth import GroundTruthConfig, build_ground_truth
-from tdabench.retrain import subset_masks, train_and_measure
-from tdabench.task import Task
+from tdabench.engine.distributed import ProcessExecutor
+from tdabench.engine.groundtruth import GroundTruthConfig, build_ground_truth
+from tdabench.toolkit.retrain import subset_masks, train_and_measure
+from tdabench.api.task import Task
 from tdabench.tasks.digits import Digits
 from tdabench.tasks.hierarchy import Hierarchy
 from tdabench.tasks.regression import Regression, RegressionConfig

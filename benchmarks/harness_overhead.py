@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdabench.distributed import RayExecutor
-from tdabench.groundtruth import GroundTruthConfig, build_ground_truth, make_masks
-from tdabench.retrain import train_and_measure
-from tdabench.seeds import derive_seed
-from tdabench.lds import lds_per_query, spearman_columns
-from tdabench.meter import Meter
+from tdabench.engine.distributed import RayExecutor
+from tdabench.engine.groundtruth import GroundTruthConfig, build_ground_truth, make_masks
+from tdabench.toolkit.retrain import train_and_measure
+from tdabench.api.seeds import derive_seed
+from tdabench.toolkit.lds import lds_per_query, spearman_columns
+from tdabench.toolkit.meter import Meter
 from tdabench.tasks.digits import Digits
 
 

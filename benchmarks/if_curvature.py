@@ -30,12 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from unseen_tasks import FAMILY, registered  # noqa: E402
 
-from tdabench import pipeline  # noqa: E402
-from tdabench.grads import per_example_grads, select_params  # noqa: E402
-from tdabench.groundtruth import load_ground_truth  # noqa: E402
-from tdabench.lds import lds_per_query, mean_se, noise_ceiling  # noqa: E402
-from tdabench.spec import RunSpec  # noqa: E402
-from tdabench.sweep import split_lds  # noqa: E402
+from tdabench.engine import pipeline  # noqa: E402
+from tdabench.toolkit.grads import per_example_grads, select_params  # noqa: E402
+from tdabench.engine.groundtruth import load_ground_truth  # noqa: E402
+from tdabench.toolkit.lds import lds_per_query, mean_se, noise_ceiling  # noqa: E402
+from tdabench.engine.spec import RunSpec  # noqa: E402
+from tdabench.studies.sweep import split_lds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from methods.exact_if import objective_gauss_newton, objective_hessian  # noqa: E402

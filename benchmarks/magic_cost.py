@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from tdabench.metagrad import Replay
+from tdabench.toolkit.metagrad import Replay
 from tdabench.tasks.digits import Digits, DigitsConfig
-from tdabench.unroll import stateless
+from tdabench.api.unroll import stateless
 
 
 def seconds(fn, repeats: int = 3) -> float:

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from tdabench.seeds import reference_seed
-from tdabench.spec import make_task
+from tdabench.api.seeds import reference_seed
+from tdabench.engine.spec import make_task
 
 PUBLISHED = {"mlp": 0.68, "cnn": 0.94}     # the mnist1d README's table ("MLP 68%, CNN 94%")
 
@@ -27,7 +27,7 @@ def accuracy(model_name: str, seed: int) -> tuple[float, float, float]:
     task = make_task("mnist1d", {"model": model_name}, torch.device("cpu"))
     task.train_data()                                   # the data build is not part of the training time
     start = time.perf_counter()
-    model = task.make_model(reference_seed(seed))                  # as tdabench.reference trains seed's model
+    model = task.make_model(reference_seed(seed))                  # as tdabench.engine.reference trains seed's model
     model = task.train(model, torch.arange(task.n_train), reference_seed(seed)).eval()
     seconds = time.perf_counter() - start
     with torch.no_grad():

@@ -21,13 +21,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stage_costs import method_stages, row, task_stages  # noqa: E402
 
-from tdabench.config import apply_overrides, parse_set_args  # noqa: E402
-from tdabench.capacity import sustained_tflops  # noqa: E402
-from tdabench.costplan import TRACE_OPS, GiB, trace  # noqa: E402
-from tdabench.groundtruth import GroundTruthConfig  # noqa: E402
-from tdabench.meter import Meter  # noqa: E402
-from tdabench.numerics import Numerics  # noqa: E402
-from tdabench.spec import RunSpec, make_method, make_task, pick_device  # noqa: E402
+from tdabench.api.config import apply_overrides, parse_set_args  # noqa: E402
+from tdabench.plan.capacity import sustained_tflops  # noqa: E402
+from tdabench.plan.costplan import TRACE_OPS, GiB, trace  # noqa: E402
+from tdabench.engine.groundtruth import GroundTruthConfig  # noqa: E402
+from tdabench.toolkit.meter import Meter  # noqa: E402
+from tdabench.toolkit.numerics import Numerics  # noqa: E402
+from tdabench.engine.spec import RunSpec, make_method, make_task, pick_device  # noqa: E402
 
 #: planned stage → the measured stage's label prefix in stage_costs.py
 MATCH = {"retrain": "retrain", "measure": "measure", "reference model": "reference model"}

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from tdabench.config import parse_set_args
-from tdabench.meter import Meter, Usage
-from tdabench.numerics import Numerics
-from tdabench.pipeline import fit_and_score, make_context
-from tdabench.retrain import subset_masks
-from tdabench.spec import RunSpec, make_method, make_task, pick_device
+from tdabench.api.config import parse_set_args
+from tdabench.toolkit.meter import Meter, Usage
+from tdabench.toolkit.numerics import Numerics
+from tdabench.engine.pipeline import fit_and_score, make_context
+from tdabench.toolkit.retrain import subset_masks
+from tdabench.engine.spec import RunSpec, make_method, make_task, pick_device
 
 
 def row(stage: str, usage: Usage) -> dict:

@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 from torch.func import grad, vmap
 
-from tdabench.batched import stack_models
-from tdabench.meter import Meter
+from tdabench.toolkit.batched import stack_models
+from tdabench.toolkit.meter import Meter
 from tdabench.tasks.tinylm import TinyLM
-from tdabench.unroll import stateless
+from tdabench.api.unroll import stateless
 
 
 def seconds(f: Callable[[], object], n: int) -> float:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from tdabench.groundtruth import GroundTruthConfig, build_ground_truth, make_masks
-from tdabench.retrain import train_and_measure
-from tdabench.seeds import derive_seed
+from tdabench.engine.groundtruth import GroundTruthConfig, build_ground_truth, make_masks
+from tdabench.toolkit.retrain import train_and_measure
+from tdabench.api.seeds import derive_seed
 from tdabench.tasks.tinylm import TinyLM, TinyLMConfig
 
 
@@ -47,7 +47,7 @@ def main() -> None:
           f"= {tokens / per_retrain:,.0f} training tokens/s incl. overhead, {args.threads} threads")
     print(f"ground truth of {args.subsets} retrains, serial: {args.subsets * per_retrain / 60:.1f} min")
     if args.full:
-        from tdabench.distributed import RayExecutor
+        from tdabench.engine.distributed import RayExecutor
 
         with tempfile.TemporaryDirectory() as results:
             start = time.perf_counter()

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tdabench.grads import num_params, select_params
-from tdabench.method import Context
-from tdabench.reference import reference_model
-from tdabench.spec import make_method
-from tdabench.task import Batch, batches
+from tdabench.toolkit.grads import num_params, select_params
+from tdabench.api.method import Context
+from tdabench.engine.reference import reference_model
+from tdabench.engine.spec import make_method
+from tdabench.api.task import Batch, batches
 from tdabench.tasks.digits import Digits, DigitsConfig
 
 

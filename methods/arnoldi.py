@@ -19,12 +19,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from tdabench.checks import choices_and_patterns, integer, number
-from tdabench.dattri_bridge import DattriMethod, attribution_task, curvature_damping, dtype_of, layer_names, session
-from tdabench.grads import num_params, select_params
-from tdabench.method import Context, MethodConfig
-from tdabench.registry import register_method
-from tdabench.seeds import derive_seed
+from tdabench.api.checks import choices_and_patterns, integer, number
+from tdabench.toolkit.dattri_bridge import (
+    DattriMethod, attribution_task, curvature_damping, dtype_of, layer_names, session,
+)
+from tdabench.toolkit.grads import num_params, select_params
+from tdabench.api.method import Context, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.seeds import derive_seed
 
 log = logging.getLogger("tdabench")
 

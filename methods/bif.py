@@ -25,17 +25,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tdabench.forkpool import fork_map
-from tdabench.grads import select_params
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
-from tdabench.sgld import (DivergenceGuard, LocalSGLD, SamplerSettings, correlation, covariance,
-                           effective_sample_size, estimator_bytes, make_estimator, minibatch, plot_traces,
-                           run_chain, run_chains)
-from tdabench.seeds import derive_seed
-from tdabench.task import Batch, Task, batches, take
+from tdabench.toolkit.forkpool import fork_map
+from tdabench.toolkit.grads import select_params
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.toolkit.sgld import (
+    DivergenceGuard, LocalSGLD, SamplerSettings, correlation, covariance, effective_sample_size, estimator_bytes,
+    make_estimator, minibatch, plot_traces, run_chain, run_chains,
+)
+from tdabench.api.seeds import derive_seed
+from tdabench.api.task import Batch, Task, batches, take
 
-from tdabench.checks import choices_and_patterns, fail, integer, number
+from tdabench.api.checks import choices_and_patterns, fail, integer, number
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from tdabench.checks import choices_and_patterns, number
-from tdabench.dattri_bridge import DattriMethod, attribution_task, curvature_damping, layer_names, loader
-from tdabench.method import Context, MethodConfig
-from tdabench.registry import register_method
-from tdabench.task import take
+from tdabench.api.checks import choices_and_patterns, number
+from tdabench.toolkit.dattri_bridge import DattriMethod, attribution_task, curvature_damping, layer_names, loader
+from tdabench.api.method import Context, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.task import take
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tdabench.checks import integer, number
-from tdabench.config import ConfigError
-from tdabench.dattri_bridge import DattriMethod, attribution_task, dtype_of, session
-from tdabench.grads import num_params, per_example_grads, select_params
-from tdabench.method import Context, MethodConfig
-from tdabench.registry import register_method
-from tdabench.seeds import derive_seed
-from tdabench.task import Task
+from tdabench.api.checks import integer, number
+from tdabench.api.config import ConfigError
+from tdabench.toolkit.dattri_bridge import DattriMethod, attribution_task, dtype_of, session
+from tdabench.toolkit.grads import num_params, per_example_grads, select_params
+from tdabench.api.method import Context, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.seeds import derive_seed
+from tdabench.api.task import Task
 
 
 @dataclass(frozen=True)

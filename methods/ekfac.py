@@ -20,6 +20,9 @@ whole query (001 Appendix B.4), the query side summed.  They decompose the gradi
 per-example loss, so they sum over T to the sequence score exactly.  The tensor
 ``[n_train, T, n_query]`` (tdabench sign and scale) is written to the cache directory, its path is
 in the run record's extras, and the score is its token sum.
+
+This file is longer than 300 lines: kronfluence's task adapter, its factor fit and cache, the
+eigen-decomposed factors and the per-token scores are one method's steps, each used once.
 """
 from __future__ import annotations
 
@@ -38,13 +41,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import hessian, vmap
 
-from tdabench.config import content_hash
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
-from tdabench.seeds import derive_seed
-from tdabench.task import Batch, Task
+from tdabench.api.config import content_hash
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.seeds import derive_seed
+from tdabench.api.task import Batch, Task
 
-from tdabench.checks import choices_and_patterns, integer, number
+from tdabench.api.checks import choices_and_patterns, integer, number
 
 log = logging.getLogger("tdabench")
 INSTALL_HINT = ("pip install 'tdabench[ekfac]' && pip install --no-deps kronfluence==1.0.1 (kronfluence declares a "

@@ -39,12 +39,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import hessian, jacrev, vmap
 
-from tdabench.grads import flat_function, num_params, per_example_grads, select_params
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
-from tdabench.task import Batch, Task, batches
+from tdabench.toolkit.grads import flat_function, num_params, per_example_grads, select_params
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.task import Batch, Task, batches
 
-from tdabench.checks import choices_and_patterns, integer, number
+from tdabench.api.checks import choices_and_patterns, integer, number
 
 log = logging.getLogger("tdabench")
 #: Relative floor on λ_min(H + λI): below 1e-8 × max|eig| a float64 solve keeps fewer than 8 digits.

@@ -9,11 +9,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from tdabench.checks import choices_and_patterns, fail, integer, number
-from tdabench.method import Context, MethodConfig
-from tdabench.registry import register_method
+from tdabench.api.checks import choices_and_patterns, fail, integer, number
+from tdabench.api.method import Context, MethodConfig
+from tdabench.api.registry import register_method
 
-from .logra import BlockProjected
+from tdabench.methods.logra import BlockProjected
 
 
 @dataclass(frozen=True)

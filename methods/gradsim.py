@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tdabench.grads import Projector, num_params, per_example_grads, select_params
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
+from tdabench.toolkit.grads import Projector, num_params, per_example_grads, select_params
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
 
-from tdabench.checks import choices_and_patterns, integer
+from tdabench.api.checks import choices_and_patterns, integer
 
 
 @dataclass(frozen=True)

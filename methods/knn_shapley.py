@@ -13,13 +13,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from tdabench.checks import choices_and_patterns, integer
-from tdabench.dattri_bridge import DattriMethod, class_labels, loader, session
-from tdabench.method import Context, MethodConfig
-from tdabench.registry import register_method
-from tdabench.task import Batch, Task
+from tdabench.api.checks import choices_and_patterns, integer
+from tdabench.toolkit.dattri_bridge import DattriMethod, class_labels, loader, session
+from tdabench.api.method import Context, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.task import Batch, Task
 
-from .repsim import find_module, representations
+from tdabench.methods.repsim import find_module, representations
 
 
 @dataclass(frozen=True)

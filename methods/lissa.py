@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tdabench.checks import choices_and_patterns, integer, number
-from tdabench.dattri_bridge import DattriMethod, attribution_task, curvature_damping, layer_names
-from tdabench.method import Context, MethodConfig
-from tdabench.registry import register_method
+from tdabench.api.checks import choices_and_patterns, integer, number
+from tdabench.toolkit.dattri_bridge import DattriMethod, attribution_task, curvature_damping, layer_names
+from tdabench.api.method import Context, MethodConfig
+from tdabench.api.registry import register_method
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from tdabench.checks import choices_and_patterns, fail, integer, number
-from tdabench.dattri_bridge import DattriMethod, linear_layers, measured_task, rows
-from tdabench.method import Context, MethodConfig
-from tdabench.registry import register_method
+from tdabench.api.checks import choices_and_patterns, fail, integer, number
+from tdabench.toolkit.dattri_bridge import DattriMethod, linear_layers, measured_task, rows
+from tdabench.api.method import Context, MethodConfig
+from tdabench.api.registry import register_method
 
 
 @dataclass(frozen=True)

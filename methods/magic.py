@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tdabench.checks import fail, integer, number
-from tdabench.config import ConfigError
-from tdabench.metagrad import Replay
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
-from tdabench.task import Task
-from tdabench.unroll import stateless
+from tdabench.api.checks import fail, integer, number
+from tdabench.api.config import ConfigError
+from tdabench.toolkit.metagrad import Replay
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.task import Task
+from tdabench.api.unroll import stateless
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
-from tdabench.seeds import derive_seed
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.seeds import derive_seed
 
-from tdabench.checks import integer
+from tdabench.api.checks import integer
 
 
 @dataclass(frozen=True)

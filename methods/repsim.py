@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tdabench.checks import choices_and_patterns, integer
-from tdabench.config import ConfigError
-from tdabench.grads import ExampleFn
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
-from tdabench.task import Batch, Task, batches
+from tdabench.api.checks import choices_and_patterns, integer
+from tdabench.api.config import ConfigError
+from tdabench.toolkit.grads import ExampleFn
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.task import Batch, Task, batches
 
 
 @dataclass(frozen=True)

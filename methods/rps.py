@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdabench.checks import choices_and_patterns, integer, number
-from tdabench.dattri_bridge import DattriMethod, class_labels, loader, session
-from tdabench.method import Context, MethodConfig
-from tdabench.registry import register_method
-from tdabench.task import Task, take
+from tdabench.api.checks import choices_and_patterns, integer, number
+from tdabench.toolkit.dattri_bridge import DattriMethod, class_labels, loader, session
+from tdabench.api.method import Context, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.task import Task, take
 
-from .repsim import find_module
+from tdabench.methods.repsim import find_module
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,13 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from tdabench.grads import ExampleFn, per_example_grads
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
-from tdabench.task import Batch, Checkpoint, batches
+from tdabench.toolkit.grads import ExampleFn, per_example_grads
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.task import Batch, Checkpoint, batches
 
-from tdabench.checks import choices_and_patterns, integer, number
-from .ekfac import INSTALL_HINT, EKFACConfig, eigen_factors, fit_factors
+from tdabench.api.checks import choices_and_patterns, integer, number
+from tdabench.methods.ekfac import INSTALL_HINT, EKFACConfig, eigen_factors, fit_factors
 
 #: Per module ``(Q_G [out, out], Q_A [a, a], σ [out, a])``: one segment's eigenbasis and eigenvalues.
 Eigen = dict[str, tuple[Tensor, Tensor, Tensor]]

@@ -10,11 +10,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
 
-from tdabench.checks import choices_and_patterns, integer
-from .gradsim import GradSimConfig, gradient_features
+from tdabench.api.checks import choices_and_patterns, integer
+from tdabench.methods.gradsim import GradSimConfig, gradient_features
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from tdabench.checks import choices_and_patterns, integer, number
-from tdabench.grads import ExampleFn, Projector, num_params, per_example_grads, project_all, select_params
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
-from tdabench.task import Batch, batches
+from tdabench.api.checks import choices_and_patterns, integer, number
+from tdabench.toolkit.grads import ExampleFn, Projector, num_params, per_example_grads, project_all, select_params
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.task import Batch, batches
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,19 @@ tdabench's adapters around traker:
   traker's ``lambda_reg`` = λ·n/d.  Damping matters: a trained model fits most of its examples, F
   is ill-conditioned, and undamped TRAK scored LDS ≈ 0.01 on digits.  The default is kronfluence's
   heuristic, 0.1 × the mean eigenvalue of F, per ensemble member.
-* gradients: tdabench.grads.per_example_grads (the shared code), w.r.t. ``patterns``.
+* gradients: tdabench.toolkit.grads.per_example_grads (the shared code), w.r.t. ``patterns``.
 * projection: ``projector=sparse`` swaps the dense Gaussian for a sparse JL projection
-  (tdabench.sparse_projection: d·nnz work per example instead of d·k).  traker's CPU projector
+  (tdabench.toolkit.sparse_projection: d·nnz work per example instead of d·k).  traker's CPU projector
   regenerates its random matrix for every block of every batch, and with one block (fast) ``finalize_features`` frees the matrix that ``score`` then
   needs.  ``SeededProjector`` holds tdabench's seeded Gaussian projection once and regenerates it
   after ``free_memory``.  A projection at least as wide as the gradient is skipped (identity).
 * ensemble: ``models`` members trained through the task's recipe on random ``subset_fraction``
   subsets with seeds derived from the run's seed (never the ground-truth retrains), or the
   reference model as first member; ``checkpoints`` per member, cached in the method's cache.
+
+This file is longer than 300 lines: traker's projector, gradient computer and model output are
+wrapped for tdabench's tasks, and the ensemble's members are trained and cached here; each piece
+is used only by this method.
 """
 from __future__ import annotations
 
@@ -38,16 +42,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tdabench.checkpoints import checkpoint_steps
-from tdabench.config import content_hash
-from tdabench.grads import ExampleFn, Projector, num_params, per_example_grads, select_params
-from tdabench.method import Context, Method, MethodConfig
-from tdabench.registry import register_method
-from tdabench.seeds import derive_seed
-from tdabench.sparse_projection import SparseProjector
-from tdabench.task import Batch, batches
+from tdabench.toolkit.checkpoints import checkpoint_steps
+from tdabench.api.config import content_hash
+from tdabench.toolkit.grads import ExampleFn, Projector, num_params, per_example_grads, select_params
+from tdabench.api.method import Context, Method, MethodConfig
+from tdabench.api.registry import register_method
+from tdabench.api.seeds import derive_seed
+from tdabench.toolkit.sparse_projection import SparseProjector
+from tdabench.api.task import Batch, batches
 
-from tdabench.checks import choices_and_patterns, integer, number
+from tdabench.api.checks import choices_and_patterns, integer, number
 
 log = logging.getLogger("tdabench")
 State = dict[str, Tensor]
@@ -125,7 +129,7 @@ class TaskOutput:
 
 
 def gradient_computer(patterns: tuple[str, ...]) -> Callable[..., Any]:
-    """A traker gradient-computer class whose per-example gradients come from tdabench.grads."""
+    """A traker gradient-computer class whose per-example gradients come from tdabench.toolkit.grads."""
 
     class TaskGradients:
         def __init__(self, model: nn.Module, task: TaskOutput, grad_dim: int, dtype: torch.dtype,

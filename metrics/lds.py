@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from tdabench.groundtruth import GroundTruth
-from tdabench.lds import lds_per_query, noise_ceiling
-from tdabench.metric import Metric, MetricValue
-from tdabench.registry import register_metric
+from tdabench.api.truth import GroundTruth
+from tdabench.toolkit.lds import lds_per_query, noise_ceiling
+from tdabench.api.metric import Metric, MetricValue
+from tdabench.api.registry import register_metric
 
 
 @register_metric

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from tdabench.groundtruth import GroundTruth
-from tdabench.lds import corrected_ceiling, pearson_columns, spearman_columns, split_halves
-from tdabench.metric import Metric, MetricValue
-from tdabench.registry import register_metric
+from tdabench.api.truth import GroundTruth
+from tdabench.toolkit.lds import corrected_ceiling, pearson_columns, spearman_columns, split_halves
+from tdabench.api.metric import Metric, MetricValue
+from tdabench.api.registry import register_metric
 
 
 def loo_effects(targets: np.ndarray) -> np.ndarray:

@@ -1,16 +1,16 @@
 """mislabel: how well self-influence finds flipped labels — ROC-AUC of ranking the training examples by
 −scores[i, i] (most negative self-influence first) against which were flipped, and the share of the
-flipped ones among the first 10 % and 20 % inspected (``tdabench.labelnoise``)."""
+flipped ones among the first 10 % and 20 % inspected (``tdabench.toolkit.labelnoise``)."""
 from __future__ import annotations
 
 import numpy as np
 from scipy.stats import rankdata
 from torch import Tensor
 
-from tdabench.groundtruth import GroundTruth
-from tdabench.labelnoise import found_after
-from tdabench.metric import Metric, MetricValue
-from tdabench.registry import register_metric
+from tdabench.api.truth import GroundTruth
+from tdabench.toolkit.labelnoise import found_after
+from tdabench.api.metric import Metric, MetricValue
+from tdabench.api.registry import register_metric
 
 
 def roc_auc(suspicion: np.ndarray, positive: np.ndarray) -> float:

@@ -1,5 +1,5 @@
 """removal: how much a query's loss rises when the k training examples a method says help it most are
-removed and the model retrained (``tdabench.removal``), over the fractions k/n of ``gt.removal_fractions``.
+removed and the model retrained (``tdabench.toolkit.removal``), over the fractions k/n of ``gt.removal_fractions``.
 
 The value is the mean rise over the followed queries at k = 5 % of n (the fraction nearest it when 5 % is
 not asked for); the details hold the whole curve and, per fraction, the Pearson correlation over queries
@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from tdabench.groundtruth import GroundTruth
-from tdabench.lds import pearson_columns
-from tdabench.metric import Metric, MetricValue
-from tdabench.registry import register_metric
-from tdabench.removal import predicted_rises, rises
+from tdabench.api.truth import GroundTruth
+from tdabench.toolkit.lds import pearson_columns
+from tdabench.api.metric import Metric, MetricValue
+from tdabench.api.registry import register_metric
+from tdabench.toolkit.removal import predicted_rises, rises
 
 HEADLINE = 0.05
 

@@ -9,7 +9,7 @@ it trains 8 epochs (001's longer setting): one epoch of 5,000 images is 5 steps,
 checkpoints.
 A GPU run: ``tdabench plan --suite dattri-cifar2`` sizes it first; until one runs, the table says so.
 """
-from tdabench.anchors import Anchor, PublishedTable, register_published
+from tdabench.api.published import Anchor, PublishedTable, register_published
 
 FIGURE = "read off dattri's figure; dattri's own ResNet-9 recipe there, the airbench-style one of 001 here (GPU)"
 CIFAR2 = ("task.classes=3,5", "task.n_train=5000", "task.n_query=500", "task.epochs=8")

@@ -16,7 +16,7 @@ How the numbers can differ by construction (dattri's ``experiments/benchmark_res
   keeps each image with probability 0.5 and, here, averages 2 retraining seeds per subset (a less noisy
   target) on the npm package's 10,000 real digits (no download on this machine).
 """
-from tdabench.anchors import Anchor, PublishedTable, register_published
+from tdabench.api.published import Anchor, PublishedTable, register_published
 
 FIGURE = "read off dattri's figure"
 READ = 0.01          # the figure is read to about ±0.01

@@ -7,7 +7,7 @@ Bergson training at batch 256).
 tdabench runs it as a ``pythia`` setting (any Hugging Face causal LM by ``task.model_name``): a GPU run,
 sized by ``tdabench plan --suite wikitext2-gpt2`` first; until one runs, the table says so.
 """
-from tdabench.anchors import Anchor, PublishedTable, register_published
+from tdabench.api.published import Anchor, PublishedTable, register_published
 
 GPT2 = ("task.model_name=gpt2", "task.revision=main", "task.data_config=wikitext-2-raw-v1", "task.context_length=512",
         "task.n_train=4656", "task.n_query=481", "task.epochs=3", "task.batch_size=8", "task.micro_batch=8",

@@ -18,37 +18,24 @@ channels_last with bf16 autocast (config).  Losses and measurements are evaluate
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import pickle
-import tarfile
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from pathlib import Path
+from functools import cached_property
 from typing import Literal, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdabench.checks import choices_and_patterns, fail, integer, number
-from tdabench.registry import register_task
-from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
+from tdabench.api.checks import choices_and_patterns, fail, integer, number
+from tdabench.api.registry import register_task
+from tdabench.api.task import Batch, CheckpointHook, Task, TaskConfig
+from tdabench.tasks._cifar10_files import ENV_DIR, MD5, TRAIN_FILES, read_batches, resolve_folder  # noqa: F401  (re-exported)
+from tdabench.tasks._cifar10_images import (  # noqa: F401  (re-exported)
+    augment, channel_stats, normalize, resize, whitening_filters,
+)
+from tdabench.tasks._resnet9 import ResNet9
 
-ENV_DIR = "TDABENCH_CIFAR10_DIR"
-FOLDER = "cifar-10-batches-py"
-ARCHIVE, ARCHIVE_MD5 = "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"
-URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-#: The published md5 of every member of the archive (as listed by torchvision's CIFAR10 dataset).
-MD5 = {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-       "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
-       "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
-       "batches.meta": "5ff9c542aee3614f3951f8cda6e48888"}
-TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-MEAN = (125.31, 122.95, 113.87)    # per-channel pixel mean of the CIFAR-10 training set (0-255 scale)
-STD = (62.99, 62.09, 66.70)
 TRAK_PROJ_DIM = 2048               # TRAK's default k (its method config), the width of the matrix it projects with
 
 
@@ -116,180 +103,6 @@ class Cifar10Config(TaskConfig):
 
 
 # ----- data -----------------------------------------------------------------------------------
-def md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def missing_message(root: Path) -> str:
-    return (f"CIFAR-10 not found under {root}. Put the 'cifar-10-python' files there as {root / FOLDER}/ "
-            f"(data_batch_1..5, test_batch, batches.meta) or the archive {root / ARCHIVE} (from {URL}, md5 "
-            f"{ARCHIVE_MD5}); or point task.data_dir=DIR / ${ENV_DIR} at the folder that holds them. "
-            f"Automatic download needs torchvision and network access (task.download=true).")
-
-
-def resolve_folder(data_dir: str, download: bool, verify: bool) -> Path:
-    """The cifar-10-batches-py folder: given directly, inside ``data_dir``, extracted from the archive
-    there, or downloaded by torchvision; otherwise a FileNotFoundError that says where to put it."""
-    root = Path(data_dir or os.environ.get(ENV_DIR) or Path.home() / ".cache" / "tdabench" / "cifar10").expanduser()
-    for folder in (root, root / FOLDER):
-        if (folder / "test_batch").exists():
-            return folder
-    if (root / ARCHIVE).exists():
-        if verify and md5(root / ARCHIVE) != ARCHIVE_MD5:
-            raise ValueError(f"{root / ARCHIVE}: md5 differs from the published {ARCHIVE_MD5}; download it again")
-        with tarfile.open(root / ARCHIVE) as tar:
-            tar.extractall(root, filter="data")
-        return root / FOLDER
-    if download:
-        try:
-            import torchvision  # noqa: F401  (optional: only used to download)
-            from torchvision.datasets import CIFAR10
-            CIFAR10(str(root), train=False, download=True)
-            return root / FOLDER
-        except Exception as err:  # no torchvision or no network: say what to do instead
-            raise FileNotFoundError(f"{missing_message(root)} (download failed: {type(err).__name__}: {err})") from None
-    raise FileNotFoundError(missing_message(root))
-
-
-def read_batches(folder: Path, names: tuple[str, ...], checksums: Optional[dict[str, str]],
-                 classes: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
-    """Images ``[n, 3, 32, 32]`` uint8 and labels ``[n]`` of the pickled batches ``names``, each file
-    checked against ``checksums`` first (None: no check); with ``classes``, only those (``keep_classes``)."""
-    xs, ys = [], []
-    for name in names + ("batches.meta",):
-        path = folder / name
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: {missing_message(folder.parent)}")
-        if checksums is not None and md5(path) != checksums[name]:
-            raise ValueError(f"{path}: md5 {md5(path)} differs from the published {checksums[name]}; the file is "
-                             f"corrupt or not CIFAR-10 — download it again (or set task.verify=false for your own data)")
-        if name == "batches.meta":
-            continue
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        data, labels = keep_classes(np.asarray(batch[b"data"]), np.asarray(batch[b"labels"]), classes)
-        xs.append(torch.as_tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32))
-        ys.append(torch.as_tensor(labels, dtype=torch.long))
-    return torch.cat(xs), torch.cat(ys)
-
-
-def resize(x: Tensor, size: int) -> Tensor:
-    """Area-downsample uint8 images ``[n, 3, 32, 32]`` to ``[n, 3, size, size]`` (identity at 32)."""
-    if size == x.shape[-1]:
-        return x
-    return torch.cat([F.interpolate(part.float(), size=(size, size), mode="area").round().clamp(0, 255).to(torch.uint8)
-                      for part in x.split(4096)])
-
-
-@lru_cache(maxsize=None)
-def channel_stats(device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std ``[3, 1, 1]`` on ``device``, built once per device: a host-to-device
-    copy on every step would make the host wait for the GPU."""
-    return torch.tensor(MEAN, device=device).view(3, 1, 1), torch.tensor(STD, device=device).view(3, 1, 1)
-
-
-def normalize(x: Tensor) -> Tensor:
-    """uint8 (or 0–255 float) images ``[B, 3, H, W]`` → per-channel standardised float32."""
-    mean, std = channel_stats(x.device)
-    return (x.float() - mean) / std
-
-
-def augment(x: Tensor, flip: bool, translate: int, gen: torch.Generator) -> Tensor:
-    """Random left-right flip and random translation by up to ``translate`` pixels (reflect padding)
-    of a whole batch ``[B, C, H, W]`` at once; the result is laid out channels-last in memory."""
-    n, _, h, w = x.shape
-    if flip:
-        coin = torch.rand(n, device=x.device, generator=gen) < 0.5
-        x = torch.where(coin.view(n, 1, 1, 1), x.flip(3), x)
-    if translate > 0:
-        padded = F.pad(x, (translate,) * 4, mode="reflect").permute(0, 2, 3, 1)   # shape: [B, H+2t, W+2t, C]
-        shift = torch.randint(0, 2 * translate + 1, (n, 2), device=x.device, generator=gen)
-        rows = shift[:, :1] + torch.arange(h, device=x.device)                    # shape: [B, H]
-        cols = shift[:, 1:] + torch.arange(w, device=x.device)                    # shape: [B, W]
-        batch = torch.arange(n, device=x.device).view(n, 1, 1)
-        x = padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # shape: [B, C, H, W]
-    return x
-
-
-# ----- model ----------------------------------------------------------------------------------
-class ShiftNorm(nn.Module):
-    """BatchNorm with its scale fixed at 1 and a learnt shift (the only trained normalisation tensor)."""
-
-    def __init__(self, channels: int, momentum: float) -> None:
-        super().__init__()
-        self.momentum = 1.0 - momentum
-        self.shift = nn.Parameter(torch.zeros(channels))
-        self.register_buffer("running_mean", torch.zeros(channels))
-        self.register_buffer("running_var", torch.ones(channels))
-        self.register_buffer("unit", torch.ones(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.unit, self.shift, self.training,
-                            self.momentum, 1e-12)
-
-
-def conv3(c_in: int, c_out: int) -> nn.Conv2d:
-    """3×3 conv without bias whose first ``c_in`` filters start as the identity (Dirac)."""
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-    with torch.no_grad():
-        nn.init.dirac_(conv.weight[:c_in])
-    return conv
-
-
-class Block(nn.Module):
-    """conv → 2× max-pool → norm → GELU → conv → norm → GELU."""
-
-    def __init__(self, c_in: int, c_out: int, bn_momentum: float) -> None:
-        super().__init__()
-        self.conv1, self.norm1 = conv3(c_in, c_out), ShiftNorm(c_out, bn_momentum)
-        self.conv2, self.norm2 = conv3(c_out, c_out), ShiftNorm(c_out, bn_momentum)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
-        return F.gelu(self.norm2(self.conv2(x)))
-
-
-class ResNet9(nn.Module):
-    """Frozen whitening conv (buffer ``whiten``, 24 filters of 2×2) → GELU → three blocks → global
-    max-pool → linear head (no bias) scaled by 1/9.  Input: standardised images ``[B, 3, H, W]``."""
-
-    def __init__(self, whiten: Tensor, widths: tuple[int, ...], bn_momentum: float, classes: int = 10) -> None:
-        super().__init__()
-        self.register_buffer("whiten", whiten.clone())               # shape: [24, 3, 2, 2]
-        chans = (whiten.shape[0], *widths)
-        self.blocks = nn.Sequential(*(Block(chans[i], chans[i + 1], bn_momentum) for i in range(3)))
-        self.head = nn.Linear(widths[-1], classes, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.blocks(F.gelu(F.conv2d(x, self.whiten)))
-        return self.head(x.amax(dim=(2, 3))) / 9.0                  # shape: [B, C]
-
-
-def keep_classes(rows: np.ndarray, labels: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of ``classes`` only, their labels renumbered 0..C−1 in the order of ``classes`` (all rows
-    when empty).  In NumPy, on the files' arrays: a planner's fake-tensor trace cannot take a shape that
-    depends on the data."""
-    if not classes:
-        return rows, labels
-    lookup = np.full(10, -1)
-    lookup[list(classes)] = np.arange(len(classes))
-    keep = lookup[labels] >= 0
-    return rows[keep], lookup[labels[keep]]
-
-
-def whitening_filters(images: Tensor, eps: float) -> Tensor:
-    """±eigenvectors / √(eigenvalue + eps) of the 2×2-patch covariance of standardised ``images``
-    ``[n, 3, H, W]``, as conv filters ``[24, 3, 2, 2]`` (largest eigenvalue first)."""
-    patches = F.unfold(normalize(images), kernel_size=2).transpose(1, 2).reshape(-1, 12)  # shape: [P, 12]
-    evals, evecs = torch.linalg.eigh((patches.T @ patches).double().cpu() / patches.shape[0])
-    filters = (evecs.T / (evals + eps).sqrt()[:, None]).flip(0).reshape(12, 3, 2, 2)
-    return torch.cat([filters, -filters]).float().to(images.device)
-
-
 # ----- task -----------------------------------------------------------------------------------
 def triangle(step: int, total: int, start: float = 0.2, peak: float = 0.23, end: float = 0.07) -> float:
     """Learning-rate factor before update ``step`` of ``total``: linear start → 1 (at ``peak``·total) → end."""

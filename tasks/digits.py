@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdabench.checks import fail, integer, number
-from tdabench.registry import register_task
-from tdabench.stacked_mlp import train_many_mlp_adam
-from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
-from tdabench.training import epoch_batches, minibatch_train, steps_per_run
-from tdabench.unroll import Optimizer, Unroll, weighted_mean
+from tdabench.api.checks import fail, integer, number
+from tdabench.api.registry import register_task
+from tdabench.toolkit.stacked_mlp import train_many_mlp_adam
+from tdabench.api.task import Batch, CheckpointHook, Task, TaskConfig
+from tdabench.toolkit.training import epoch_batches, minibatch_train, steps_per_run
+from tdabench.api.unroll import Optimizer, Unroll, weighted_mean
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from tdabench.batched import train_many_gd
-from tdabench.checks import integer, number
-from tdabench.deeplinear import DeepLinear
-from tdabench.registry import register_task
-from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
-from tdabench.unroll import Optimizer, Unroll
+from tdabench.toolkit.batched import train_many_gd
+from tdabench.api.checks import integer, number
+from tdabench.toolkit.deeplinear import DeepLinear
+from tdabench.api.registry import register_task
+from tdabench.api.task import Batch, CheckpointHook, Task, TaskConfig, take
+from tdabench.api.unroll import Optimizer, Unroll
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdabench.batched import StackedSGD
-from tdabench.checks import fail, integer, number
-from tdabench.registry import register_task
-from tdabench.stacked_mlp import SeededDropout, seed_dropout, train_many_mlp
-from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
-from tdabench.training import epoch_batches, minibatch_train, steps_per_run
-from tdabench.unroll import Optimizer, Unroll, weighted_mean
+from tdabench.toolkit.batched import StackedSGD
+from tdabench.api.checks import fail, integer, number
+from tdabench.api.registry import register_task
+from tdabench.toolkit.stacked_mlp import SeededDropout, seed_dropout, train_many_mlp
+from tdabench.api.task import Batch, CheckpointHook, Task, TaskConfig
+from tdabench.toolkit.training import epoch_batches, minibatch_train, steps_per_run
+from tdabench.api.unroll import Optimizer, Unroll, weighted_mean
 
 MEAN, STD = 0.1307, 0.3081              # torchvision's MNIST normalisation, as dattri applies it
 ENV_DIR = "TDABENCH_MNIST_DIR"

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdabench.batched import train_many_adam
-from tdabench.checks import fail, integer, number
-from tdabench.registry import register_task
-from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
-from tdabench.training import epoch_batches, minibatch_train, steps_per_run
-from tdabench.unroll import Optimizer, Unroll, weighted_mean
+from tdabench.toolkit.batched import train_many_adam
+from tdabench.api.checks import fail, integer, number
+from tdabench.api.registry import register_task
+from tdabench.api.task import Batch, CheckpointHook, Task, TaskConfig
+from tdabench.toolkit.training import epoch_batches, minibatch_train, steps_per_run
+from tdabench.api.unroll import Optimizer, Unroll, weighted_mean
 
 N_TRAIN, N_TEST, LENGTH = 4000, 1000, 40     # the package's default split and signal length
 

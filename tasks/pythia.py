@@ -10,6 +10,9 @@ layers that BIF and EK-FAC restrict themselves to are found in the loaded model 
 text comes from a local directory / JSON-lines file or a ``datasets`` name.  Tokenized,
 packed data are cached under ``task.cache_dir`` keyed by their content.  ``tasks/tinylm.py`` runs
 this same code path on a tiny model for the CPU.
+
+This file is longer than 300 lines: loading a Hugging Face model and data, packing, the training
+loop, the measurements and the unroll hook are one task's recipe, and ``tinylm`` reuses all of it.
 """
 from __future__ import annotations
 
@@ -27,15 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdabench.checks import integer, number
-from tdabench.config import content_hash
-from tdabench.registry import register_task
-from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
-from tdabench.training import epoch_batches
-from tdabench.unroll import Optimizer, Unroll, weighted_mean
+from tdabench.api.checks import integer, number
+from tdabench.api.config import content_hash
+from tdabench.api.registry import register_task
+from tdabench.api.task import Batch, CheckpointHook, Task, TaskConfig, take
+from tdabench.toolkit.training import epoch_batches
+from tdabench.api.unroll import Optimizer, Unroll, weighted_mean
 from tdabench.tasks._hf_arch import attention_pattern, block_pattern, linearize
-from tdabench.tasks._lm_data import (DATASET_MARKERS, INSTALL, MissingResource, Shuffled, dataset_documents,
-                                     fingerprint, load_pretrained, local_documents, pack, token_stream)
+from tdabench.tasks._lm_data import (
+    DATASET_MARKERS, INSTALL, MissingResource, Shuffled, dataset_documents, fingerprint, load_pretrained,
+    local_documents, pack, token_stream,
+)
 
 log = logging.getLogger(__name__)
 MEASURE_BYTES = 2 << 30         # logits memory of one measuring pass
@@ -296,6 +301,11 @@ class Pythia(Task):
         8·T·V bytes (412 MB for Pythia-14M at T=1,024, V=50,304), so passes stay within 2 GiB."""
         per_sequence = 8 * self.config.context_length * self.base_model.config.vocab_size
         return max(1, min(1024, MEASURE_BYTES // per_sequence))
+
+    def token_losses(self, model: nn.Module, ids: Tensor) -> Tensor:
+        """Next-token losses of every position of ``ids`` ``[B, T]``, shape ``[B, T-1]`` (for studies that
+        probe the model with sequences of their own)."""
+        return token_losses(model, ids)
 
     def token_measurement(self, model: nn.Module, batch: Batch) -> Tensor:
         return token_losses(model, batch[0])   # shape: [B, context-1]

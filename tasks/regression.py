@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdabench.checks import choices_and_patterns, integer, number
-from tdabench.registry import register_task
-from tdabench.task import Batch, CheckpointHook, Task, TaskConfig, take
-from tdabench.batched import train_many_gd
-from tdabench.unroll import Optimizer, Unroll
+from tdabench.api.checks import choices_and_patterns, integer, number
+from tdabench.api.registry import register_task
+from tdabench.api.task import Batch, CheckpointHook, Task, TaskConfig, take
+from tdabench.toolkit.batched import train_many_gd
+from tdabench.api.unroll import Optimizer, Unroll
 
 
 @dataclass(frozen=True)

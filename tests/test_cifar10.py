@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from tdabench.pipeline import evaluate as run
-from tdabench.spec import RunSpec
-from tdabench.tasks.cifar10 import (MD5, Cifar10, Cifar10Config, augment, normalize, read_batches,
-                                    resolve_folder, whitening_filters)
+from tdabench.engine.pipeline import evaluate as run
+from tdabench.engine.spec import RunSpec
+from tdabench.tasks.cifar10 import (
+    MD5, Cifar10, Cifar10Config, augment, normalize, read_batches, resolve_folder, whitening_filters,
+)
 
 NAMES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 

@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("ray")
 
-from tdabench.groundtruth import GroundTruthConfig, load_ground_truth  # noqa: E402
+from tdabench.engine.groundtruth import GroundTruthConfig, load_ground_truth  # noqa: E402
 from tdabench.tasks.regression import Regression, RegressionConfig  # noqa: E402
 
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tdabench.cli import main
+from tdabench.cli.main import main
 
 TINY = ["--task", "regression", "--method", "gradsim", "--seeds", "1", "--serial", "--set", "gt.num_subsets=8",
         "--set", "task.n_train=30", "--set", "task.n_query=4"]

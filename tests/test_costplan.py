@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from tdabench import costplan
-from tdabench.cli import main
-from tdabench import capacity
-from tdabench.capacity import refusal
-from tdabench.costplan import CostPlan, StageCost, trace
-from tdabench.fakerun import LiveBytes, fake_run
-from tdabench.groundtruth import GroundTruthConfig
-from tdabench.method import Method
-from tdabench.spec import make_method, make_task
+from tdabench.plan import costplan
+from tdabench.cli.main import main
+from tdabench.plan import capacity
+from tdabench.plan.capacity import refusal
+from tdabench.plan.costplan import CostPlan, StageCost, trace
+from tdabench.plan.fakerun import LiveBytes, fake_run
+from tdabench.engine.groundtruth import GroundTruthConfig
+from tdabench.api.method import Method
+from tdabench.engine.spec import make_method, make_task
 
 MiB = 2**20
 
@@ -68,7 +68,7 @@ def _digits_gradsim(n_train: int):
 
 def _real_peak(task, method) -> int:
     """The same bookkeeping as the plan's, on real tensors: gradsim's score on an untrained model."""
-    from tdabench.costplan import _context
+    from tdabench.plan.costplan import _context
 
     model = task.make_model(0).eval()
     ctx = _context(task, model, [], __import__("pathlib").Path(__import__("tempfile").mkdtemp()))
@@ -96,7 +96,7 @@ def test_trak_through_traker_is_planned_as_it_runs():
     import tempfile
     from pathlib import Path
 
-    from tdabench.costplan import _context
+    from tdabench.plan.costplan import _context
 
     make = lambda d: make_task("digits", {"n_train": "300"}, d)   # noqa: E731
     task = make(torch.device("cpu"))
@@ -157,9 +157,9 @@ def test_a_cuda_run_is_refused_before_any_work_when_its_plan_does_not_fit(monkey
 
     import pytest
 
-    from tdabench import pipeline
-    from tdabench.config import ConfigError
-    from tdabench.spec import RunSpec
+    from tdabench.engine import pipeline
+    from tdabench.api.config import ConfigError
+    from tdabench.engine.spec import RunSpec
 
     task, method = _digits_gradsim(300)
     spec = RunSpec(task="digits", methods=("gradsim",), overrides={"task": {"n_train": "300"}}, results_dir=tmp_path)
@@ -175,8 +175,8 @@ def test_a_cuda_run_is_refused_before_any_work_when_its_plan_does_not_fit(monkey
 
 def test_retrain_count_is_the_ground_truths_own():
     """The plan's retrains per seed equal the rows of the masks the ground truth builds, times R."""
-    from tdabench.config import apply_overrides
-    from tdabench.groundtruth import make_masks
+    from tdabench.api.config import apply_overrides
+    from tdabench.engine.groundtruth import make_masks
 
     for sets in ({"num_subsets": "7", "retrain_seeds": "2"}, {"kind": "loo", "retrain_seeds": "3"},
                  {"kind": "loo", "loo_examples": "9", "retrain_seeds": "2"}):

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from conftest import make_context
-from tdabench.config import ConfigError
-from tdabench.spec import make_method
+from tdabench.api.config import ConfigError
+from tdabench.engine.spec import make_method
 from tdabench.tasks.digits import Digits, DigitsConfig
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 dattri = pytest.importorskip("dattri")
-from tdabench import dattri_bridge as bridge  # noqa: E402
+from tdabench.toolkit import dattri_bridge as bridge  # noqa: E402
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -78,7 +78,7 @@ def test_lissa_converges_to_the_exact_if_as_its_depth_grows(regression):
 
 def _hessian(task, ctx) -> torch.Tensor:
     """The training objective's Hessian (regulariser included), ``[d, d]``."""
-    from tdabench.grads import select_params
+    from tdabench.toolkit.grads import select_params
     from tdabench.methods.exact_if import objective_hessian
 
     return objective_hessian(task, ctx.model, ctx.train_data, select_params(ctx.model), 64)

@@ -2,8 +2,8 @@
 itself, against gradient descent as the hierarchy task runs it, and in the limit of unrelated items."""
 import torch
 
-from tdabench.deeplinear import DeepLinear
-from tdabench.stagewise import closed_form_curves, pair_correlations
+from tdabench.toolkit.deeplinear import DeepLinear
+from tdabench.studies.stagewise import closed_form_curves, pair_correlations
 from tdabench.tasks.hierarchy import Hierarchy, HierarchyConfig
 from tdabench.tasks.regression import Regression
 

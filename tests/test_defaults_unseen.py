@@ -10,8 +10,8 @@ import math
 
 import pytest
 
-from tdabench import pipeline
-from tdabench.spec import RunSpec
+from tdabench.engine import pipeline
+from tdabench.engine.spec import RunSpec
 from unseen_tasks import FAMILY, registered
 
 METHODS = ("gradsim", "tracin", "if", "ekfac", "trak", "source", "datainf")

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdabench import cli, diskspace, files
-from tdabench.groundtruth import GroundTruthConfig, load_ground_truth
+from tdabench import cli
+from tdabench.toolkit import diskspace, files
+from tdabench.engine.groundtruth import GroundTruthConfig, load_ground_truth
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 BUILD = ["ground-truth", "--task", "regression", "--seeds", "1", "--set", "gt.num_subsets=300", "--serial"]

@@ -8,8 +8,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from conftest import make_context
-from tdabench.spec import make_method
-from tdabench.task import Task
+from tdabench.engine.spec import make_method
+from tdabench.api.task import Task
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 pytest.importorskip("kronfluence", reason="ekfac needs kronfluence (see the README's install notes)")

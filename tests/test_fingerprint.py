@@ -10,14 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tdabench import cli, pipeline
-from tdabench.fingerprint import changes, digest, fingerprint, legacy_digest, legacy_fingerprint, meaning_hash, same_code
-from tdabench.records import RunResult
-from tdabench.reproduce import current_codes, legacy_codes, reproduce
-from tdabench.spec import RunSpec
+from tdabench import cli
+from tdabench.engine import pipeline
+from tdabench.engine.fingerprint import (
+    changes, digest, fingerprint, legacy_digest, legacy_fingerprint, meaning_hash, same_code,
+)
+from tdabench.engine.records import RunResult
+from tdabench.engine.reproduce import current_codes, legacy_codes, reproduce
+from tdabench.engine.spec import RunSpec
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE = (REPO / "tdabench" / "batched.py").read_text()     # a real toolkit module, 200 lines
+SOURCE = (REPO / "tdabench" / "toolkit" / "batched.py").read_text()     # a real toolkit module, 200 lines
 SMALL = {"task": {"n_train": "40", "n_query": "10"}, "gt": {"num_subsets": "12"}}
 
 
@@ -78,10 +81,10 @@ def test_moving_a_module_keeps_the_fingerprint(tmp_path, monkeypatch):
 def test_legacy_fingerprints_are_the_file_bytes():
     import hashlib
 
-    from tdabench import batched
+    from tdabench.toolkit import batched
 
     legacy = legacy_fingerprint(batched)
-    assert legacy["tdabench.batched"] == hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
+    assert legacy["tdabench.toolkit.batched"] == hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
     assert legacy_digest(legacy) == hashlib.sha256(repr(sorted(legacy.items())).encode()).hexdigest()[:16]
     assert fingerprint(batched).keys() == legacy.keys()
 

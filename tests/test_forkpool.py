@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tdabench.forkpool import fork_map
+from tdabench.toolkit.forkpool import fork_map
 
 
 def test_results_come_back_in_item_order_from_other_processes():
@@ -35,7 +35,7 @@ def test_ctrl_c_stops_the_workers_without_their_tracebacks(tmp_path):
     script.write_text(textwrap.dedent("""
         import signal, sys, time
         signal.signal(signal.SIGINT, signal.default_int_handler)   # a background shell ignores it
-        from tdabench.forkpool import fork_map
+        from tdabench.toolkit.forkpool import fork_map
         def spin(i):
             end = time.time() + 60
             while time.time() < end:

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from tdabench.reference import reference_key, reference_model
+from tdabench.engine.reference import reference_key, reference_model
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 
@@ -131,9 +131,9 @@ def test_cifar10_at_the_suites_largest_shape_plans_within_80_gb(tmp_path):
     queries measured in passes (their logits never all held at once)."""
     from test_cifar10 import write_cifar
 
-    from tdabench.costplan import trace
-    from tdabench.groundtruth import GroundTruthConfig
-    from tdabench.spec import make_task
+    from tdabench.plan.costplan import trace
+    from tdabench.engine.groundtruth import GroundTruthConfig
+    from tdabench.engine.spec import make_task
 
     write_cifar(tmp_path, per_batch=10_000)
     sets = {"data_dir": str(tmp_path), "verify": "false", "download": "false", "n_train": "25000"}

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from tdabench.distributed import RayExecutor, SerialExecutor
-from tdabench.lds import noise_ceiling
-from tdabench.groundtruth import GroundTruthConfig, GroundTruthStore, build_ground_truth, make_masks
-from tdabench.retrain import train_and_measure
+from tdabench.engine.distributed import RayExecutor, SerialExecutor
+from tdabench.toolkit.lds import noise_ceiling
+from tdabench.engine.groundtruth import GroundTruthConfig, GroundTruthStore, build_ground_truth, check_config, make_masks
+from tdabench.toolkit.retrain import train_and_measure
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 
@@ -54,7 +54,7 @@ def test_resume_trains_only_missing(tmp_path, small_regression):
 
 
 def _seed_of(seed: int, k: int, r: int) -> int:
-    from tdabench.seeds import derive_seed
+    from tdabench.api.seeds import derive_seed
 
     return derive_seed(seed, k, r)
 
@@ -224,14 +224,14 @@ def test_reference_order_reweights_the_reference_run(tmp_path):
 
 
 def test_reference_order_refuses_what_it_cannot_mean():
-    from tdabench.config import ConfigError
+    from tdabench.api.config import ConfigError
 
     with pytest.raises(ConfigError, match="gt.retrain_seeds=1"):
         GroundTruthConfig(order="reference", retrain_seeds=2)
     with pytest.raises(ConfigError, match="gt.order='shuffled'"):
         GroundTruthConfig(order="shuffled")
     with pytest.raises(ConfigError, match=r"Task\.unroll.*set task\.optimizer=gd"):
-        GroundTruthConfig(order="reference").check(Regression(RegressionConfig(optimizer="lbfgs")))
+        check_config(GroundTruthConfig(order="reference"), Regression(RegressionConfig(optimizer="lbfgs")))
 
 
 @pytest.mark.parametrize("order", ["independent", "reference"])

@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from tdabench import cli  # noqa: E402
-from tdabench.grads import select_params  # noqa: E402
+from tdabench.toolkit.grads import select_params  # noqa: E402
 from tdabench.tasks.pythia import Pythia, PythiaConfig  # noqa: E402
 from tdabench.tasks.tinylm import train_tokenizer  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tdabench import cli
-from tdabench.kernel import correlation, linkage, score_structure, tree_distance
+from tdabench.studies.kernel import correlation, linkage, score_structure, tree_distance
 
 
 def _tree_kernel(noise: float, seed: int = 0) -> tuple[torch.Tensor, dict]:
@@ -57,8 +57,8 @@ def test_the_bif_kernel_recovers_the_hierarchy_top_split(tmp_path):
     """The issue's bar with the task's recommended settings, on a seed outside the tuning seeds (0–2)."""
     from pathlib import Path
 
-    from tdabench.kernel import kernel_study
-    from tdabench.spec import RunSpec
+    from tdabench.studies.kernel import kernel_study
+    from tdabench.engine.spec import RunSpec
 
     (report,) = kernel_study(RunSpec(task="hierarchy", methods=("bif",), seeds=(4,), results_dir=Path(tmp_path),
                                      executor="serial"))

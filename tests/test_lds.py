@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from tdabench.lds import lds, lds_per_query, mean_se, noise_ceiling, spearman_columns, split_half
+from tdabench.toolkit.lds import lds, lds_per_query, mean_se, noise_ceiling, spearman_columns, split_half
 
 
 def test_spearman_matches_scipy_with_ties():

@@ -13,9 +13,9 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from tdabench.grads import select_params  # noqa: E402
-from tdabench.pipeline import evaluate as run
-from tdabench.spec import RunSpec  # noqa: E402
+from tdabench.toolkit.grads import select_params  # noqa: E402
+from tdabench.engine.pipeline import evaluate as run
+from tdabench.engine.spec import RunSpec  # noqa: E402
 from tdabench.tasks._lm_data import MissingResource  # noqa: E402
 from tdabench.tasks.pythia import Pythia, PythiaConfig, linear_schedule  # noqa: E402
 from tdabench.tasks.tinylm import train_tokenizer  # noqa: E402
@@ -228,7 +228,7 @@ def _permutation_null(scores: torch.Tensor, masks: torch.Tensor, targets: torch.
     """LDS of ``scores`` against targets whose rows (subsets) are shuffled: what this score matrix reaches
     by chance with this K.  Shuffling keeps the scores' own cross-query structure, which sets the spread
     (from 1/√((K−1)·Q) for independent columns up to 1/√(K−1) for identical ones)."""
-    from tdabench.lds import lds
+    from tdabench.toolkit.lds import lds
 
     gen = torch.Generator().manual_seed(0)
     return torch.tensor([lds(scores, masks, targets[torch.randperm(targets.shape[0], generator=gen)])
@@ -268,8 +268,8 @@ def test_pythia_unroll_is_train_and_its_metagradient_matches_finite_differences(
     """The LM recipe as pure steps (AdamW, linear schedule, whole batches instead of micro-batches)
     lands where ``train`` does, and magic's metagradient matches central differences of the weighted
     run (ε = 0.1: O(ε²) ≈ 1 % curvature error, float32 rounding ≈ 1e-6/ε)."""
-    from tdabench.metagrad import Replay
-    from tdabench.unroll import stateless
+    from tdabench.toolkit.metagrad import Replay
+    from tdabench.api.unroll import stateless
 
     task = _task(saved, tmp_path, warmup_steps=1, epochs=2, attn_implementation="eager")
     idx = torch.arange(task.n_train)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdabench import distributed
-from tdabench.distributed import ProcessExecutor, SerialExecutor
-from tdabench.groundtruth import GroundTruthConfig, build_ground_truth
+from tdabench.engine import distributed
+from tdabench.engine.distributed import ProcessExecutor, SerialExecutor
+from tdabench.engine.groundtruth import GroundTruthConfig, build_ground_truth
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 

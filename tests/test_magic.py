@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import make_context
-from tdabench.metagrad import Replay
-from tdabench.spec import make_method
+from tdabench.toolkit.metagrad import Replay
+from tdabench.engine.spec import make_method
 from tdabench.tasks.digits import Digits, DigitsConfig
 from tdabench.tasks.regression import Regression, RegressionConfig
-from tdabench.unroll import stateless
+from tdabench.api.unroll import stateless
 
 
 def _linear(**kw) -> Regression:

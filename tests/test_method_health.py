@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from tdabench.config import ConfigError, apply_overrides
-from tdabench.method import Context, Method
-from tdabench.registry import METHODS
-from tdabench.task import Batch, Task, TaskConfig, take
+from tdabench.api.config import ConfigError, apply_overrides
+from tdabench.api.method import Context, Method
+from tdabench.api.registry import METHODS
+from tdabench.api.task import Batch, Task, TaskConfig, take
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 METHODS_DIR = Path(__file__).resolve().parents[1] / "methods"
@@ -137,7 +137,7 @@ def test_overrides_from_the_command_line_are_checked_too():
 
 # ----- imports --------------------------------------------------------------------------------
 
-PIPELINE = ("tdabench.groundtruth", "tdabench.reference", "tdabench.runner", "tdabench.pipeline")
+PIPELINE = ("tdabench.engine.groundtruth", "tdabench.engine.reference", "tdabench.runner", "tdabench.engine.pipeline")
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -154,7 +154,7 @@ def _imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("path", sorted(METHODS_DIR.glob("*.py")), ids=lambda p: p.name)
 def test_methods_import_no_pipeline_module(path):
     bad = {m for m in _imported_modules(path) if any(m == p or m.startswith(p + ".") for p in PIPELINE)}
-    assert not bad, f"{path.name} imports the pipeline ({sorted(bad)}); use tdabench.seeds / tdabench.checkpoints"
+    assert not bad, f"{path.name} imports the pipeline ({sorted(bad)}); use tdabench.api.seeds / tdabench.toolkit.checkpoints"
 
 
 # ----- if: numerical health -------------------------------------------------------------------

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import make_context
-from tdabench.grads import per_example_grads, select_params
-from tdabench.registry import METHODS
-from tdabench.spec import make_method
-from tdabench.task import take
+from tdabench.toolkit.grads import per_example_grads, select_params
+from tdabench.api.registry import METHODS
+from tdabench.engine.spec import make_method
+from tdabench.api.task import take
 from tdabench.tasks.digits import Digits, DigitsConfig
 from tdabench.tasks.regression import Regression, RegressionConfig
 
@@ -137,7 +137,7 @@ def test_random_is_seeded():
 
 
 def test_projector_blocks_equal_the_cached_matrix_and_preserve_dot_products():
-    from tdabench.grads import Projector
+    from tdabench.toolkit.grads import Projector
 
     g = torch.randn(6, 3000, generator=torch.Generator().manual_seed(0))
     cached = Projector(3000, 512, seed=5, device=torch.device("cpu"), block=700)
@@ -152,8 +152,8 @@ def test_a_regenerated_projection_is_drawn_once_per_gathered_group(tmp_path, mon
     """per_example_grads in passes of 2 with a projection too large to keep: the gradients of several
     passes are projected together (one draw of the matrix for all of them, up to GATHER_BYTES), and
     the result equals one projection per pass bit for bit."""
-    from tdabench import grads
-    from tdabench.grads import Projector
+    from tdabench.toolkit import grads
+    from tdabench.toolkit.grads import Projector
 
     task = Digits(DigitsConfig(n_train=30, n_query=5, epochs=1))
     ctx = make_context(task, tmp_path)

@@ -12,10 +12,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from conftest import make_context
-from tdabench import cli, labelnoise
-from tdabench.groundtruth import GroundTruth
+from tdabench import cli
+from tdabench.toolkit import labelnoise
+from tdabench.engine.groundtruth import GroundTruth
 from tdabench.metrics.mislabel import Mislabel, roc_auc
-from tdabench.spec import make_method
+from tdabench.engine.spec import make_method
 from tdabench.tasks.digits import Digits, DigitsConfig
 
 

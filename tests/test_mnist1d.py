@@ -13,8 +13,8 @@ pytest.importorskip("mnist1d")
 
 from conftest import make_context  # noqa: E402
 from tdabench import cli  # noqa: E402
-from tdabench.retrain import train_and_measure  # noqa: E402
-from tdabench.spec import make_method  # noqa: E402
+from tdabench.toolkit.retrain import train_and_measure  # noqa: E402
+from tdabench.engine.spec import make_method  # noqa: E402
 from tdabench.tasks.mnist1d import Mnist1d, Mnist1dConfig, build  # noqa: E402
 
 

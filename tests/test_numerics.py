@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tdabench.config import config_dict
-from tdabench.distributed import _worker_task
-from tdabench.groundtruth import GroundTruthConfig, GroundTruthStore
-from tdabench.meter import Meter
-from tdabench.numerics import Numerics, current_numerics
-from tdabench.sweep import trial_resources
+from tdabench.api.config import config_dict
+from tdabench.engine.distributed import _worker_task
+from tdabench.engine.groundtruth import GroundTruthConfig, GroundTruthStore
+from tdabench.toolkit.meter import Meter
+from tdabench.toolkit.numerics import Numerics, current_numerics
+from tdabench.studies.sweep import trial_resources
 from tdabench.tasks.cifar10 import Cifar10, Cifar10Config
 from tdabench.tasks.regression import Regression, RegressionConfig
 
@@ -73,8 +73,8 @@ def test_tune_trials_reserve_the_tasks_gpu_share():
 def test_records_say_which_numerics_produced_them(tmp_path):
     import json
 
-    from tdabench.pipeline import evaluate
-    from tdabench.spec import RunSpec
+    from tdabench.engine.pipeline import evaluate
+    from tdabench.engine.spec import RunSpec
 
     evaluate(RunSpec(task="regression", methods=("gradsim",), results_dir=tmp_path, executor="serial",
                      overrides={"task": {"n_train": "30"}, "gt": {"num_subsets": "5"}}))

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdabench import cli, pipeline
-from tdabench.baseline_check import regress
-from tdabench.config import ConfigError, parse_set_args
-from tdabench.leaderboard import leaderboard
-from tdabench.method import Method
-from tdabench.registry import METHODS, TASKS
-from tdabench.spec import RunSpec
-from tdabench.store import StoreConfig, load_scores, save_scores
+from tdabench import cli
+from tdabench.engine import pipeline
+from tdabench.studies.baseline_check import regress
+from tdabench.api.config import ConfigError, parse_set_args
+from tdabench.report.leaderboard import leaderboard
+from tdabench.api.method import Method
+from tdabench.api.registry import METHODS, TASKS
+from tdabench.engine.spec import RunSpec
+from tdabench.engine.store import StoreConfig, load_scores, save_scores
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"task": {"n_train": "40", "n_query": "10"}, "gt": {"num_subsets": "12"}}
@@ -42,8 +43,8 @@ def spy(monkeypatch):
 
 
 def test_run_regress_sweep_and_scaling_all_go_through_fit_and_score(tmp_path, spy):
-    from tdabench.scaling import scaling_study
-    from tdabench.sweep import SweepSpec, _prepare, _trial
+    from tdabench.studies.scaling import scaling_study
+    from tdabench.studies.sweep import SweepSpec, _prepare, _trial
 
     pipeline.evaluate(_spec(tmp_path))
     assert spy == ["gradsim"]
@@ -61,7 +62,7 @@ def test_run_regress_sweep_and_scaling_all_go_through_fit_and_score(tmp_path, sp
 
 
 def test_sweep_trials_get_the_pipelines_checks(tmp_path, monkeypatch):
-    from tdabench.sweep import SweepSpec, _prepare, _trial
+    from tdabench.studies.sweep import SweepSpec, _prepare, _trial
 
     sweep_spec = SweepSpec(run=_spec(tmp_path), grid={})
     truths = _prepare(sweep_spec)
@@ -76,7 +77,7 @@ def test_sweep_trials_get_the_pipelines_checks(tmp_path, monkeypatch):
     ("store.max_mb=0.0001", "store.max_mb"), ("gt.loo_examples=1", "gt.loo_examples"),
 ])
 def test_bad_settings_fail_before_any_retrain_in_seconds(setting, field, tmp_path, capsys, monkeypatch):
-    from tdabench import retrain
+    from tdabench.toolkit import retrain
 
     monkeypatch.setattr(retrain, "train_and_measure", lambda *a: pytest.fail("a retrain started"))
     method = setting.split(".")[0]
@@ -263,8 +264,8 @@ def test_plugins_never_import_the_pipeline():
     """Methods, tasks and metrics import interfaces and toolkits only."""
     import ast
 
-    forbidden = {"tdabench.pipeline", "tdabench.spec", "tdabench.runner", "tdabench.reference",
-                 "tdabench.distributed", "tdabench.cli", "tdabench.sweep", "tdabench.scaling"}
+    forbidden = {"tdabench.engine.pipeline", "tdabench.engine.spec", "tdabench.runner", "tdabench.engine.reference",
+                 "tdabench.engine.distributed", "tdabench.cli", "tdabench.studies.sweep", "tdabench.studies.scaling"}
     for folder in ("methods", "tasks", "metrics"):
         for file in (REPO / folder).glob("*.py"):
             for node in ast.walk(ast.parse(file.read_text())):
@@ -323,9 +324,9 @@ def test_verify_reports_unreadable_and_stale_files_without_touching_them(tmp_pat
 
 def test_verify_accepts_a_ground_truth_measured_along_training_by_the_current_code(tmp_path, capsys):
     # its code includes trajectory.py; verify once called every such ground truth "built by other code"
-    from tdabench.distributed import SerialExecutor
-    from tdabench.groundtruth import GroundTruthConfig, build_ground_truth
-    from tdabench.spec import make_task
+    from tdabench.engine.distributed import SerialExecutor
+    from tdabench.engine.groundtruth import GroundTruthConfig, build_ground_truth
+    from tdabench.engine.spec import make_task
 
     task = make_task("regression", {"n_train": "20", "optimizer": "gd", "steps": "20"}, torch.device("cpu"))
     build_ground_truth(task, GroundTruthConfig(num_subsets=4, checkpoints=2), 0, tmp_path, SerialExecutor())

@@ -6,11 +6,11 @@ import itertools
 
 import torch
 
-from tdabench import costplan
-from tdabench.costplan import trace
-from tdabench.groundtruth import GroundTruthConfig
-from tdabench.plansizes import LOOP_LOW, loop_corners, loops, multilinear
-from tdabench.spec import make_method, make_task
+from tdabench.plan import costplan
+from tdabench.plan.costplan import trace
+from tdabench.engine.groundtruth import GroundTruthConfig
+from tdabench.plan.plansizes import LOOP_LOW, loop_corners, loops, multilinear
+from tdabench.engine.spec import make_method, make_task
 
 
 def test_multilinear_is_exact_on_a_multilinear_cost():

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from tdabench.config import parse_set_args
-from tdabench.presets import SUITES, get_suite
-from tdabench.registry import METHODS, TASKS, UnknownNameError
-from tdabench.spec import RunSpec, resolve
-from tdabench.scaling import parse_vary
+from tdabench.api.config import parse_set_args
+from tdabench.studies.presets import SUITES, get_suite
+from tdabench.api.registry import METHODS, TASKS, UnknownNameError
+from tdabench.engine.spec import RunSpec, resolve
+from tdabench.studies.scaling import parse_vary
 
 @pytest.fixture(scope="module")
 def local_lm(tmp_path_factory) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdabench.distributed import payload
+from tdabench.engine.distributed import payload
 
 pytest.importorskip("ray")
 
@@ -95,8 +95,8 @@ def test_a_ray_task_carries_its_own_mask_not_the_whole_mask_matrix():
 
 def test_serial_retrains_use_the_threads_of_a_ray_worker(monkeypatch):
     """One model at a time on the CPU: one thread, as on Ray; many at once: the executor's threads."""
-    from tdabench import distributed
-    from tdabench.distributed import SerialExecutor
+    from tdabench.engine import distributed
+    from tdabench.engine.distributed import SerialExecutor
     from tdabench.tasks.digits import Digits, DigitsConfig
     from tdabench.tasks.regression import Regression, RegressionConfig
 
@@ -116,7 +116,7 @@ def test_a_local_build_never_joins_a_cluster_left_by_ray_start(monkeypatch):
     import ray
     from ray._common.utils import get_ray_address_file
 
-    from tdabench.distributed import RayExecutor
+    from tdabench.engine.distributed import RayExecutor
 
     own = tempfile.mkdtemp(prefix="tdr-", dir="/tmp")          # short: Ray's socket paths stay under 108 bytes
     monkeypatch.setenv("RAY_TMPDIR", own)                      # Ray's temp folder: this test's own

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tdabench import cli
-from tdabench.groundtruth import GroundTruthConfig, build_ground_truth
-from tdabench.removal import predicted_rises, removal_masks, removal_queries, rises
-from tdabench.retrain import train_and_measure
+from tdabench.engine.groundtruth import GroundTruthConfig, build_ground_truth
+from tdabench.toolkit.removal import predicted_rises, removal_masks, removal_queries, rises
+from tdabench.toolkit.retrain import train_and_measure
 from tdabench.tasks.regression import Regression, RegressionConfig
 
 
@@ -55,7 +55,7 @@ def test_the_exact_influence_function_predicts_the_retrained_rise_on_a_convex_ta
     assert len(per_query) == record["task_config"]["n_query"]                 # one entry per query, as verify expects
     assert [i for i, v in enumerate(per_query) if v is not None] == details["queries"]
     assert rows["if"]["mean"] > 10 * abs(rows["random"]["mean"])
-    from tdabench.site import build
+    from tdabench.report.site import build
     page = build(tmp_path / "r").read_text()
     assert 'id="removal-regression"' in page and "top-k helpful examples removed" in page   # the curve is on the site
 

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from tdabench import cli
-from tdabench.leaderboard import leaderboard, rank
-from tdabench.baseline_check import regress
+from tdabench.report.leaderboard import leaderboard, rank
+from tdabench.studies.baseline_check import regress
 
 SMALL = ["gt.num_subsets=10", "task.n_train=40", "task.optimizer=gd", "task.steps=100", "task.lr=1.0"]
 
@@ -69,7 +69,7 @@ def test_regress_passes_then_fails_when_a_baseline_is_raised_above_reach(results
 
 
 def test_time_limits_scale_with_how_busy_the_machine_is(results, tmp_path, monkeypatch):
-    from tdabench import baseline_check
+    from tdabench.studies import baseline_check
 
     now = {"lds_mean": 0.5, "lds_se": 0.0, "fit_seconds": 10.0, "score_seconds": 0.0}
     base = {"lds_mean": 0.5, "lds_se": 0.0, "seconds": 1.0}
@@ -92,7 +92,7 @@ def test_time_limits_scale_with_how_busy_the_machine_is(results, tmp_path, monke
 
 
 def test_growth_exponent_recovers_a_power_law():
-    from tdabench.scaling import exponent
+    from tdabench.studies.scaling import exponent
 
     x = [10.0, 20.0, 40.0, 80.0]
     assert exponent(x, [3 * v**2 for v in x]) == pytest.approx(2.0)
@@ -100,8 +100,8 @@ def test_growth_exponent_recovers_a_power_law():
 
 
 def test_scaling_study_and_plots_write_their_files(results, tmp_path):
-    from tdabench.spec import RunSpec
-    from tdabench.scaling import scaling_study
+    from tdabench.engine.spec import RunSpec
+    from tdabench.studies.scaling import scaling_study
 
     run = RunSpec(task="regression", methods=("gradsim", "if"), seeds=(0,), results_dir=tmp_path, executor="serial")
     study = scaling_study(run, "task.n_train=20,40,80")
@@ -122,7 +122,7 @@ def test_progress_reports_a_chunk_as_the_one_step_it_is(bursts, expected, monkey
     for every 10 % inside it — before, a chunk of 200 wrote ten lines in the same second."""
     import time
 
-    from tdabench import progress
+    from tdabench.toolkit import progress
 
     monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
     with caplog.at_level("INFO", logger="tdabench"):

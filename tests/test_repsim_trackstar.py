@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_context
-from tdabench.config import ConfigError
-from tdabench.grads import per_example_grads, select_params
-from tdabench.method import Context
-from tdabench.spec import make_method
+from tdabench.api.config import ConfigError
+from tdabench.toolkit.grads import per_example_grads, select_params
+from tdabench.api.method import Context
+from tdabench.engine.spec import make_method
 from tdabench.tasks.digits import Digits, DigitsConfig
 
 
@@ -90,7 +90,7 @@ def test_trackstar_projection_preserves_scores_approximately(digits_ctx):
                                               ("trackstar", "eps", 0.0), ("trackstar", "proj_dim", -1),
                                               ("trackstar", "batch_size", 0), ("trackstar", "patterns", ("[",))])
 def test_bad_settings_fail_when_the_config_is_built(name, field, bad):
-    from tdabench.registry import METHODS
+    from tdabench.api.registry import METHODS
 
     with pytest.raises(ConfigError, match=rf"{name}\.{field}="):
         METHODS.get(name).Config(**{field: bad})

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tdabench import cli
-from tdabench.records import RunResult
+from tdabench.engine.records import RunResult
 
 TINY = ["--task", "regression", "--seeds", "1", "--serial", "--set", "gt.num_subsets=8", "--set", "task.n_train=20"]
 
@@ -58,7 +58,7 @@ def test_run_json_keeps_stdout_json_and_says_where_on_stderr(tmp_path, capsys):
 # b: Ray's start-up is announced, then timed
 
 def test_ray_start_is_logged_before_and_after_with_its_time(caplog):
-    from tdabench.distributed import start_ray
+    from tdabench.engine.distributed import start_ray
 
     seen: list[list[str]] = []
     fake = SimpleNamespace(init=lambda **kw: seen.append([r.getMessage() for r in caplog.records]))
@@ -76,7 +76,7 @@ def test_ray_start_is_logged_before_and_after_with_its_time(caplog):
 # d: sweep keeps stdout for its result, with typed settings
 
 def test_tune_console_output_goes_to_a_log_file(tmp_path, capsys):
-    from tdabench.sweep import quiet_stdout
+    from tdabench.studies.sweep import quiet_stdout
 
     log_file = tmp_path / "sweeps" / "x.tune.log"
     with quiet_stdout(log_file):
@@ -96,10 +96,10 @@ class _Grid(list):
 
 
 def test_sweep_report_and_output_show_typed_settings(tmp_path, capsys, monkeypatch):
-    import tdabench.sweep as sweep_module
-    from tdabench.config import parse_set_args
-    from tdabench.spec import RunSpec
-    from tdabench.sweep import SweepSpec, _report, parse_grid
+    from tdabench.studies import sweep as sweep_module
+    from tdabench.api.config import parse_set_args
+    from tdabench.engine.spec import RunSpec
+    from tdabench.studies.sweep import SweepSpec, _report, parse_grid
 
     run = RunSpec(task="regression", methods=("gradsim",), results_dir=tmp_path, executor="serial",
                   overrides=parse_set_args(["task.n_train=20"]))
@@ -121,8 +121,8 @@ def test_sweep_report_and_output_show_typed_settings(tmp_path, capsys, monkeypat
 # e: a missing growth exponent says why
 
 def test_missing_exponent_is_explained():
-    from tdabench.commands.scaling import format_exponents
-    from tdabench.scaling import exponent, exponent_note
+    from tdabench.cli.commands.scaling import format_exponents
+    from tdabench.studies.scaling import exponent, exponent_note
 
     x = [10.0, 20.0, 40.0]
     assert exponent(x, [1.0, 2.0, 4.0]) == pytest.approx(1.0) and exponent_note(x, [1.0, 2.0, 4.0]) == ""
@@ -152,7 +152,7 @@ def _board_row(method_settings: str) -> dict[str, Any]:
 
 
 def _unescape(text: str) -> str:
-    from tdabench.leaderboard import LATEX
+    from tdabench.report.leaderboard import LATEX
 
     back = {v: k for k, v in LATEX.items()}
     pattern = "|".join(map(re.escape, sorted(back, key=len, reverse=True))) + "|."
@@ -160,7 +160,7 @@ def _unescape(text: str) -> str:
 
 
 def test_latex_board_escapes_every_special_character(tmp_path):
-    from tdabench.leaderboard import COLUMNS, LATEX, latex_escape, render
+    from tdabench.report.leaderboard import COLUMNS, LATEX, latex_escape, render
 
     escaped = latex_escape(NASTY)
     leftover = re.sub("|".join(map(re.escape, sorted(LATEX.values(), key=len, reverse=True))), "", escaped)
@@ -186,7 +186,7 @@ def _crowded_rows(n: int = 8) -> list[dict[str, Any]]:
 
 
 def test_cost_plot_labels_do_not_overlap():
-    from tdabench.plots import lds_vs_cost_figure
+    from tdabench.report.plots import lds_vs_cost_figure
 
     fig = lds_vs_cost_figure(_crowded_rows(), "t")
     for dpi in (fig.dpi, 130):                    # the layout it was nudged at, and the saved PNG's
@@ -209,7 +209,7 @@ def _clashes(ax: Any, renderer: Any) -> list[tuple[Any, Any]]:
 
 
 def test_cost_plot_writes_a_png(tmp_path):
-    from tdabench.plots import lds_vs_cost
+    from tdabench.report.plots import lds_vs_cost
 
     path = lds_vs_cost(_crowded_rows(3), "t", tmp_path / "c.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
@@ -218,7 +218,7 @@ def test_cost_plot_writes_a_png(tmp_path):
 # h: the per-query plot follows the leaderboard's ranking
 
 def _record(root: Path, method: str, lds: float, alpha: float = 0.5) -> None:
-    from tdabench.groundtruth import GroundTruthConfig
+    from tdabench.engine.groundtruth import GroundTruthConfig
 
     gt = {**GroundTruthConfig(alpha=alpha).settings(), "label": f"α={alpha:g} K=100 R=1"}
     rec = RunResult(task="regression", task_version="1", task_config={}, method=method, method_config={}, seed=0,
@@ -229,8 +229,8 @@ def _record(root: Path, method: str, lds: float, alpha: float = 0.5) -> None:
 
 
 def test_per_query_plot_is_in_leaderboard_order(tmp_path, monkeypatch):
-    from tdabench import plots
-    from tdabench.leaderboard import load_records
+    from tdabench.report import plots
+    from tdabench.report.leaderboard import load_records
 
     for method, lds in (("gradsim", 0.1), ("if", 0.9), ("random", 0.5)):   # ranked: if, random, gradsim
         _record(tmp_path, method, lds)
@@ -255,7 +255,7 @@ def test_per_query_plot_is_in_leaderboard_order(tmp_path, monkeypatch):
 def test_plots_keep_ground_truth_regimes_apart(tmp_path, monkeypatch):
     """Two regimes of one task (α = 0.5 and 0.99): one set of plots each, each drawing only its own
     records, the regime in the file name and the title (their LDS are not comparable)."""
-    from tdabench import plots
+    from tdabench.report import plots
 
     for method, lds in (("gradsim", 0.1), ("if", 0.9)):
         _record(tmp_path, method, lds)
@@ -276,8 +276,8 @@ def test_plots_keep_ground_truth_regimes_apart(tmp_path, monkeypatch):
 
 
 def test_a_failed_sweep_trial_is_reported_by_its_cause_without_the_workers_traceback():
-    from tdabench.sgld import SamplerDivergence
-    from tdabench.sweep import cause
+    from tdabench.toolkit.sgld import SamplerDivergence
+    from tdabench.studies.sweep import cause
 
     class Wrapped(Exception):          # how Ray hands back a trial's exception: the traceback in its text
         def __init__(self, inner: BaseException) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tdabench import cli
-from tdabench.registry import Registry
-from tdabench.pipeline import evaluate as run
-from tdabench.spec import RunSpec, check_writable
+from tdabench.api.registry import Registry
+from tdabench.engine.pipeline import evaluate as run
+from tdabench.engine.spec import RunSpec, check_writable
 
 
 def test_digits_random_is_near_zero_and_gradient_methods_are_clearly_above(tmp_path):
@@ -96,8 +96,8 @@ def test_list_shows_tasks_methods_and_defaults(capsys):
 
 def test_every_registered_config_field_is_documented():
     """`tdabench list` shows each field's comment: a field added without one fails here."""
-    from tdabench.config import field_docs
-    from tdabench.registry import METHODS, TASKS
+    from tdabench.api.config import field_docs
+    from tdabench.api.registry import METHODS, TASKS
 
     undocumented = [f"{reg.kind} {name}: {field.name}" for reg in (TASKS, METHODS) for name in reg.names()
                     for field in dataclasses.fields(reg.get(name).Config)
@@ -107,7 +107,7 @@ def test_every_registered_config_field_is_documented():
 
 def test_third_party_entry_points_are_discovered(tmp_path, monkeypatch):
     (tmp_path / "thirdparty_tda.py").write_text(
-        "from tdabench.method import Method\n"
+        "from tdabench.api.method import Method\n"
         "class Mine(Method):\n    name = 'mine'\n")
     dist = tmp_path / "thirdparty_tda-0.1.dist-info"
     dist.mkdir()
@@ -145,11 +145,11 @@ def test_concurrent_write_checks_of_one_directory_never_fail(tmp_path):
 
 def test_list_says_which_methods_apply_as_run_refuses_them(tmp_path):
     """`tdabench list`'s applicability line agrees with what `prepare` refuses before any work."""
-    from tdabench import pipeline
-    from tdabench.commands.listing import applicability
-    from tdabench.config import ConfigError
-    from tdabench.registry import METHODS
-    from tdabench.spec import RunSpec
+    from tdabench.engine import pipeline
+    from tdabench.cli.commands.listing import applicability
+    from tdabench.api.config import ConfigError
+    from tdabench.api.registry import METHODS
+    from tdabench.engine.spec import RunSpec
 
     line = applicability("hierarchy")
     refused = {m for m in METHODS.names() if f"{m} (" in line.split("refused: ", 1)[-1]}

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tdabench import cli
-from tdabench.leaderboard import leaderboard, table_rows
-from tdabench.site_html import main_regime
+from tdabench.report.leaderboard import leaderboard, table_rows
+from tdabench.report.site_html import main_regime
 
 SMALL = ["gt.num_subsets=10", "task.n_train=40", "task.optimizer=gd", "task.steps=100", "task.lr=1.0"]
 SECOND_REGIME = "α=0.8 K=10 R=1"
@@ -85,7 +85,7 @@ class Rows(HTMLParser):
 
 
 def test_site_rows_are_the_leaderboards(results, board):
-    from tdabench.site import boards, load_entries
+    from tdabench.report.site import boards, load_entries
 
     rows = boards(load_entries(results))
     assert list(rows) == ["regression"]
@@ -121,7 +121,7 @@ def test_report_without_records_fails_with_a_fix(tmp_path, capsys):
 
 
 def _browser_or_skip() -> None:
-    from tdabench.site_browser import unavailable
+    from tdabench.report.site_browser import unavailable
 
     reason = unavailable()
     if reason:
@@ -148,7 +148,7 @@ def test_site_in_a_headless_browser(site, board, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from tdabench.site_browser import browser, open_page
+    from tdabench.report.site_browser import browser, open_page
 
     with browser(1400, 1400) as driver:
         assert open_page(driver, site) == 2                    # the cost plot and the per-query plot
@@ -222,8 +222,8 @@ def _check_screenshot(png: Path) -> None:
 def test_a_regime_without_a_noise_ceiling_says_why():
     """A reference-order regime has no retraining noise (more seeds are refused there), so it must not
     be told to raise gt.retrain_seeds; an independent regime with one seed must."""
-    from tdabench.records import ceiling_note
-    from tdabench.site_html import ceilings
+    from tdabench.engine.records import ceiling_note
+    from tdabench.report.site_html import ceilings
 
     reference = ceiling_note({"kind": "subsets", "retrain_seeds": 1, "order": "reference"})
     single = ceiling_note({"kind": "subsets", "retrain_seeds": 1})

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import make_context
-from tdabench.spec import make_method
+from tdabench.engine.spec import make_method
 from tdabench.tasks.digits import Digits, DigitsConfig
 from tdabench.tasks.regression import Regression, RegressionConfig
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import make_context
-from tdabench.cli import main
-from tdabench.grads import Projector, per_example_grads, select_params
-from tdabench.sparse_projection import SparseProjector
+from tdabench.cli.main import main
+from tdabench.toolkit.grads import Projector, per_example_grads, select_params
+from tdabench.toolkit.sparse_projection import SparseProjector
 from tdabench.tasks.digits import Digits, DigitsConfig
 
 

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdabench.batched import stack_models, train_many_adam
-from tdabench.retrain import train_and_measure
-from tdabench import batched, stacked_mlp
-from tdabench.stacked_mlp import cross_entropy_grads, group_size, mlp_layers, train_many_mlp_adam
+from tdabench.toolkit.batched import stack_models, train_many_adam
+from tdabench.toolkit.retrain import train_and_measure
+from tdabench.toolkit import batched, stacked_mlp
+from tdabench.toolkit.stacked_mlp import cross_entropy_grads, group_size, mlp_layers, train_many_mlp_adam
 from tdabench.tasks.digits import Digits, DigitsConfig
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tdabench import cli
-from tdabench.config import ConfigError
-from tdabench.pipeline import evaluate
-from tdabench.spec import RunSpec
-from tdabench.stagewise import pair_correlations, stagewise
+from tdabench.api.config import ConfigError
+from tdabench.engine.pipeline import evaluate
+from tdabench.engine.spec import RunSpec
+from tdabench.studies.stagewise import pair_correlations, stagewise
 
 DIGITS = {"task": {"n_train": "64", "n_query": "12", "hidden": "8", "epochs": "3", "batch_size": "16"},
           "gt": {"num_subsets": "8"}}
@@ -33,8 +33,8 @@ def test_the_last_checkpoint_is_the_ordinary_evaluation(tmp_path):
     assert lds[3] == pytest.approx(end[0]["per_seed"], abs=1e-5)
     assert lds[1] != pytest.approx(lds[3], abs=1e-3)
     assert len({r["ground_truth"] for r in report["rows"]}) == 3
-    from tdabench.leaderboard import is_stale
-    from tdabench.records import RunResult
+    from tdabench.engine.verify import is_stale
+    from tdabench.engine.records import RunResult
 
     records = [RunResult.load(p) for p in (tmp_path / "runs").glob("digits/gradsim/*/seed*.json")]
     assert len(records) == 6 and not any(is_stale(r, "lds") for r in records)     # 3 checkpoints × 2 seeds
@@ -67,7 +67,7 @@ def test_hierarchy_loo_trajectories_pairs_and_mds(tmp_path):
     assert not report["failures"] and report["pair_correlation"]["gradsim"]["pairs"] == 2 * 8 * 8
     for name in ("hierarchy-pairs.png", "hierarchy-mds.png", "hierarchy.png"):
         assert (tmp_path / "stagewise" / name).stat().st_size > 1000
-    from tdabench.groundtruth import GroundTruthConfig, load_ground_truth
+    from tdabench.engine.groundtruth import GroundTruthConfig, load_ground_truth
     from tdabench.tasks.hierarchy import Hierarchy
 
     truth = load_ground_truth(Hierarchy(), GroundTruthConfig(kind="loo", checkpoints=12), 0, tmp_path)
@@ -77,7 +77,7 @@ def test_hierarchy_loo_trajectories_pairs_and_mds(tmp_path):
 
 
 def test_flip_and_peak_times():
-    from tdabench.stagewise import flip_times, timing_agreement
+    from tdabench.studies.stagewise import flip_times, timing_agreement
 
     t = torch.arange(8.0)[:, None]
     down_up = torch.tensor([[-1, -2, -3, -1, 0.5, 2, 3, 1], [0, 0, 1, 2, 3, 2, 1, 0]]).T   # flips at 4; never

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from tdabench.config import parse_set_args
-from tdabench.spec import RunSpec
-from tdabench.sweep import SweepSpec, parse_grid, split, sweep
+from tdabench.api.config import parse_set_args
+from tdabench.engine.spec import RunSpec
+from tdabench.studies.sweep import SweepSpec, parse_grid, split, sweep
 
 
 def test_splits_are_disjoint_complete_and_seeded():
@@ -35,10 +35,10 @@ def test_a_leave_one_out_sweep_along_training_ranks_by_pair_trajectories_of_spli
     halves of the pairs, of the same pair correlations `stagewise` computes from its stored scores."""
     import pytest
 
-    from tdabench.config import ConfigError
-    from tdabench.stagewise import _loo_effects, _trajectory_of, pair_correlations, stagewise
-    from tdabench.spec import prepare
-    from tdabench.sweep import _prepare, _trial
+    from tdabench.api.config import ConfigError
+    from tdabench.studies.stagewise import _loo_effects, _trajectory_of, pair_correlations, stagewise
+    from tdabench.engine.spec import prepare
+    from tdabench.studies.sweep import _prepare, _trial
 
     gt = ["gt.kind=loo", "gt.checkpoints=4", "task.steps=300"]
     run = RunSpec(task="hierarchy", methods=("gradsim",), seeds=(0, 1), results_dir=tmp_path, executor="serial",

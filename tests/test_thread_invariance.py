@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import make_context
-from tdabench.records import environment
-from tdabench.spec import make_method
+from tdabench.engine.records import environment
+from tdabench.engine.spec import make_method
 from tdabench.tasks.digits import Digits, DigitsConfig
 
 

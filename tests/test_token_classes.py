@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from tdabench import cli
-from tdabench.config import ConfigError
-from tdabench.spec import make_task
+from tdabench.api.config import ConfigError
+from tdabench.engine.spec import make_task
 from tdabench.tasks.tinylm import generate_documents
-from tdabench.token_classes import (ProbeSettings, group_influence, induction_measures, position_classes, pretraining_run,
-                                    probe_set)
+from tdabench.studies.token_classes import (
+    ProbeSettings, group_influence, induction_measures, position_classes, pretraining_run, probe_set,
+)
 
 TINY = {"context_length": "16", "pretrain_sequences": "64", "pretrain_epochs": "2", "batch_size": "16",
         "micro_batch": "16", "hidden": "16", "heads": "2", "vocab_size": "300", "n_train": "20", "n_query": "10"}
@@ -89,7 +90,9 @@ def test_a_head_that_attends_to_the_token_after_the_earlier_copy_scores_one():
             logits = torch.zeros(*input_ids.shape, 50)
             return SimpleNamespace(logits=logits, attentions=tuple(exact) if output_attentions else None)
 
-    out = induction_measures(Fake(), torch.arange(seqs * length).view(seqs, length) % 50, half)
+    from tdabench.tasks.pythia import token_losses
+
+    out = induction_measures(Fake(), torch.arange(seqs * length).view(seqs, length) % 50, half, token_losses)
     assert out["induction head"] == pytest.approx(1.0)
     assert out["loss repeated"] == pytest.approx(torch.log(torch.tensor(50.0)).item())   # uniform logits
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import make_context
-from tdabench.grads import Projector, per_example_grads
-from tdabench.seeds import derive_seed
-from tdabench.spec import make_method
+from tdabench.toolkit.grads import Projector, per_example_grads
+from tdabench.api.seeds import derive_seed
+from tdabench.engine.spec import make_method
 from tdabench.tasks.digits import Digits, DigitsConfig
 from tdabench.tasks.regression import Regression, RegressionConfig
 

@@ -1,4 +1,4 @@
-"""``--set METHOD.KEY=auto`` (``tdabench.tuning``): chosen on the tuning half only, reported on the
+"""``--set METHOD.KEY=auto`` (``tdabench.engine.tuning``): chosen on the tuning half only, reported on the
 held-out half, recorded with its grid and curve, refused where it cannot mean anything."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tdabench import pipeline
-from tdabench.config import ConfigError
-from tdabench.groundtruth import GroundTruth, load_ground_truth
-from tdabench.spec import RunSpec
-from tdabench.store import load_scores
-from tdabench.tuning import choose, half_lds, heldout_view, split_lds, tuning_view
+from tdabench.engine import pipeline
+from tdabench.api.config import ConfigError
+from tdabench.engine.groundtruth import GroundTruth, load_ground_truth
+from tdabench.engine.spec import RunSpec
+from tdabench.engine.store import load_scores
+from tdabench.engine.tuning import choose, half_lds, heldout_view, split_lds, tuning_view
 
 
 def _truth(n: int = 40, k: int = 30, q: int = 12, seed: int = 0) -> GroundTruth:
@@ -115,9 +115,9 @@ def test_auto_stays_an_ordinary_value_where_a_setting_takes_it(tmp_path):
 
 
 def test_every_declared_grid_is_small_and_each_value_is_a_valid_setting():
-    from tdabench.config import apply_overrides
-    from tdabench.registry import METHODS
-    from tdabench.tuning import MAX_GRID
+    from tdabench.api.config import apply_overrides
+    from tdabench.api.registry import METHODS
+    from tdabench.engine.tuning import MAX_GRID
 
     declared = 0
     for name in METHODS.names():
@@ -131,8 +131,8 @@ def test_every_declared_grid_is_small_and_each_value_is_a_valid_setting():
 
 
 def test_the_boards_tuned_rows_tune_what_each_method_declares():
-    from tdabench.presets import SUITES, TUNED
-    from tdabench.registry import METHODS
+    from tdabench.studies.presets import SUITES, TUNED
+    from tdabench.api.registry import METHODS
 
     assert all(key in METHODS.get(m).tunable for m, key in TUNED.items())
     autos = [s for s in SUITES["cpu"].steps if any(x.endswith("=auto") for x in s.sets)]

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tdabench.batched import (StackedAdam, StackedSGD, in_groups, minibatch_schedule, stack_models,
-                              stacked_loss_grads, stacked_measure, train_stacked)
-from tdabench.registry import TASKS
-from tdabench.task import Batch, CheckpointHook, Task, TaskConfig
-from tdabench.training import minibatch_train, steps_per_run
+from tdabench.toolkit.batched import (
+    StackedAdam, StackedSGD, in_groups, minibatch_schedule, stack_models, stacked_loss_grads, stacked_measure,
+    train_stacked,
+)
+from tdabench.api.registry import TASKS
+from tdabench.api.task import Batch, CheckpointHook, Task, TaskConfig
+from tdabench.toolkit.training import minibatch_train, steps_per_run
 
 #: The family: (name, settings).  Datasets, widths, activations and optimisers all differ.
 FAMILY: tuple[tuple[str, dict[str, object]], ...] = (
@@ -100,7 +102,7 @@ class Unseen(Task):
         return steps_per_run(n_examples, self.config.epochs, self.config.batch_size)
 
     def _optimizer(self) -> tuple[type, type, dict[str, float]]:
-        """(torch's optimiser, its stacked twin from ``tdabench.batched``, their shared settings)."""
+        """(torch's optimiser, its stacked twin from ``tdabench.toolkit.batched``, their shared settings)."""
         c = self.config
         if c.optimizer == "adam":
             return torch.optim.Adam, StackedAdam, dict(lr=0.01, weight_decay=c.weight_decay)

@@ -16,15 +16,15 @@ from tdabench.api.config import ConfigError
 class GroundTruthConfig:
     """Which ground truth: its kind and settings (``--set gt.KEY=VALUE``)."""
 
-    kind: Literal["subsets", "loo", "mislabel", "removal"] = "subsets"   # subsets: α-subsets (LDS); loo: one retrain per removed example; mislabel: flipped labels found by self-influence (no retrains); removal: each query's top-k helpful examples (by the method's scores) removed and retrained
+    kind: Literal["subsets", "loo", "mislabel", "removal", "brittleness"] = "subsets"   # subsets: α-subsets (LDS); loo: one retrain per removed example; mislabel: flipped labels found by self-influence (no retrains); removal: each query's top-k helpful examples (by the method's scores) removed and retrained, its loss measured; brittleness: the same retrains, whether its predicted class flips
     alpha: float = 0.5          # subsets: each example kept with probability α (0.5 papers; 0.99 = leave 1 % out)
     num_subsets: int = 100      # subsets: K retrained subsets
     retrain_seeds: int = 1      # R retraining seeds per subset (R ≥ 2 gives the noise ceiling)
     loo_examples: int = 0       # loo: examples removed, a seeded sample (0: every example)
     order: Literal["independent", "reference"] = "independent"   # reference: every retrain is the reference run (its seed and data order) with the excluded examples weighted 0
     checkpoints: int = 0        # also measure every retrain at this many evenly spaced points of its run (0: the end only)
-    removal_fractions: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1)   # removal: k as fractions of the attribution set
-    removal_queries: int = 20   # removal: queries followed, a seeded sample (0: every query); each costs one retrain per fraction
+    removal_fractions: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1)   # removal, brittleness: k as fractions of the attribution set
+    removal_queries: int = 20   # removal, brittleness: queries followed, a seeded sample (0: every query); each costs one retrain per fraction
     mislabel_fraction: float = 0.1   # mislabel: share of the training labels flipped (seeded by the run's seed)
     chunk_size: int = 0         # retrains trained together by tasks that train many at once (0: automatic); not in the key: it moves a measurement by float rounding only (≤ 1e-6)
 
@@ -53,8 +53,8 @@ class GroundTruthConfig:
                               f"between 0 and 1 (shares of the attribution set removed); the protocol's are 0.01,0.02,0.05,0.1")
         if self.removal_queries < 0:
             raise ConfigError(f"gt.removal_queries={self.removal_queries}: use 0 (every query) or a count; 20 is the default")
-        if self.kind == "removal" and self.order != "independent":
-            raise ConfigError("gt.kind=removal retrains with common seeds of its own: drop gt.order")
+        if self.after_scoring and self.order != "independent":
+            raise ConfigError(f"gt.kind={self.kind} retrains with common seeds of its own: drop gt.order")
         if not 0.0 < self.mislabel_fraction < 0.5:
             raise ConfigError(f"gt.mislabel_fraction={self.mislabel_fraction}: must lie strictly between 0 and 0.5 "
                               f"(the flipped labels must stay a minority); the protocol's default is 0.1")
@@ -65,6 +65,11 @@ class GroundTruthConfig:
                               f"(a correlation over removed examples needs 3)")
 
     @property
+    def after_scoring(self) -> bool:
+        """Its retrains remove what a method's scores name (top-k removal, brittleness): built after scoring."""
+        return self.kind in ("removal", "brittleness")
+
+    @property
     def label(self) -> str:
         """The regime's name on every number measured against it, e.g. ``α=0.5 K=100 R=1``."""
         order = " ref-order" if self.order == "reference" else ""
@@ -73,8 +78,8 @@ class GroundTruthConfig:
             return f"LOO {self.loo_examples or 'all'} R={self.retrain_seeds}{order}"
         if self.kind == "mislabel":
             return f"mislabel {self.mislabel_fraction:.0%}"
-        if self.kind == "removal":
-            return (f"removal k={'/'.join(f'{f:.0%}' for f in self.removal_fractions)} Q={self.removal_queries or 'all'} "
+        if self.after_scoring:
+            return (f"{self.kind} k={'/'.join(f'{f:.0%}' for f in self.removal_fractions)} Q={self.removal_queries or 'all'} "
                     f"R={self.retrain_seeds}{order}")
         return f"α={self.alpha:g} K={self.num_subsets} R={self.retrain_seeds}{order}"
 
@@ -87,8 +92,8 @@ class GroundTruthConfig:
             return {"kind": "loo", "loo_examples": self.loo_examples, "retrain_seeds": self.retrain_seeds, **order}
         if self.kind == "mislabel":
             return {"kind": "mislabel", "mislabel_fraction": self.mislabel_fraction}
-        if self.kind == "removal":
-            return {"kind": "removal", "removal_fractions": list(self.removal_fractions),
+        if self.after_scoring:
+            return {"kind": self.kind, "removal_fractions": list(self.removal_fractions),
                     "removal_queries": self.removal_queries, "retrain_seeds": self.retrain_seeds, **order}
         return {"kind": "subsets", "alpha": self.alpha, "num_subsets": self.num_subsets,
                 "retrain_seeds": self.retrain_seeds, **order}

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from tdabench.api.config import ConfigError, config_dict, with_values
+from tdabench.toolkit.brittleness import measuring_margins
 from tdabench.toolkit.forkpool import forking, ignore_interrupts
 from tdabench.toolkit.numerics import Numerics, current_numerics
 from tdabench.toolkit.retrain import train_and_measure_many
@@ -32,11 +33,12 @@ Job = tuple[int, int, Tensor, int]
 
 class Executor(Protocol):
     def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent",
-            checkpoints: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+            checkpoints: int = 0, measure: str = "measurement") -> Iterator[tuple[int, int, Tensor]]:
         """Yield ``(k, r, targets[n_query])`` for every job, in the order they finish; ``chunk`` jobs
         (0: ``auto_chunk``) are trained together (``Task.train_many``), their results yielded at once.
         ``order`` ``reference``: the jobs reweight the one run of their shared seed (``gt.order``);
-        ``checkpoints`` > 0: each job's targets are ``[checkpoints, n_query]``, measured along its run."""
+        ``checkpoints`` > 0: each job's targets are ``[checkpoints, n_query]``, measured along its run;
+        ``measure`` ``margin``: the targets are the queries' classification margins (``gt.kind=brittleness``)."""
         ...
 
 
@@ -71,7 +73,11 @@ def payload(group: list[Job]) -> list[Job]:
     return [(k, r, mask.cpu().numpy().copy(), seed) for k, r, mask, seed in group]
 
 
-def _train_chunk(task: Task, group: list[Job], order: str = "independent", checkpoints: int = 0) -> Tensor:
+def _train_chunk(task: Task, group: list[Job], order: str = "independent", checkpoints: int = 0,
+                 measure: str = "measurement") -> Tensor:
+    if measure == "margin":
+        with measuring_margins(task):
+            return _train_chunk(task, group, order, checkpoints)
     masks = torch.stack([torch.as_tensor(mask).cpu() for _, _, mask, _ in group])               # shape: [M, n_train]
     seeds = [seed for _, _, _, seed in group]
     if checkpoints:
@@ -92,7 +98,7 @@ class SerialExecutor:
     workers = 1
 
     def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent",
-            checkpoints: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+            checkpoints: int = 0, measure: str = "measurement") -> Iterator[tuple[int, int, Tensor]]:
         chunk = auto_chunk(task, len(jobs), self.workers, chunk, order, checkpoints)
         before = torch.get_num_threads()
         threads = 1 if chunk == 1 and task.device.type == "cpu" else self.threads
@@ -100,7 +106,7 @@ class SerialExecutor:
             torch.set_num_threads(threads)
         try:
             for group in chunks(jobs, chunk):
-                for (k, r, _, _), targets in zip(group, _train_chunk(task, group, order, checkpoints)):
+                for (k, r, _, _), targets in zip(group, _train_chunk(task, group, order, checkpoints, measure)):
                     yield k, r, targets
         finally:
             torch.set_num_threads(before)
@@ -123,23 +129,24 @@ def _worker_task(name: str, config: dict[str, Any], numerics: Numerics) -> Task:
 
 
 def _remote_retrain(name: str, config: dict[str, Any], group: list[Job], numerics: Numerics = Numerics(),
-                    order: str = "independent", checkpoints: int = 0) -> Tensor:
+                    order: str = "independent", checkpoints: int = 0, measure: str = "measurement") -> Tensor:
     numerics.apply()
     import ray
 
     if numerics.device == "cpu":
         torch.set_num_threads(1)  # one CPU per Ray task: Ray runs one task per core
-    return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints), ray.get_runtime_context().get_node_id()
+    return (_train_chunk(_worker_task(name, config, numerics), group, order, checkpoints, measure),
+            ray.get_runtime_context().get_node_id())
 
 
 def _local_retrain(name: str, config: dict[str, Any], group: list[Job], numerics: Numerics,
-                   order: str = "independent", checkpoints: int = 0) -> Any:
+                   order: str = "independent", checkpoints: int = 0, measure: str = "measurement") -> Any:
     """A chunk's measurements as a numpy array: a tensor would travel back through a file descriptor
     passed over a socket of the worker's, which a worker stopped by Ctrl-C leaves half-sent."""
     numerics.apply()
     if numerics.device == "cpu":
         torch.set_num_threads(1)  # one process per core, one thread each, as a Ray worker
-    return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints).cpu().numpy()
+    return _train_chunk(_worker_task(name, config, numerics), group, order, checkpoints, measure).cpu().numpy()
 
 
 class ProcessExecutor:
@@ -153,7 +160,7 @@ class ProcessExecutor:
         self.workers, self.max_retries = workers or os.cpu_count() or 1, max_retries
 
     def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent",
-            checkpoints: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+            checkpoints: int = 0, measure: str = "measurement") -> Iterator[tuple[int, int, Tensor]]:
         chunk = auto_chunk(task, len(jobs), self.workers, chunk, order, checkpoints)
         config, numerics = config_dict(task.config), current_numerics(task)
         todo = chunks(jobs, chunk)
@@ -162,7 +169,7 @@ class ProcessExecutor:
             try:
                 with forking():      # a fork-context pool starts every worker at the first submit
                     pending = {pool.submit(_local_retrain, task.name, config, payload(group), numerics, order,
-                                           checkpoints): i for i, group in enumerate(todo)}
+                                           checkpoints, measure): i for i, group in enumerate(todo)}
                 finished = yield from self._collect(pending, todo)
             finally:
                 self._stop(pool)
@@ -275,14 +282,14 @@ class RayExecutor:
         return int(self.ray.cluster_resources().get("CPU", 1))
 
     def run(self, task: Task, jobs: list[Job], chunk: int = 0, order: str = "independent",
-            checkpoints: int = 0) -> Iterator[tuple[int, int, Tensor]]:
+            checkpoints: int = 0, measure: str = "measurement") -> Iterator[tuple[int, int, Tensor]]:
         chunk = auto_chunk(task, len(jobs), self.workers, chunk, order, checkpoints)
         use_gpu = task.device.type == "cuda"
         opts = {"num_cpus": 1, "num_gpus": task.num_gpus_per_retrain if use_gpu else 0,
                 "max_retries": self.max_retries, "retry_exceptions": False}
         config, numerics = config_dict(task.config), current_numerics(task)
         pending = {self._fn.options(**opts).remote(task.name, config, payload(group),
-                                                   numerics, order, checkpoints):
+                                                   numerics, order, checkpoints, measure):
                    [(k, r) for k, r, _, _ in group] for group in chunks(jobs, chunk)}
         try:
             while pending:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 from torch import Tensor
 
-from tdabench.toolkit import labelnoise, removal, retrain, trajectory
+from tdabench.toolkit import brittleness, labelnoise, removal, retrain, trajectory
 from tdabench.api.config import ConfigError, config_dict, content_hash
 from tdabench.toolkit.files import save_tensor, write_json
 from tdabench.engine.fingerprint import changes, fingerprint, same_code
@@ -45,7 +45,9 @@ def check_config(gt: GroundTruthConfig, task: Task) -> None:
                           f"{task.total_steps(task.n_train)} steps; use at most that many")
     if gt.kind == "mislabel":
         labelnoise.check(task, gt.mislabel_fraction)
-    if gt.kind == "removal" and max(removal.removal_sizes(task.n_train, gt.removal_fractions)) >= task.n_train:
+    if gt.kind == "brittleness":
+        brittleness.check(task)
+    if gt.after_scoring and max(removal.removal_sizes(task.n_train, gt.removal_fractions)) >= task.n_train:
         raise ConfigError(f"gt.removal_fractions={','.join(map(str, gt.removal_fractions))}: removes every one of "
                           f"task {task.name}'s {task.n_train} attribution examples; use fractions below 1")
     if gt.kind == "loo" and gt.loo_examples > task.n_train:
@@ -56,9 +58,9 @@ def check_config(gt: GroundTruthConfig, task: Task) -> None:
 def make_masks(n_train: int, cfg: GroundTruthConfig, seed: int, scores: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
     """The retrained masks ``[K, n_train]`` of ``cfg`` and, for leave-one-out, the removed examples ``[m]``
     (for top-k removal, the followed queries ``[Q]``; its masks come from the method's ``scores``)."""
-    if cfg.kind == "removal":
+    if cfg.after_scoring:
         if scores is None:
-            raise ConfigError("gt.kind=removal removes what a method's scores name: it is built by `tdabench run` "
+            raise ConfigError(f"gt.kind={cfg.kind} removes what a method's scores name: it is built by `tdabench run` "
                               "with --method, after scoring (not on its own)")
         queries = removal.removal_queries(scores.shape[1], cfg.removal_queries, seed)
         return removal.removal_masks(scores, queries, cfg.removal_fractions), queries
@@ -72,9 +74,11 @@ def make_masks(n_train: int, cfg: GroundTruthConfig, seed: int, scores: Optional
 
 def code_fingerprint(task: "Task | type[Task]", cfg: Optional[GroundTruthConfig] = None) -> dict[str, str]:
     """The code a ground truth depends on: the task's recipe (and what it imports) and ``retrain.py``
-    (and ``trajectory.py`` for one measured along training).  ``task``: an instance or its class."""
+    (and ``trajectory.py`` for one measured along training, ``brittleness.py`` for one measured by margins).
+    ``task``: an instance or its class."""
     cls = task if isinstance(task, type) else type(task)
-    return fingerprint(cls, retrain, *([trajectory] if cfg is not None and cfg.checkpoints else []))
+    along = [trajectory] if cfg is not None and cfg.checkpoints else []
+    return fingerprint(cls, retrain, *along, *([brittleness] if cfg is not None and cfg.kind == "brittleness" else []))
 
 
 class GroundTruthStore:
@@ -85,7 +89,7 @@ class GroundTruthStore:
         self.task, self.cfg, self.seed, self.scores = task, cfg, seed, scores
         self.meta = {"task": task.name, "task_version": task.version, "task_config": config_dict(task.config),
                      **cfg.settings(), "seed": seed, "numerics": current_numerics(task).key()}
-        if cfg.kind == "removal":       # its retrains are what these scores name
+        if cfg.after_scoring:           # its retrains are what these scores name
             self.meta["scores"] = removal.scores_digest(scores) if scores is not None else "?"
         self.key = content_hash(self.meta)
         self.code = code_fingerprint(task, cfg)
@@ -169,8 +173,8 @@ class GroundTruthStore:
         rows = [torch.stack([self._read(k, r) for k in range(self.rows)]) for r in range(self.cfg.retrain_seeds)]
         stacked = torch.stack(rows)                                   # shape: [R, K, Q] or [R, K, C, Q]
         along = stacked if self.cfg.checkpoints else None
-        if self.cfg.kind == "removal":
-            return GroundTruth(masks=self.masks, replicas=stacked, key=self.key, kind="removal", label=self.cfg.label,
+        if self.cfg.after_scoring:
+            return GroundTruth(masks=self.masks, replicas=stacked, key=self.key, kind=self.cfg.kind, label=self.cfg.label,
                                queries=self.removed, fractions=self.cfg.removal_fractions)
         return GroundTruth(masks=self.masks, replicas=stacked[:, :, -1] if along is not None else stacked, key=self.key,
                            kind=self.cfg.kind, label=self.cfg.label, removed=self.removed, trajectory=along)
@@ -201,12 +205,13 @@ def _build(store: GroundTruthStore, task: Task, cfg: GroundTruthConfig, seed: in
     if todo:
         log.info("ground truth %s [%s] seed %d: %d of %d retrains to do (%s)", task.name, cfg.label, seed,
                  len(todo), store.rows * cfg.retrain_seeds, store.dir)
-        common = cfg.kind in ("loo", "removal")          # common random numbers: the removal's effect, not a seed's
+        common = cfg.kind == "loo" or cfg.after_scoring   # common random numbers: the removal's effect, not a seed's
         seeds = {(k, r): retrain.reference_seed(seed) if cfg.order == "reference" else
                  retrain.retrain_seed(seed, k, r, common) for k, r in todo}
         jobs = [(k, r, store.masks[k], seeds[(k, r)]) for k, r in todo]
         with Progress(len(jobs), f"retrain {task.name} seed {seed}") as bar:
-            for k, r, targets in executor.run(task, jobs, cfg.chunk_size, cfg.order, cfg.checkpoints):
+            margins = {"measure": "margin"} if cfg.kind == "brittleness" else {}    # the queries' margins, not losses
+            for k, r, targets in executor.run(task, jobs, cfg.chunk_size, cfg.order, cfg.checkpoints, **margins):
                 store.save(k, r, targets)
                 bar.update()
     return store.load()

@@ -168,7 +168,7 @@ def _score(spec: RunSpec, plan: Plan, todo: Todo, seed: int, truth: Optional[Gro
         scored = _fit_and_score_exclusively(spec, task, method, seed, plan.gt.checkpoints)
     scores_name = todo.path.with_suffix(".scores.pt").name
     save_scores(todo.path.with_name(scores_name), scored.scores, plan.store)
-    if plan.gt.kind == "removal":
+    if plan.gt.after_scoring:
         truth = _removal_truth(spec, plan, todo.path.with_name(scores_name), seed, executor)
     cuda = [u.peak_cuda_mb for u in (scored.fit, scored.score) if u.peak_cuda_mb is not None]
     result = RunResult(
@@ -251,7 +251,7 @@ def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[l
             todos = [triage(spec, plan, m, seed, truth_code) for m in plan.methods]
             work = [t for t in todos if t.rescore or t.metrics]
             # top-k removal is built after scoring, from each method's own stored scores (_score, _run_todo)
-            early = work and plan.gt.kind != "removal"
+            early = work and not plan.gt.after_scoring
             truth = build_ground_truth(plan.task, plan.gt, seed, spec.results_dir, executor) if early else None
             truth = at_checkpoint(truth, spec.at_checkpoint) if truth is not None else None
             for todo in todos:
@@ -303,7 +303,7 @@ def _run_todo(spec: RunSpec, plan: Plan, todo: Todo, seed: int, truth: Optional[
     if todo.rescore:
         return _score(spec, plan, todo, seed, truth, executor)
     if todo.metrics:
-        if plan.gt.kind == "removal":
+        if plan.gt.after_scoring:
             truth = _removal_truth(spec, plan, todo.path.parent / str(todo.record.scores_file), seed, executor)
         return rescore_metrics(todo.record, todo.path, plan, todo.metrics, truth)
     return todo.record

@@ -136,6 +136,8 @@ def ceiling_note(ground_truth: dict[str, Any]) -> str:
         return "none: every retrain is the reference run reweighted, so there is no retraining noise"
     if ground_truth.get("kind") == "removal":
         return "none: each rise is against the same seeds' model on every example (the curve is in the details)"
+    if ground_truth.get("kind") == "brittleness":
+        return "none: each flip is against the same seeds' model on every example (the curve is in the details)"
     if ground_truth.get("kind") == "mislabel":
         return "none: mislabel detection retrains nothing (its truth is which labels were flipped)"
     return "needs gt.retrain_seeds ≥ 2"

@@ -34,7 +34,7 @@ def reevaluate(path: Path, results_dir: Path, names: tuple[str, ...] = ()) -> tu
     task = cls(with_values(cls.Config, record.task_config), device="cpu")
     gt = config_of(record.ground_truth)
     scores, exact = load_scores(path.parent / record.scores_file)
-    truth = at_checkpoint(load_ground_truth(task, gt, record.seed, results_dir, scores if gt.kind == "removal" else None),
+    truth = at_checkpoint(load_ground_truth(task, gt, record.seed, results_dir, scores if gt.after_scoring else None),
                           record.ground_truth.get("at_checkpoint", 0))
     metrics = _metrics_for(names, gt.kind)
     for metric in metrics:

@@ -203,9 +203,9 @@ def prepare(spec: RunSpec) -> Plan:
         raise ConfigError(f"task {plan.task.name} has {n_train} attribution and {n_query} query examples with these "
                           f"settings; attribution needs at least 2 and 1 (check the task.* sizes, `tdabench list`)")
     check_config(plan.gt, plan.task)
-    if plan.gt.kind == "removal" and not plan.methods:
-        raise ConfigError("gt.kind=removal retrains without the top-k examples a method's scores name, so it is built "
-                          "after scoring: use `tdabench run --method NAME --set gt.kind=removal`")
+    if plan.gt.after_scoring and not plan.methods:
+        raise ConfigError(f"gt.kind={plan.gt.kind} retrains without the top-k examples a method's scores name, so it is built "
+                          f"after scoring: use `tdabench run --method NAME --set gt.kind={plan.gt.kind}`")
     plan.store.check(plan.task.n_train, plan.task.n_query)
     for method in plan.methods:
         method.check(plan.task)
@@ -239,10 +239,11 @@ class LazyExecutor:
     def __init__(self, spec: RunSpec) -> None:
         self.spec, self._inner = spec, None
 
-    def run(self, task: Task, jobs: list, chunk: int = 0, order: str = "independent", checkpoints: int = 0) -> Any:
+    def run(self, task: Task, jobs: list, chunk: int = 0, order: str = "independent", checkpoints: int = 0,
+            measure: str = "measurement") -> Any:
         if self._inner is None:
             self._inner = self._pick(task, order)
-        return self._inner.run(task, jobs, chunk, order, checkpoints)
+        return self._inner.run(task, jobs, chunk, order, checkpoints, measure)
 
     def _pick(self, task: Task, order: str) -> Any:
         """Serial when asked; Ray when a cluster is named (``--ray-address`` or ``RAY_ADDRESS``); on this

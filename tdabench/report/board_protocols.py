@@ -1,5 +1,5 @@
 """The README's tables of the ``protocols`` suite (issue 35), rendered from the records like every board table
-(``board_tables``, helpers in ``board_common``): top-k removal and mislabel detection per task, each method beside its LDS on the same task
+(``board_tables``, helpers in ``board_common``): top-k removal, brittleness and mislabel detection per task, each method beside its LDS on the same task
 (``cpu`` suite) and the rank correlation of the two orders."""
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _title(step: Step, pairs: list[tuple[float, float]]) -> str:
     agree = ""
     if len(pairs) >= 3:
         rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0]
-        agree = f" Rank correlation of the methods' order here and their LDS order: ρ = {rho:+.2f} over {len(pairs)} methods."
+        agree = (f" Rank correlation of the methods' order here and their LDS order: ρ = {rho:+.2f} over {len(pairs)} methods."
+                 if not np.isnan(rho) else f" The {len(pairs)} methods tie here: no order to hold against LDS's.")
     return f"**{task_label(step)}**.{agree}"
 
 
@@ -70,38 +71,57 @@ def mislabel(records: list[RunResult]) -> str:
     return "\n\n".join(parts)
 
 
-def removal(records: list[RunResult]) -> str:
-    """Per task: each method's mean loss rise of the followed queries at every k, the rise at 5 % against random
-    removal's (in combined SEs), the Pearson over queries of the predicted and retrained rise at 1 %, and its LDS."""
+def _counterfactual(records: list[RunResult], kind: str, noun: str, extra: tuple[str, Any]) -> str:
+    """Per task of the ``protocols`` suite's ``kind`` steps (top-k removal, brittleness): each method's curve over
+    the removed fractions (the headline one as mean ± SE over seeds), the headline minus random's (paired by
+    seed), the ``extra`` column (its header, ``{first}`` the first fraction, and a function of the seeds' details)
+    and its LDS."""
     parts = []
-    for step in _steps("removal"):
+    for step in _steps(kind):
         found: dict[str, tuple[dict[str, Any], list[RunResult]]] = {}
         for method in step.methods:
             runs = _runs(records, step, method)
             if runs:
-                found[method] = (summarize(runs, "removal"), runs)
+                found[method] = (summarize(runs, kind), runs)
         if not found:
             continue
-        first = found[next(iter(found))][1][0].metrics["removal"]["details"]
-        fractions = list(first["curve"])
-        for row, _ in found.values():                   # the headline fraction's cell shows mean ± SE over seeds
-            row["details_fraction"] = f"{first['at_fraction']:g}"
+        first = found[next(iter(found))][1][0].metrics[kind]["details"]
+        fractions, at = list(first["curve"]), f"{first['at_fraction']:g}"
         rand = found.get("random", (None, []))[0]
         rows, pairs, base_step = [], [], _lds_step(step)
         for method, (row, runs) in found.items():
-            details = [r.metrics["removal"]["details"] for r in runs]
-            curve = [float(np.mean([d["curve"][f] for d in details])) for f in fractions]
-            fit = [d["predicted_pearson"].get(fractions[0]) for d in details]
-            fit_mean = float(np.mean([x for x in fit if x is not None])) if any(x is not None for x in fit) else None
+            details = [r.metrics[kind]["details"] for r in runs]
+            curve = [_mean([d["curve"][f] for d in details]) for f in fractions]
             gap = _paired_gap(row, rand) if rand is not None and method != "random" else "—"
             base = summary(records, base_step, method) if base_step and method in base_step.methods else None
-            at = row["details_fraction"] if "details_fraction" in row else None
             cells = [lds(row) if f == at else num(c) for f, c in zip(fractions, curve)]
-            rows.append((row["mean"], [f"`{method}`", *cells, gap, num(fit_mean, 2), lds(base)]))
+            rows.append((row["mean"], [f"`{method}`", *cells, gap, extra[1](details, fractions), lds(base)]))
             if base is not None and method != "random":
                 pairs.append((row["mean"], base["mean"]))
         rows.sort(key=lambda r: -r[0])
-        header = ["method", *(f"rise at {float(f):.0%}" + (" (± SE)" if f == f"{first['at_fraction']:g}" else "")
-                              for f in fractions), f"at {first['at_fraction']:.0%} minus random's (± SE, paired by seed)", f"predicted vs retrained, Pearson at {float(fractions[0]):.0%}", "LDS (cpu suite)"]
+        header = ["method", *(f"{noun} at {float(f):.0%}" + (" (± SE)" if f == at else "") for f in fractions),
+                  f"at {first['at_fraction']:.0%} minus random's (± SE, paired by seed)",
+                  extra[0].format(first=f"{float(fractions[0]):.0%}"), "LDS (cpu suite)"]
         parts.append(_title(step, pairs) + "\n\n" + markdown_table(header, [r[1] for r in rows]))
     return "\n\n".join(parts)
+
+
+def _mean(values: list[Optional[float]]) -> Optional[float]:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def removal(records: list[RunResult]) -> str:
+    """Per task: each method's mean loss rise of the followed queries at every k, the rise at 5 % against random
+    removal's (paired by seed), the Pearson over queries of the predicted and retrained rise at 1 %, and its LDS."""
+    def fit(details: list[dict[str, Any]], fractions: list[str]) -> str:
+        return num(_mean([d["predicted_pearson"].get(fractions[0]) for d in details]), 2)
+    return _counterfactual(records, "removal", "rise", ("predicted vs retrained, Pearson at {first}", fit))
+
+
+def brittleness(records: list[RunResult]) -> str:
+    """Per task: the share of the followed, correctly classified queries whose prediction flips without their
+    top-k helpful examples, at every k, against random removal's (paired by seed), and its LDS."""
+    def counted(details: list[dict[str, Any]], fractions: list[str]) -> str:
+        return num(_mean([d["counted"] for d in details]), 1)
+    return _counterfactual(records, "brittleness", "flipped", ("queries counted (correct on the full model)", counted))

@@ -159,4 +159,5 @@ BLOCKS: dict[str, Callable[[list[RunResult]], str]] = {
     "tuned": tuned,
     "mislabel": board_protocols.mislabel,
     "removal": board_protocols.removal,
+    "brittleness": board_protocols.brittleness,
 }

@@ -207,3 +207,49 @@ def test_a_score_that_refits_is_planned_without_the_fit():
     plan = {s.stage: s for s in trace(make, [_Consuming()], GroundTruthConfig(), "cpu").stages}
     assert plan["consuming score"].flops == 2 * 300 * 100
     assert plan["consuming fit"].flops == 2 * 300 * 512 * 64
+
+
+class _Untraceable(Method):
+    """A toy method whose score has a data-dependent shape (``torch.unique``): fake tensors cannot run it."""
+
+    name = "untraceable"
+
+    def score(self, ctx):
+        scores = torch.randn(ctx.n_train, ctx.n_query)
+        return scores * len(torch.unique(scores.argmax(0)))
+
+
+def test_a_plan_with_a_stage_it_could_not_finish_never_says_fits(capsys):
+    """An untraceable stage (its peak unknown) and one stopped at the operator budget (a lower bound) are
+    refused by name, by `plan` (exit 1, no "fits") and by the check before a CUDA run, unless accepted."""
+    task = make_task("digits", {"n_train": "100"}, torch.device("cpu"))
+    plan = trace(lambda d: make_task("digits", {"n_train": "100"}, d), [_Untraceable()], GroundTruthConfig(), "cpu", 1)
+    stage = next(s for s in plan.stages if s.stage == "untraceable score")
+    assert stage.peak_bytes is None and task.n_train == 100
+    message = refusal(plan, 80 * 2**30)
+    assert "cannot say the run fits" in message and "untraceable score not traced" in message
+    assert refusal(plan, 80 * 2**30, accept_unfinished=True) == ""
+    assert main(["plan", "--task", "digits", "--method", "gradsim", "--trace-ops", "10"]) == 1
+    out = capsys.readouterr().out
+    assert "fits" not in out.replace("cannot say the run fits", "") and "gradsim score ≥" in out and "total ≥" in out
+    assert main(["plan", "--task", "digits", "--method", "gradsim", "--trace-ops", "10", "--plan-unfinished", "accept"]) == 0
+    assert "fits on the finished stages' word (4 unfinished, accepted)" in capsys.readouterr().out
+
+
+def test_a_cuda_run_never_starts_on_a_plan_it_could_not_finish(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from tdabench.api.config import ConfigError
+    from tdabench.engine import pipeline
+    from tdabench.engine.spec import RunSpec
+
+    spec = RunSpec(task="digits", methods=("untraceable",), overrides={"task": {"n_train": "100"}}, results_dir=tmp_path)
+    plan = SimpleNamespace(task=SimpleNamespace(device=torch.device("cuda")), methods=[_Untraceable()],
+                           gt=GroundTruthConfig())
+    monkeypatch.setattr(pipeline, "device_memory", lambda device: 80 * 2**30)
+    with pytest.raises(ConfigError, match="untraceable score not traced"):
+        pipeline._check_memory(spec, plan)
+    pipeline._check_memory(spec.replace(plan_unfinished="accept"), plan)       # accepted: the finished stages fit
+    assert not list(tmp_path.iterdir())

@@ -26,6 +26,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 matmuls (faster, ~3 fewer digits; keys the ground truth)")
     p.add_argument("--nondeterministic", action="store_true", help="CUDA: allow nondeterministic kernels (14%% faster CIFAR-10 training on an H200; recorded)")
     p.add_argument("--no-plan", action="store_true", help="CUDA: skip the memory plan traced before any work")
+    p.add_argument("--plan-unfinished", choices=("refuse", "accept"), default="refuse",
+                   help="a memory plan with a stage it could not trace to its end: refuse it (default), or accept "
+                        "it on the finished stages' word")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for fit and score in this process (tiny models run fastest on 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
@@ -62,7 +65,8 @@ def spec_from_args(args: argparse.Namespace, methods: tuple[str, ...]) -> Any:
                    ray_address=args.ray_address, force=getattr(args, "force", False),
                    update_board=getattr(args, "update_board", False), metrics=names(args.metric),
                    deterministic=not args.nondeterministic, tf32=args.tf32,
-                   check_memory=not getattr(args, "no_plan", False))
+                   check_memory=not getattr(args, "no_plan", False),
+                   plan_unfinished=getattr(args, "plan_unfinished", "refuse"))
 
 
 def fmt(value: Optional[float], digits: int = 3) -> str:

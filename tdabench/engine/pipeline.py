@@ -281,7 +281,7 @@ def _check_memory(spec: RunSpec, plan: Plan) -> None:
     log.info("planning memory on %s before any work (--no-plan skips this)", device)
     cost = trace(lambda d: make_task(spec.task, spec.overrides.get("task", {}), d), plan.methods, plan.gt,
                  device, len(spec.seeds))
-    message = refusal(cost, device_memory(device))
+    message = refusal(cost, device_memory(device), spec.plan_unfinished == "accept")
     if message:
         raise ConfigError(message)
 

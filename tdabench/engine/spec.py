@@ -49,6 +49,7 @@ class RunSpec:
     tf32: bool = False                   # CUDA: allow TF32 matmuls/convolutions (recorded; keys the ground truth)
     at_checkpoint: int = 0               # c in 1..gt.checkpoints: evaluate at that point of training (0: the end)
     check_memory: bool = True            # CUDA: trace the run's memory first and refuse what does not fit
+    plan_unfinished: str = "refuse"      # refuse (or accept) a memory plan with a stage not traced to its end
     need_scores: bool = False            # a record is reused only with its score matrix (stagewise reads them)
 
     def __post_init__(self) -> None:

@@ -28,16 +28,35 @@ def usable(plan: CostPlan, memory_bytes: int) -> int:
     return memory_bytes - (CUDA_HEADROOM if plan.device.startswith("cuda") else 0)
 
 
-def refusal(plan: CostPlan, memory_bytes: int) -> str:
-    """'' when every stage fits ``memory_bytes``; else what is over and which settings to lower."""
+def unfinished(plan: CostPlan) -> list[str]:
+    """The stages the trace could not finish, each with why: not traced at all (its peak unknown), or
+    stopped at the operator budget (its peak only a lower bound, its time unknown)."""
+    out = []
+    for s in plan.stages:
+        if s.peak_bytes is None:
+            out.append(f"{s.stage} not traced ({s.note or 'no note'})")
+        elif s.partial:
+            out.append(f"{s.stage} ≥ {s.peak_bytes / 2**20:,.0f} MB (stopped at the operator budget; --trace-ops 0 "
+                       f"traces it whole)")
+    return out
+
+
+def refusal(plan: CostPlan, memory_bytes: int, accept_unfinished: bool = False) -> str:
+    """'' when every stage was traced to its end and fits ``memory_bytes``; else what is over (and which
+    settings to lower) or unfinished.  ``accept_unfinished``: judge by the finished stages alone."""
+    lines = []
+    open_stages = [] if accept_unfinished else unfinished(plan)
+    if open_stages:
+        lines.append(f"cannot say the run fits: {len(open_stages)} stage(s) not traced to their end — "
+                     + "; ".join(open_stages) + " (--plan-unfinished=accept judges by the finished stages alone)")
     over = plan.over(usable(plan, memory_bytes))
-    if not over:
+    if over:
+        keep = f" (keeping {CUDA_HEADROOM // GiB} GB for the CUDA context)" if plan.device.startswith("cuda") else ""
+        lines.append(f"does not fit in {memory_bytes / GiB:.0f} GB{keep}: " + "; ".join(
+            f"{s.stage}: {s.peak_bytes / GiB:.1f} GB" + (f" — lower {s.settings}" if s.settings else "") for s in over))
+    if not lines:
         return ""
-    lines = [f"{s.stage}: {s.peak_bytes / GiB:.1f} GB" + (f" — lower {s.settings}" if s.settings else "")
-             for s in over]
-    keep = f" (keeping {CUDA_HEADROOM // GiB} GB for the CUDA context)" if plan.device.startswith("cuda") else ""
-    return (f"{plan.task} on {plan.device} does not fit in {memory_bytes / GiB:.0f} GB{keep}: "
-            + "; ".join(lines) + " (`tdabench plan` shows every stage; --no-plan skips this check)")
+    return f"{plan.task} on {plan.device}: " + "; ".join(lines) + " (`tdabench plan` shows every stage; --no-plan skips this check)"
 
 
 #: Sustained throughput of a retrain on known GPUs, in TFLOP/s: the traced FLOPs of one retrain divided

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def plan_spec(task_name: str, methods: tuple[str, ...], overrides: dict[str, dict[str, str]], seeds: int,
               device: str, memory_gb: Optional[float], tflops: Optional[float],
-              trace_ops: Optional[int] = None) -> tuple[Any, str, bool]:
+              trace_ops: Optional[int] = None, accept_unfinished: bool = False) -> tuple[Any, str, bool]:
     """Trace one run and return (plan, its printed table, whether it is refused)."""
     import torch
 
@@ -54,13 +54,13 @@ def plan_spec(task_name: str, methods: tuple[str, ...], overrides: dict[str, dic
     have_device = not wanted.startswith("cuda") or torch.cuda.is_available()
     memory = int(memory_gb * 2**30) if memory_gb else device_memory(wanted) if have_device else 80 * 2**30
     rate, source = (tflops, "--tflops") if tflops else sustained_tflops(wanted, task_name)
-    refused = refusal(plan, memory)
+    refused = refusal(plan, memory, accept_unfinished)
     return plan, table(plan, memory, rate, source, refused), bool(refused)
 
 
 def table(plan: Any, memory: int, rate: float, source: str, refused: str) -> str:
     """The plan as printed: one row per stage, the total time, and whether it fits."""
-    from tdabench.plan.capacity import GiB, usable
+    from tdabench.plan.capacity import GiB, unfinished, usable
 
     rows = [("stage", "peak MB", "GFLOP each", "runs", "time", "memory set by")]
     for s in plan.stages:
@@ -73,10 +73,13 @@ def table(plan: Any, memory: int, rate: float, source: str, refused: str) -> str
     lines += ["  ".join(c.rjust(w) if 0 < i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
     lines.insert(2, "  ".join("-" * w for w in widths))
     lines += [f"  {s.stage}: {s.note}" for s in plan.stages if s.note and (s.peak_bytes is None or s.partial)]
-    lines.append(f"total ≈ {hours(plan.total_flops / (rate * 1e12))} at {rate:g} TFLOP/s sustained ({source})")
+    untimed = [s.stage for s in plan.stages if s.peak_bytes is None or s.partial]
+    lines.append(f"total {'≥' if untimed else '≈'} {hours(plan.total_flops / (rate * 1e12))} at {rate:g} TFLOP/s sustained "
+                 f"({source})" + (f"; without {', '.join(untimed)}, not traced to the end" if untimed else ""))
     peak = max((s.peak_bytes for s in plan.stages if s.peak_bytes is not None), default=0)
-    lines.append(refused or f"fits: largest stage {peak / GiB:.2f} GB of {usable(plan, memory) / GiB:.0f} GB usable "
-                            f"({memory / GiB:.0f} GB device)")
+    accepted = f" on the finished stages' word ({len(unfinished(plan))} unfinished, accepted)" if unfinished(plan) else ""
+    lines.append(refused or f"fits{accepted}: largest stage {peak / GiB:.2f} GB of {usable(plan, memory) / GiB:.0f} GB "
+                            f"usable ({memory / GiB:.0f} GB device)")
     return "\n".join(lines)
 
 
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     worst = 0
     for task, methods, sets, seeds in steps:
         plan, text, refused = plan_spec(task, methods, parse_set_args(sets), len(parse_seeds(seeds)), args.device,
-                                        args.device_memory, args.tflops, args.trace_ops)
+                                        args.device_memory, args.tflops, args.trace_ops, args.plan_unfinished == "accept")
         print(text + "\n")
         worst = max(worst, 1 if refused else 0)
     return worst

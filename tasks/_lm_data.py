@@ -16,6 +16,15 @@ from torch import Tensor
 
 INSTALL = "pip install 'tdabench[lm]' (transformers, tokenizers, datasets)"
 DATASET_MARKERS = ("dataset_info.json", "dataset_dict.json")        # a datasets save_to_disk directory
+#: The data files of a Hub dataset repository copied to a directory (``huggingface-cli download NAME
+#: --repo-type dataset --local-dir DIR``, or a git clone): ``datasets`` reads them by path, offline.
+REPO_DATA = ("*.parquet", "*.arrow")
+
+
+def is_dataset_dir(path: Path) -> bool:
+    """True for a directory ``datasets`` reads (save_to_disk output, or a Hub dataset repository's files)."""
+    return path.is_dir() and (any((path / m).exists() for m in DATASET_MARKERS)
+                              or any(next(path.rglob(p), None) is not None for p in REPO_DATA))
 
 
 class MissingResource(FileNotFoundError):
@@ -80,9 +89,11 @@ def dataset_documents(name: str, config: str, split: str, field: str) -> Sequenc
         import datasets
     except ImportError:
         raise ImportError(f"text from a datasets name needs the datasets package: {INSTALL}") from None
-    if Path(name).is_dir():
+    if Path(name).is_dir() and any((Path(name) / m).exists() for m in DATASET_MARKERS):
         ds = datasets.load_from_disk(name)
         return (ds[split] if isinstance(ds, datasets.DatasetDict) else ds)[field]
+    if Path(name).is_dir():               # a Hub repository's files: its README's configs name the files
+        return datasets.load_dataset(name, config or None, split=split)[field]
     offline = not _hub_reachable()
     before = datasets.config.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE or offline   # use the cache, do not retry

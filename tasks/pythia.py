@@ -38,7 +38,7 @@ from tdabench.toolkit.training import epoch_batches
 from tdabench.api.unroll import Optimizer, Unroll, weighted_mean
 from tdabench.tasks._hf_arch import attention_pattern, block_pattern, linearize
 from tdabench.tasks._lm_data import (
-    DATASET_MARKERS, INSTALL, MissingResource, Shuffled, dataset_documents, fingerprint, load_pretrained,
+    INSTALL, MissingResource, Shuffled, dataset_documents, fingerprint, is_dataset_dir, load_pretrained,
     local_documents, pack, token_stream,
 )
 
@@ -53,7 +53,7 @@ class PythiaConfig(TaskConfig):
     model_name: str = "EleutherAI/pythia-14m"   # Hub id or a directory written by save_pretrained
     revision: str = "step45000"            # Hub revision (ignored for directories)
     tokenizer: str = ""                    # Hub id or directory; empty: the model's
-    data: str = "Salesforce/wikitext"      # dir of .txt/.jsonl, a .jsonl file, a save_to_disk dir, or a datasets name
+    data: str = "Salesforce/wikitext"      # dir of .txt/.jsonl, a .jsonl file, a save_to_disk dir, a Hub dataset repo's files, or a datasets name
     data_config: str = "wikitext-103-raw-v1"   # datasets configuration name (datasets sources only)
     data_split: str = "train"              # datasets split the attribution text comes from
     query_split: str = "validation"        # datasets only: the split the query text comes from ("" → held-out docs)
@@ -155,7 +155,7 @@ class Pythia(Task):
             raise MissingResource("task.data is empty: give a directory of .txt/.jsonl files, a .jsonl file, "
                                   "a save_to_disk directory, or a datasets name")
         path = Path(c.data).expanduser()
-        if path.is_file() or (path.is_dir() and not any((path / f).exists() for f in DATASET_MARKERS)):
+        if path.is_file() or (path.is_dir() and not is_dataset_dir(path)):
             return path
         if c.data.startswith((".", "/", "~")) and not path.exists():
             raise MissingResource(f"task.data={c.data!r} does not exist; give a directory of .txt/.jsonl files, "
@@ -174,7 +174,7 @@ class Pythia(Task):
     def separate_query(self) -> bool:
         """True when the query text is its own datasets split rather than held-out documents."""
         path = Path(self.config.data).expanduser()
-        one_split = path.is_dir() and not (path / "dataset_dict.json").exists()     # a saved single Dataset
+        one_split = (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists()  # a saved Dataset
         return bool(self.config.query_split) and self._local_text() is None and not one_split
 
     def data_identity(self) -> Any:

@@ -65,6 +65,33 @@ def test_the_reference_key_names_the_device():
     assert reference_key(Regression(cfg), 0) == reference_key(Regression(cfg), 0)
 
 
+def test_a_record_computed_on_another_device_or_with_other_kernels_is_never_this_runs(tmp_path, monkeypatch):
+    """The record's key holds the device type and, off the CPU, the kernel settings: a CPU record is never
+    found for a GPU run, nor a deterministic float32 one for a TF32 run; a CPU run keeps the keys the
+    committed board has (``tdabench board --check`` holds every committed record to them)."""
+    from tdabench.engine.reuse import record_path
+    from tdabench.engine.spec import RunSpec, prepare
+
+    spec = RunSpec(task="regression", methods=("gradsim",), results_dir=tmp_path, executor="serial",
+                   overrides={"task": {"n_train": "30", "n_query": "5"}})
+    plan = prepare(spec)
+    method = plan.methods[0]
+    cpu = record_path(spec, plan, method, 0)
+    monkeypatch.setattr(plan.task, "device", torch.device("cuda"))
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    before = torch.backends.cuda.matmul.allow_tf32            # a property of torch's: set and restored by hand
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        gpu = record_path(spec, plan, method, 0)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32 = record_path(spec, plan, method, 0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert len({cpu, gpu, tf32}) == 3 and cpu.name == gpu.name == "seed0.json"
+    monkeypatch.setattr(plan.task, "device", torch.device("cpu"))
+    assert record_path(spec, plan, method, 0) == cpu
+
+
 def test_cifar10_normalisation_constants_are_built_once_per_device():
     from tdabench.tasks.cifar10 import channel_stats, normalize
 

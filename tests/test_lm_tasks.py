@@ -131,6 +131,35 @@ def test_query_text_from_its_own_split_of_a_saved_dataset(saved, tmp_path):
     assert query_ids and min(query_ids) >= 90 and train_ids and max(train_ids) < 90
 
 
+def test_wikitext_from_a_copy_of_its_hub_repository_offline(saved, tmp_path, monkeypatch):
+    """The WikiText-2 recipe's data (``published/wikitext2_gpt2.py``: Salesforce/wikitext, wikitext-2-raw-v1) from
+    the Hub repository's own files copied to a directory (what ``huggingface-cli download Salesforce/wikitext
+    --repo-type dataset --local-dir DIR`` leaves: one folder of parquet shards per configuration, and the README
+    whose YAML names each configuration's files), read with no network: train and validation as the splits."""
+    import datasets
+    import pandas as pd
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    repo, docs = tmp_path / "wikitext", saved["docs"]
+    for config, rows in (("wikitext-2-raw-v1", docs), ("wikitext-103-raw-v1", docs[:10])):
+        (repo / config).mkdir(parents=True)
+        cut = 90 * len(rows) // len(docs)
+        for split, part in (("train", rows[:cut]), ("validation", rows[cut:]), ("test", rows[cut:])):
+            pd.DataFrame({"text": part}).to_parquet(repo / config / f"{split}-00000-of-00001.parquet")
+    (repo / "README.md").write_text("---\nconfigs:\n" + "".join(
+        f"- config_name: {c}\n  data_files:\n" + "".join(f"  - split: {s}\n    path: {c}/{s}-*\n"
+                                                      for s in ("train", "validation", "test"))
+        for c in ("wikitext-2-raw-v1", "wikitext-103-raw-v1")) + "---\n")
+    task = _task(saved, tmp_path, data=str(repo), data_config="wikitext-2-raw-v1", data_split="train",
+                 query_split="validation")
+    assert task.separate_query and list(task.documents("train")) == docs[:90]
+    query_ids, train_ids = _doc_ids(task.tokenizer, task.query_data()[0]), _doc_ids(task.tokenizer, task.train_data()[0])
+    assert query_ids and min(query_ids) >= 90 and train_ids and max(train_ids) < 90
+    other = _task(saved, tmp_path, data=str(repo), data_config="wikitext-103-raw-v1", query_split="validation")
+    assert list(other.documents("train")) == docs[:7]                         # the configuration picks the files
+
+
 def test_prepared_data_are_cached_by_content(saved, tmp_path, monkeypatch):
     first = _task(saved, tmp_path).train_data()[0]
     monkeypatch.setattr(Pythia, "prepare", lambda self: pytest.fail("the cache was not used"))

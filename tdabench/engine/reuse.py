@@ -23,6 +23,7 @@ from tdabench.engine.records import CorruptRecord, RunResult
 from tdabench.engine.spec import Plan, RunSpec
 from tdabench.engine.store import load_scores
 from tdabench.engine.tuning import settings
+from tdabench.toolkit.numerics import current_numerics
 
 log = logging.getLogger("tdabench")
 
@@ -61,10 +62,14 @@ def readable_scores(path: Path) -> bool:
 
 
 def record_path(spec: RunSpec, plan: Plan, method: Method, seed: int) -> Path:
-    """Keyed by what the numbers mean (task, ground truth, method settings), not by the code: a record
-    made by other code is found, reported and replaced rather than silently missed."""
+    """Keyed by what the numbers mean (task, ground truth, method settings, and off the CPU the device type
+    and kernel settings), not by the code: a record made by other code is found, reported and replaced
+    rather than silently missed, and a record computed on another device (or with TF32, or nondeterministic
+    kernels) is never taken for this run's."""
     where = [spec.at_checkpoint] if spec.at_checkpoint else []            # the end of training keeps its old keys
-    key = content_hash([plan.task.describe(), plan.gt.settings(), method.name, settings(method), *where])
+    numerics = current_numerics(plan.task)
+    device = [numerics.key()] if numerics.device != "cpu" else []          # CPU records keep their old keys
+    key = content_hash([plan.task.describe(), plan.gt.settings(), method.name, settings(method), *where, *device])
     return (spec.records_dir or spec.results_dir / "runs") / plan.task.name / method.name / key / f"seed{seed}.json"
 
 

@@ -28,9 +28,11 @@ def _runs(records: list[RunResult], step: Step, method: str) -> list[RunResult]:
 def _title(step: Step, pairs: list[tuple[float, float]]) -> str:
     agree = ""
     if len(pairs) >= 3:
-        rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0]
-        agree = (f" Rank correlation of the methods' order here and their LDS order: ρ = {rho:+.2f} over {len(pairs)} methods."
-                 if not np.isnan(rho) else f" The {len(pairs)} methods tie here: no order to hold against LDS's.")
+        here, there = [p[0] for p in pairs], [p[1] for p in pairs]
+        tie = len(set(here)) == 1 or len(set(there)) == 1          # a rank correlation is undefined then
+        agree = (f" The {len(pairs)} methods tie here: no order to hold against LDS's." if tie else
+                 f" Rank correlation of the methods' order here and their LDS order: ρ = {spearmanr(here, there)[0]:+.2f} "
+                 f"over {len(pairs)} methods.")
     return f"**{task_label(step)}**.{agree}"
 
 

@@ -35,6 +35,7 @@ from tdabench.toolkit.sgld import (
 )
 from tdabench.api.seeds import derive_seed
 from tdabench.api.task import Batch, Task, batches, take
+from tdabench.toolkit.meter import machine_memory
 
 from tdabench.api.checks import choices_and_patterns, fail, integer, number
 
@@ -96,9 +97,26 @@ class BIFConfig(MethodConfig):
         if self.aggregation == "token" and not task.has_token_measurement:
             raise ValueError(f"bif.aggregation=token needs a per-token measurement; task {task.name} has "
                              "none: use bif.aggregation=sequence")
+        self._check_memory(task)
         if self.workers > 1 and task.device.type != "cpu":
             raise ValueError(f"bif.workers={self.workers} forks processes, which a {task.device.type} device "
                              "does not survive: use bif.workers=1 there")
+
+
+    def _check_memory(self, task: Task) -> None:
+        """Refuse, before any training, chains × draws whose own state cannot fit this machine: the per-chain
+        loss traces (two float64 ``[C, T]``) and, on the CPU, the estimator ``auto`` would keep (at least
+        one column per query: a lower bound for per-token observables)."""
+        draws = self.chains * self.draws
+        need = estimator_bytes(draws, task.n_train, task.n_query)
+        mode = self.memory if self.memory != "auto" else (
+            "trace" if need["trace"] <= max(need["streaming"], 512 * 2**20) else "streaming")
+        total = 2 * 8 * draws + (need[mode] if task.device.type == "cpu" else 0)
+        have = machine_memory()
+        if have and total > have:
+            fail("bif", "draws", self.draws, f"small enough that bif.chains × bif.draws fits this machine's "
+                 f"{have / 2**30:.0f} GB", f"{self.chains} × {self.draws} draws need ≥ {total / 2**30:,.0f} GB of "
+                 f"traces and estimator state; lower bif.chains or bif.draws", 500)
 
 
 def record(model: nn.Module, fn: Any, data: Batch, batch_size: int) -> Tensor:
@@ -155,6 +173,10 @@ class BIF(Method):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.diagnostics: dict[str, Any] = {}
+
+    def check(self, task: Task) -> None:
+        """The settings' checks that need the task, before any training (``score`` runs them again)."""
+        self.config.check(task)
 
     def extras(self) -> dict[str, Any]:
         """The sampler diagnostics (ESS, memory mode, per-chain loss traces) for the run record."""

@@ -272,3 +272,20 @@ def test_samplers_match_devinterp_step_for_step():
             opt.step(noise_generator=gen)
         for a, b in zip(ours.parameters(), theirs.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_chains_and_draws_that_cannot_fit_the_machine_are_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """10¹⁰ draws' loss traces alone are 149 GB: refused in `prepare` (no ground truth, no model), naming the
+    settings; the same check passes the defaults and refuses them on a machine of 1 kB."""
+    from tdabench import cli
+
+    code = cli.main(["run", "--task", "regression", "--method", "bif", "--set", "bif.chains=100000",
+                     "--set", "bif.draws=100000", "--seeds", "1", "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bif.chains × bif.draws fits this machine" in err and "Traceback" not in err
+    assert not list((tmp_path / "r").iterdir())                               # nothing trained or written
+    task = Regression(RegressionConfig(n_train=40, n_query=8, dim=4))
+    make_method("bif", task, {}).check(task)                                   # the defaults fit
+    monkeypatch.setattr("tdabench.methods.bif.machine_memory", lambda: 2**10)          # 1 kB: 2,000 draws need 0.4 MB
+    with pytest.raises(Exception, match="fits this machine's 0 GB"):
+        make_method("bif", task, {}).check(task)

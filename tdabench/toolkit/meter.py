@@ -32,6 +32,15 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
 
 
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine (``MemTotal``; 0 where the kernel does not say)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            return int(next(line for line in fh if line.startswith("MemTotal")).split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
 @dataclass
 class Usage:
     """What one stage cost: seconds, peak RSS of this process (MB), CUDA peak (MB) or None."""

@@ -91,6 +91,11 @@ def test_a_run_records_the_share_flipped_and_the_smallest_fraction(tmp_path, cap
         sum(counted) / len(counted)) == pytest.approx(curve[0])
     smallest = [s for s in details["smallest_fraction"] if s is not None]
     assert all(s in (0.02, 0.1, 0.3) for s in smallest)
+    from tdabench.engine.records import RunResult
+    from tdabench.engine.reproduce import current_codes, stale
+    from tdabench.engine.verify import is_stale
+    fresh = RunResult.load(next((tmp_path / "r" / "runs" / "digits" / "gradsim").rglob("seed0.json")))
+    assert not stale(fresh, current_codes(fresh)) and not is_stale(fresh, "brittleness")   # both checks: current
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -4,7 +4,7 @@ A ``PublishedTable`` lists ``Anchor`` rows: a task and a method at the peer's re
 ``--set`` writes them), the metric and the value the peer reports, the peer's own name for the method
 and why a number may differ.  ``tdabench run --suite NAME`` runs every anchor's settings (with the
 table's ``board_sets`` — how this machine runs it, e.g. which data source — and the user's ``--set``);
-``tdabench published NAME`` and the README's reproduction table (``tdabench board``) put each published
+the docs' reproduction table (``tdabench board``) puts each published
 value next to tdabench's mean ± SE at the same settings.  Built-in tables are the files of
 ``published/``; third parties add theirs through the entry-point group ``tdabench.published``.
 """

@@ -72,13 +72,18 @@ def make_masks(n_train: int, cfg: GroundTruthConfig, seed: int, scores: Optional
     return retrain.subset_masks(n_train, cfg.alpha, cfg.num_subsets, seed), None
 
 
-def code_fingerprint(task: "Task | type[Task]", cfg: Optional[GroundTruthConfig] = None) -> dict[str, str]:
-    """The code a ground truth depends on: the task's recipe (and what it imports) and ``retrain.py``
-    (and ``trajectory.py`` for one measured along training, ``brittleness.py`` for one measured by margins).
-    ``task``: an instance or its class."""
+def truth_sources(task: "Task | type[Task]", cfg: Optional[GroundTruthConfig] = None) -> list:
+    """What a ground truth's numbers depend on: the task's recipe (and what it imports), ``retrain.py``,
+    ``trajectory.py`` for one measured along training and ``brittleness.py`` for one measured by margins.
+    ``task``: an instance or its class.  The one list behind every ground-truth fingerprint."""
     cls = task if isinstance(task, type) else type(task)
     along = [trajectory] if cfg is not None and cfg.checkpoints else []
-    return fingerprint(cls, retrain, *along, *([brittleness] if cfg is not None and cfg.kind == "brittleness" else []))
+    return [cls, retrain, *along, *([brittleness] if cfg is not None and cfg.kind == "brittleness" else [])]
+
+
+def code_fingerprint(task: "Task | type[Task]", cfg: Optional[GroundTruthConfig] = None) -> dict[str, str]:
+    """The fingerprint of what a ground truth depends on (``truth_sources``)."""
+    return fingerprint(*truth_sources(task, cfg))
 
 
 class GroundTruthStore:

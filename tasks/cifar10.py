@@ -15,6 +15,9 @@ augmentation, the alternating flip and the whitening-bias freezing schedule.  Th
 Images stay one uint8 tensor on the training device; normalisation, random flip and random
 translation (reflect padding) are batched tensor operations there; on CUDA training runs in
 channels_last with bf16 autocast (config).  Losses and measurements are evaluated in float32.
+
+This file is longer than 300 lines: the task's recipe (warmup, training many at once, measurement and
+recommendations) is one class; its files, images and network are in ``_cifar10_*.py`` and ``_resnet9.py``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """Executors for retrain jobs: serial (in-process, for tests and debugging), local processes (the
 default on one machine: they open no network port) and Ray (a cluster, ``--ray-address``).  Nothing
-under methods/ or tasks/ imports Ray."""
+under methods/ or tasks/ imports Ray.
+
+This file is longer than 300 lines: the three executors (serial, local processes, Ray) share the
+chunking, payload and worker-task helpers above them, and Ray's start and address checks go with Ray's.
+"""
 from __future__ import annotations
 
 import logging

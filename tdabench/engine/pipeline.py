@@ -9,6 +9,10 @@ go through it:
 A record is reused only while it is still true: its scores were made by the current code (per-module
 fingerprint) and each metric entry carries the metric's current version and code.  Otherwise the
 pipeline says why and recomputes — the metrics alone, from the stored scores, when only they are stale.
+
+This file is longer than 300 lines: it is the one pipeline, prepare to record, with the tuned rows,
+the removal ground truths built after scoring and the memory check before a CUDA run; which records are
+reused lives in ``reuse.py``.
 """
 from __future__ import annotations
 

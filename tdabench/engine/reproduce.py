@@ -12,6 +12,9 @@ truth, method, settings) one seed is recomputed, into a scratch directory, exact
 
 Records made before fingerprints followed meaning carry hashes of file bytes; where those bytes are
 still the same, the record is upgraded to the current fingerprints without any rerun.
+
+This file is longer than 300 lines: settling a row, rerunning one seed and upgrading byte fingerprints
+share one set of record bookkeeping (codes, refresh, moves to a new key).
 """
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ share one set of record bookkeeping (codes, refresh, moves to a new key).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil

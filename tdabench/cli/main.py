@@ -46,7 +46,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "threads", None):
         import torch
 
+        from tdabench.toolkit import threads
+
         torch.set_num_threads(args.threads)
+        threads.pin(args.threads)      # every stage on N threads: the size policy is off
     command = next(c for c in COMMANDS if c.name == args.command)
     try:
         return command.run(args)

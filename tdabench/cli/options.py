@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tdabench.api.config import ConfigError, parse_set_args
+from tdabench.toolkit import threads
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -30,7 +31,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="a memory plan with a stage it could not trace to its end: refuse it (default), or accept "
                         "it on the finished stages' word")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for fit and score in this process (tiny models run fastest on 1)")
+                   help=f"torch CPU threads for every stage in this process (default: one for training a model under "
+                        f"{threads.PARALLEL_FROM:,} parameters, otherwise as many as there are idle cores; "
+                        f"toolkit/threads.py)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tracebacks of failures)")
 
 

@@ -42,6 +42,7 @@ from tdabench.engine.reference import reference_key, reference_model
 from tdabench.api.seeds import reference_seed
 from tdabench.engine.spec import Plan, RunSpec, LazyExecutor, make_method, make_task, prepare
 from tdabench.engine.store import load_scores, save_scores
+from tdabench.toolkit import threads
 from tdabench.api.task import Task
 from tdabench.engine.tuning import choose, heldout_view, settings
 from tdabench.engine.reuse import (  # noqa: F401  (scores_code, record_path: part of the pipeline's API)
@@ -61,14 +62,17 @@ class Scored:
     fit: Usage
     score: Usage
     extras: dict[str, Any]
+    threads: Optional[threads.Choice] = None   # what fit and score ran on (CPU)
 
 
 def fit_and_score(method: Method, ctx: Context) -> Scored:
-    """Fit and score under measurement, then check the matrix (shape, dtype, finite values)."""
-    with Meter(ctx.device) as fit:
-        method.fit(ctx)
-    with Meter(ctx.device) as sc:
-        scores = method.score(ctx)
+    """Fit and score under measurement, on the threads ``toolkit/threads.py`` chooses, then check the
+    matrix (shape, dtype, finite values)."""
+    with threads.chosen(None, ctx.device) as choice:
+        with Meter(ctx.device) as fit:
+            method.fit(ctx)
+        with Meter(ctx.device) as sc:
+            scores = method.score(ctx)
     expected = (ctx.n_train, ctx.n_query)
     if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
         got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
@@ -79,7 +83,7 @@ def fit_and_score(method: Method, ctx: Context) -> Scored:
     if bad:
         raise FloatingPointError(f"{method.name}.score returned {bad} non-finite values of {scores.numel()}; "
                                  f"check its hyperparameters (its extras say more with -v)")
-    return Scored(scores.detach().float().cpu(), fit.usage, sc.usage, method.extras())
+    return Scored(scores.detach().float().cpu(), fit.usage, sc.usage, method.extras(), choice)
 
 
 def make_context(spec: RunSpec, task: Task, method: Method, seed: int, along: int = 0) -> Context:
@@ -90,8 +94,12 @@ def make_context(spec: RunSpec, task: Task, method: Method, seed: int, along: in
         model.load_state_dict(along_run[spec.at_checkpoint - 1].state)
         model, checkpoints, key = model.eval(), [], f"{key}-c{spec.at_checkpoint}of{along}"
     else:
-        model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints,
-                                                 method.checkpoint_spacing)
+        def size() -> int:
+            return sum(p.numel() for p in task.make_model(reference_seed(seed)).parameters())
+
+        with threads.chosen(size, task.device):       # training a small model: one thread (toolkit/threads.py)
+            model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints,
+                                                     method.checkpoint_spacing)
     code = digest(fingerprint(type(method)))
     cache = (spec.method_cache or spec.results_dir / "cache") / method.name / task.name / code
     cache.mkdir(parents=True, exist_ok=True)
@@ -147,7 +155,7 @@ def _tuned(spec: RunSpec, plan: Plan, method: Method, seed: int, truth: GroundTr
              key, len(grid))
     best, info = choose(key, grid, run, truth, seed)
     return Scored(best.scores, _total([c[0] for c in costs]), _total([c[1] for c in costs]),
-                  {**best.extras, "auto": info})
+                  {**best.extras, "auto": info}, best.threads)
 
 
 def _total(usages: list[Usage]) -> Usage:
@@ -166,8 +174,9 @@ def _score(spec: RunSpec, plan: Plan, todo: Todo, seed: int, truth: Optional[Gro
     elif plan.gt.kind == "mislabel":    # the training set as its own queries: scores[i, i], shape [n_train, 1]
         ctx = locked_context(spec, task, method, seed)
         with exclusive(ctx.cache_dir.with_name(ctx.cache_dir.name + ".lock"), f"{method.name}'s cache for {task.name}"):
-            own, fit, score = self_influence(method, ctx)
-        scored = Scored(own[:, None], fit, score, method.extras())
+            with threads.chosen(None, ctx.device) as choice:
+                own, fit, score = self_influence(method, ctx)
+        scored = Scored(own[:, None], fit, score, method.extras(), choice)
     else:
         scored = _fit_and_score_exclusively(spec, task, method, seed, plan.gt.checkpoints)
     scores_name = todo.path.with_suffix(".scores.pt").name
@@ -183,10 +192,17 @@ def _score(spec: RunSpec, plan: Plan, todo: Todo, seed: int, truth: Optional[Gro
         peak_rss_mb=max(scored.fit.peak_rss_mb, scored.score.peak_rss_mb), peak_cuda_mb=max(cuda) if cuda else None,
         method_recommended=config_dict_of(plan.recommended[method.name]),
         method_overrides=config_dict_of(plan.overrides[method.name]), code=scores_code(type(task), type(method)),
-        scores_file=scores_name, environment={**environment(str(task.device)), "numerics": current_numerics(task).key()},
+        scores_file=scores_name, environment={**environment(str(task.device)), "numerics": current_numerics(task).key(),
+                                                **_threads_used(scored)},
         extras=scored.extras)
     result.save(todo.path)
     return result
+
+
+def _threads_used(scored: Scored) -> dict[str, Any]:
+    """The torch threads fit and score ran on, and why (CPU records; reproducing one pins its count)."""
+    c = scored.threads
+    return {"torch_threads": c.threads, "thread_policy": c.why} if c else {}
 
 
 def _metrics(metrics: list[Metric], scores: torch.Tensor, truth: GroundTruth, seed: int, tuned: bool,

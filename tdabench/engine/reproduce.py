@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from tdabench.toolkit import threads
+
 from tdabench.engine import reference as reference_module
 from tdabench.api.config import config_dict, content_hash, with_values
 from tdabench.engine.fingerprint import digest, fingerprint, legacy_digest, legacy_fingerprint, same_code
@@ -191,12 +193,8 @@ def _settle(row: Row, results_dir: Path, scratch: Path, executor: str, evaluate:
     path, record = row.first
     name = row.name()
     spec = spec_for(record, results_dir, scratch, (record.seed,), executor)
-    before = torch.get_num_threads()
-    torch.set_num_threads(_threads(record))     # CPU sums run in a thread-dependent order: as the record was made
-    try:
+    with threads.pinned_to(_threads(record)):     # CPU sums run in a thread-dependent order: as the record was made
         _, failures = evaluate(spec)
-    finally:
-        torch.set_num_threads(before)
     if failures:
         return Settled(name, "unsettled", f"the rerun failed ({failures[0]}); left as it is")
     made = sorted(scratch.rglob(f"seed{record.seed}.json"))

@@ -132,3 +132,40 @@ def test_a_model_that_is_not_the_end_of_the_run_is_refused_before_the_backward_p
     monkeypatch.setattr(Replay, "_sweep", lambda *a: pytest.fail("the backward pass started"))
     with pytest.raises(RuntimeError, match="does not end at the given model"):
         _magic(task, ctx)
+
+
+@pytest.mark.parametrize("opt", [
+    dict(kind="adam", lr=0.01, weight_decay=1e-3), dict(kind="adam", lr=0.02),
+    dict(kind="adamw", lr=0.01, weight_decay=0.1, schedule=lambda t: 1 - t / 40),
+    dict(kind="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3), dict(kind="sgd", lr=0.2)],
+    ids=["adam-l2", "adam", "adamw-schedule", "sgd-momentum-l2", "sgd"])
+def test_the_closed_form_adjoint_of_each_update_is_autograds(opt):
+    """REPLAY's backward pass with the optimiser's update differentiated by hand (toolkit/adjoints.py)
+    equals autograd's through the whole run, in float64, to 1e-10 (issue 38)."""
+    from tdabench.api.unroll import Optimizer
+
+    task = _double(_digits())
+    unroll = task.unroll(task.make_model(5).double(), torch.arange(task.n_train), 5)
+    unroll.optimizer = Optimizer(**opt)
+    phi, ones = _phi(task, unroll), unroll.ones().double()
+    by_hand = Replay(unroll, 2, adjoint="closed-form")
+    by_autograd = Replay(unroll, 2, adjoint="autograd")
+    hand, _ = by_hand(phi, ones)
+    auto, _ = by_autograd(phi, ones)
+    assert by_hand.adjoint == "closed-form" and float(auto.abs().max()) > 1e-3     # a real signal to compare
+    torch.testing.assert_close(hand, auto, rtol=1e-10, atol=1e-10 * float(auto.abs().max()))
+
+
+def test_an_unroll_with_its_own_step_keeps_autograds_adjoint():
+    from tdabench.api.unroll import Unroll
+
+    class Custom(Unroll):
+        def step(self, state, t, w):
+            return super().step(state, t, w * 0.5)
+
+    task = _digits()
+    base = task.unroll(task.make_model(5), torch.arange(task.n_train), 5)
+    custom = Custom(task.make_model(5), base.data, base.schedule, base.objective, base.optimizer)
+    assert Replay(custom, 2).adjoint == "autograd" and Replay(base, 2).adjoint == "closed-form"
+    with pytest.raises(ValueError, match="own step"):
+        Replay(custom, 2, adjoint="closed-form")

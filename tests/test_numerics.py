@@ -80,3 +80,50 @@ def test_records_say_which_numerics_produced_them(tmp_path):
                      overrides={"task": {"n_train": "30"}, "gt": {"num_subsets": "5"}}))
     record = json.loads(next((tmp_path / "runs").rglob("seed0.json")).read_text())
     assert record["environment"]["numerics"] == {"device": "cpu"}
+
+
+#: ATen's alertNotDeterministic text under warn_only=True (torch/csrc: "<op> does not have a deterministic
+#: implementation, but you set 'torch.use_deterministic_algorithms(True, warn_only=True)'. ...")
+_TORCH_ALERT = ("scaled_dot_product_attention_backward does not have a deterministic implementation, but you set "
+                "'torch.use_deterministic_algorithms(True, warn_only=True)'. You can file an issue at ...")
+
+
+def test_operations_torch_warns_are_nondeterministic_are_collected_and_other_warnings_pass():
+    import warnings
+
+    from tdabench.toolkit.numerics import watching
+
+    with pytest.warns(UserWarning, match="something else"):
+        with watching() as ops:
+            warnings.warn(_TORCH_ALERT)
+            warnings.warn(_TORCH_ALERT)
+            warnings.warn("something else")
+    assert ops == ["scaled_dot_product_attention_backward"]
+
+
+def test_a_record_says_when_a_deterministic_run_met_a_nondeterministic_operation(tmp_path, monkeypatch, caplog):
+    """A warning path is not deterministic (issue 37): the record and the log name the operation."""
+    import warnings
+
+    from tdabench.engine import pipeline
+    from tdabench.engine.records import RunResult
+    from tdabench.engine.spec import RunSpec
+    from tdabench.api.registry import METHODS
+
+    GradSim = METHODS.get("gradsim")
+    real = GradSim.score
+
+    def score(self, ctx):
+        warnings.warn(_TORCH_ALERT)                  # what torch says on CUDA's fused attention backward
+        return real(self, ctx)
+
+    monkeypatch.setattr(GradSim, "score", score)
+    spec = RunSpec(task="digits", methods=("gradsim", "random"), seeds=(0,), results_dir=tmp_path, executor="serial",
+                   overrides={"task": {"n_train": "60", "n_query": "8"}, "gt": {"num_subsets": "8", "retrain_seeds": "1"}})
+    _, failures = pipeline.evaluate(spec)
+    assert not failures
+    runs = tmp_path / "runs" / "digits"
+    record = RunResult.load(next((runs / "gradsim").rglob("seed0.json")))
+    assert record.environment["nondeterministic_ops"] == ["scaled_dot_product_attention_backward"]
+    assert "nondeterministic_ops" not in RunResult.load(next((runs / "random").rglob("seed0.json"))).environment
+    assert "without a deterministic implementation (scaled_dot_product_attention_backward)" in caplog.text

@@ -36,7 +36,7 @@ from tdabench.toolkit.locks import exclusive
 from tdabench.toolkit.meter import Meter, Usage
 from tdabench.api.method import Context, Method
 from tdabench.api.metric import Metric
-from tdabench.toolkit.numerics import current_numerics
+from tdabench.toolkit.numerics import current_numerics, watching
 from tdabench.engine.records import RunResult, committed, environment, summarize
 from tdabench.engine.reference import reference_key, reference_model
 from tdabench.api.seeds import reference_seed
@@ -63,16 +63,20 @@ class Scored:
     score: Usage
     extras: dict[str, Any]
     threads: Optional[threads.Choice] = None   # what fit and score ran on (CPU)
+    nondeterministic: tuple[str, ...] = ()     # operations torch warned ran non-deterministically
 
 
 def fit_and_score(method: Method, ctx: Context) -> Scored:
     """Fit and score under measurement, on the threads ``toolkit/threads.py`` chooses, then check the
     matrix (shape, dtype, finite values)."""
-    with threads.chosen(None, ctx.device) as choice:
+    with threads.chosen(None, ctx.device) as choice, watching() as nondeterministic:
         with Meter(ctx.device) as fit:
             method.fit(ctx)
         with Meter(ctx.device) as sc:
             scores = method.score(ctx)
+    if nondeterministic:
+        log.warning("%s on %s ran operations without a deterministic implementation (%s): its numbers may differ "
+                    "from run to run; the record says so", method.name, ctx.task.name, ", ".join(nondeterministic))
     expected = (ctx.n_train, ctx.n_query)
     if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
         got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
@@ -83,7 +87,7 @@ def fit_and_score(method: Method, ctx: Context) -> Scored:
     if bad:
         raise FloatingPointError(f"{method.name}.score returned {bad} non-finite values of {scores.numel()}; "
                                  f"check its hyperparameters (its extras say more with -v)")
-    return Scored(scores.detach().float().cpu(), fit.usage, sc.usage, method.extras(), choice)
+    return Scored(scores.detach().float().cpu(), fit.usage, sc.usage, method.extras(), choice, tuple(nondeterministic))
 
 
 def make_context(spec: RunSpec, task: Task, method: Method, seed: int, along: int = 0) -> Context:
@@ -144,18 +148,21 @@ def _tuned(spec: RunSpec, plan: Plan, method: Method, seed: int, truth: GroundTr
     given = spec.overrides.get(method.name, {})
 
     costs: list[tuple[Usage, Usage]] = []          # the costs only: one score matrix at a time is held
+    nondeterministic: set[str] = set()
 
     def run(value: str) -> Scored:
         trial = make_method(method.name, plan.task, {**given, key: value})
         scored = _fit_and_score_exclusively(spec, plan.task, trial, seed, plan.gt.checkpoints)
         costs.append((scored.fit, scored.score))
+        nondeterministic.update(scored.nondeterministic)
         return scored
 
     log.info("%s on %s, seed %d: %s=auto, %d values chosen on the tuning half", method.name, plan.task.name, seed,
              key, len(grid))
     best, info = choose(key, grid, run, truth, seed)
     return Scored(best.scores, _total([c[0] for c in costs]), _total([c[1] for c in costs]),
-                  {**best.extras, "auto": info}, best.threads)
+                  {**best.extras, "auto": info}, best.threads,
+                  tuple(sorted(nondeterministic)))
 
 
 def _total(usages: list[Usage]) -> Usage:
@@ -200,9 +207,11 @@ def _score(spec: RunSpec, plan: Plan, todo: Todo, seed: int, truth: Optional[Gro
 
 
 def _threads_used(scored: Scored) -> dict[str, Any]:
-    """The torch threads fit and score ran on, and why (CPU records; reproducing one pins its count)."""
+    """The torch threads fit and score ran on, and why (CPU records; reproducing one pins its count), and
+    any operation that ran non-deterministically although the settings asked for determinism."""
     c = scored.threads
-    return {"torch_threads": c.threads, "thread_policy": c.why} if c else {}
+    ops = {"nondeterministic_ops": list(scored.nondeterministic)} if scored.nondeterministic else {}
+    return {**({"torch_threads": c.threads, "thread_policy": c.why} if c else {}), **ops}
 
 
 def _metrics(metrics: list[Metric], scores: torch.Tensor, truth: GroundTruth, seed: int, tuned: bool,

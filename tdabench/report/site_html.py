@@ -90,8 +90,9 @@ def _record_item(entry: Any, metric: str, output: Path) -> str:
     value = r.metrics[metric].get("value")
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
     facts = [("commit", env.get("git_commit") or "— (not recorded: no git checkout)"), ("device", env.get("device")),
-             ("torch threads", env.get("torch_threads")), ("python", env.get("python")), ("platform", env.get("platform")),
-             ("time", env.get("time")),
+             ("torch threads", " — ".join(str(x) for x in (env.get("torch_threads"), env.get("thread_policy")) if x)),
+             ("not deterministic", ", ".join(env.get("nondeterministic_ops") or ())),
+             ("python", env.get("python")), ("platform", env.get("platform")), ("time", env.get("time")),
              ("versions", versions)]
     cost = f"fit {r.fit_seconds:.2f} s, score {r.score_seconds:.2f} s, peak {r.peak_rss_mb:.0f} MB"
     return (f'<li><a href="{esc(link)}">seed {r.seed}</a>: {esc(metric)} '

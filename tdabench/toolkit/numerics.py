@@ -6,10 +6,19 @@ and TF32 is off, so "float32" in a record means float32.  On the CPU nothing nee
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import warnings
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import torch
+
+#: torch's alert when an operation without a deterministic implementation runs under
+#: ``use_deterministic_algorithms(True, warn_only=True)`` (ATen's ``alertNotDeterministic``): the
+#: operation runs anyway, so a run that met one is not deterministic whatever its settings say.
+_ALERT = re.compile(r"^(?P<op>\S+) does not have a deterministic implementation")
 
 
 @dataclass(frozen=True)
@@ -46,3 +55,24 @@ def current_numerics(task: "object") -> Numerics:
         return Numerics(device=device)
     return Numerics(device="cuda", deterministic=torch.are_deterministic_algorithms_enabled(),
                     tf32=bool(torch.backends.cuda.matmul.allow_tf32))
+
+
+@contextlib.contextmanager
+def watching() -> Iterator[list[str]]:
+    """The operations torch ran non-deterministically in the block (``apply`` sets ``warn_only``, so
+    they warn instead of failing): the list fills as the block runs.  Other warnings pass through."""
+    found: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield found
+        finally:
+            for w in caught:
+                match = _ALERT.match(str(w.message))
+                if match:
+                    found.append(match.group("op"))
+    for w in caught:
+        if not _ALERT.match(str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    found[:] = sorted(set(found))
+

@@ -220,3 +220,27 @@ def test_arnoldi_tells_a_broken_down_iteration_from_an_indefinite_hessian():
     indefinite = torch.tensor([-0.05, 0.02, 0.3, 0.46])
     assert breakdown_zeros(padded) == 3 and breakdown_zeros(indefinite) == 0
     assert breakdown_zeros(torch.zeros(3)) == 0
+
+
+def test_the_dattri_session_restores_every_generator_it_reseeds(monkeypatch):
+    """manual_seed reseeds the CUDA generators too: the session forks all of them (issue 37), not only the CPU's."""
+    import contextlib
+
+    forked = []
+
+    @contextlib.contextmanager
+    def fork_rng(devices, **kwargs):
+        forked.append(list(devices))
+        yield
+
+    monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with bridge.session(torch.float32):
+        pass
+    assert forked == [[0, 1]]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with bridge.session(torch.float32):
+        pass
+    assert forked[-1] == []

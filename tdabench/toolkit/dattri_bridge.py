@@ -49,7 +49,9 @@ def session(dtype: torch.dtype, seed: int = 0) -> Iterator[None]:
     logging.getLogger("dattri").setLevel(logging.WARNING)
     torch.set_default_dtype(dtype)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), torch.random.fork_rng(devices=[]):
+        # manual_seed reseeds every CUDA generator too: fork them all, so that they are restored as well
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), torch.random.fork_rng(devices=cuda):
             warnings.filterwarnings("ignore", module="dattri")
             torch.manual_seed(seed)
             yield

@@ -16,8 +16,12 @@ from tdabench.tasks.digits import Digits, DigitsConfig
 
 @pytest.fixture
 def threads():
-    before = torch.get_num_threads()
+    from tdabench.toolkit import threads as policy
+
+    before, pinned = torch.get_num_threads(), policy.pinned()
+    policy.pin(None)                          # the policy on, whatever ran before
     yield
+    policy.pin(pinned)
     torch.set_num_threads(before)
 
 
@@ -117,3 +121,20 @@ def test_a_record_names_the_threads_its_fit_and_score_ran_on_and_why(tmp_path, t
     assert record.environment["torch_threads"] == 1 and "idle cores" in record.environment["thread_policy"]
     assert seen and set(seen) == {1}                                            # a 2,410-parameter MLP: one thread
     assert torch.get_num_threads() == 2                                         # restored after the run
+
+
+def test_the_cli_pins_threads_for_its_command_only(threads, monkeypatch):
+    import importlib
+
+    from tdabench.cli import commands
+    from tdabench.cli.commands import COMMANDS
+    from tdabench.toolkit import threads as policy
+
+    cli = importlib.import_module("tdabench.cli.main")
+    seen = []
+    record = lambda args: seen.append((policy.pinned(), torch.get_num_threads())) or 0      # noqa: E731
+    monkeypatch.setattr(commands, "COMMANDS", tuple(dataclasses.replace(c, run=record) if c.name == "run" else c
+                                                    for c in COMMANDS))
+    torch.set_num_threads(2)
+    assert cli.main(["run", "--task", "digits", "--method", "random", "--threads", "1"]) == 0
+    assert seen == [(1, 1)] and policy.pinned() is None and torch.get_num_threads() == 2

@@ -43,15 +43,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     logging.basicConfig(level=level, format="[tdabench %(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     log.setLevel(level)   # our own level: kronfluence sets the root logger's level to its log_level (WARNING)
-    if getattr(args, "threads", None):
-        import torch
-
-        from tdabench.toolkit import threads
-
-        torch.set_num_threads(args.threads)
-        threads.pin(args.threads)      # every stage on N threads: the size policy is off
     command = next(c for c in COMMANDS if c.name == args.command)
     try:
+        if getattr(args, "threads", None):
+            from tdabench.toolkit import threads
+
+            with threads.pinned_to(args.threads):   # every stage on N threads: the size policy is off
+                return command.run(args)
         return command.run(args)
     except (UnknownNameError, ConfigError, ImportError, ValueError, OSError, RuntimeError) as err:
         root = Path(getattr(args, "results_dir", None) or ".")

@@ -245,6 +245,9 @@ def main() -> None:
           f"sampled parameters, device {device}, threads {torch.get_num_threads()}")
     print(f"devinterp : {what}")
     print(f"tdabench  : {n_draws / ours_s:8.1f} draws/s ({ours_s:.2f} s, recording and covariance included)")
+    x = bif.extras()        # the run record's own account of the sampling (methods/bif.py)
+    print(f"tdabench  : sampling {x['sampling_seconds']:.2f} s ({x['draws_per_second']:.1f} draws/s), of which "
+          f"recording the losses {x['recording_seconds']:.2f} s ({100 * x['recording_fraction']:.0f} %)")
     print(f"devinterp : {n_draws / theirs_s:8.1f} draws/s ({theirs_s:.2f} s, recording and covariance included; "
           f"sampling with recording {theirs_sampling:.2f} s)")
     print(f"speed ratio tdabench/devinterp: {theirs_s / ours_s:.2f}")

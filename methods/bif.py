@@ -18,6 +18,7 @@ queries during sampling is what makes the BIF cost one sampling run for all quer
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal
 
@@ -135,11 +136,15 @@ class _Recorder:
         self.train_trace = torch.zeros(cfg.chains, cfg.draws, dtype=torch.float64)   # shape: [C, T]
         self.query_trace = torch.zeros(cfg.chains, cfg.draws, dtype=torch.float64)   # shape: [C, T]
         self.n_columns = 0                                                           # query observables
+        self.recording_seconds = 0.0                                                 # in this process
+        self.sampling_seconds = 0.0
 
     def observe(self) -> tuple[Tensor, Tensor]:
         ctx, b = self.ctx, self.cfg.record_batch_size
+        start = time.perf_counter()
         x = record(ctx.model, ctx.task.loss, ctx.train_data, b)                     # shape: [n_train]
         y = record(ctx.model, self.query_fn, ctx.query_data, b)                     # shape: [n_query·T]
+        self.recording_seconds += time.perf_counter() - start
         return x, y
 
     def add(self, chain: int, draw: int, x: Tensor, y: Tensor) -> float:
@@ -249,16 +254,23 @@ class BIF(Method):
             sampler.generator = torch.Generator(device=ctx.device).manual_seed(derive_seed(ctx.seed, chain, 17))
             streams["batch"] = torch.Generator().manual_seed(derive_seed(ctx.seed, chain, 29))
 
-        def elsewhere(chain: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        def elsewhere(chain: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], float, float]:
+            """A chain's draws, sampled in a worker process, with its seconds in all and in recording."""
+            clock, before = time.perf_counter(), rec.recording_seconds
             begin(chain)
             keep, kept = rec.keeper()
             run_chain(sampler, potential, keep, chain, cfg.draws, cfg.burn_in, cfg.thin, guard)
-            return kept
+            return kept, time.perf_counter() - clock, rec.recording_seconds - before
 
+        clock = time.perf_counter()
         if cfg.workers == 1:        # streamed: the estimator's memory, not a chain's draws
             run_chains(sampler, potential, rec, cfg.chains, cfg.draws, cfg.burn_in, cfg.thin, guard, begin=begin)
+            rec.sampling_seconds = time.perf_counter() - clock
         else:
-            for chain, kept in enumerate(fork_map(elsewhere, cfg.chains, cfg.workers)):
+            rec.sampling_seconds = 0.0                   # summed over the chains (they ran side by side)
+            for chain, (kept, seconds, recording) in enumerate(fork_map(elsewhere, cfg.chains, cfg.workers)):
+                rec.sampling_seconds += seconds
+                rec.recording_seconds += recording
                 for draw, (x, y) in enumerate(kept):
                     rec.add(chain, draw, torch.from_numpy(x).to(ctx.device), torch.from_numpy(y).to(ctx.device))
         return est, rec, start
@@ -270,6 +282,10 @@ class BIF(Method):
             "memory_mode": est.mode, "expected_bytes": need, "train_loss_at_w_star": start,
             "ess_train_loss": effective_sample_size(rec.train_trace),
             "ess_query_loss": effective_sample_size(rec.query_trace),
+            # where the sampling time goes (in chain-seconds when chains ran in worker processes)
+            "sampling_seconds": rec.sampling_seconds, "recording_seconds": rec.recording_seconds,
+            "draws_per_second": cfg.chains * cfg.draws / max(rec.sampling_seconds, 1e-12),
+            "recording_fraction": rec.recording_seconds / max(rec.sampling_seconds, 1e-12),
             "train_loss_trace": rec.train_trace.tolist(), "query_loss_trace": rec.query_trace.tolist(),
             "config": asdict(cfg),
         }

@@ -289,3 +289,29 @@ def test_chains_and_draws_that_cannot_fit_the_machine_are_refused_before_any_wor
     monkeypatch.setattr("tdabench.methods.bif.machine_memory", lambda: 2**10)          # 1 kB: 2,000 draws need 0.4 MB
     with pytest.raises(Exception, match="fits this machine's 0 GB"):
         make_method("bif", task, {}).check(task)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_record_says_how_fast_bif_drew_and_what_share_went_to_recording(tmp_path, small_regression, monkeypatch,
+                                                                          workers):
+    """Recording slowed by a known 5 ms a call: the extras count it, in one process or summed over worker
+    processes (issue 38: draws/s and the fraction spent recording in the run record)."""
+    import sys
+    import time
+
+    module = sys.modules[type(make_method("bif", small_regression, {})).__module__]
+    real = module.record
+
+    def slow(*args, **kwargs):
+        time.sleep(0.005)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "record", slow)
+    ctx = make_context(small_regression, tmp_path)
+    bif = make_method("bif", small_regression, {"chains": "2", "draws": "40", "workers": str(workers)})
+    bif.score(ctx)
+    x = bif.extras()
+    assert x["recording_seconds"] >= 2 * 40 * 2 * 0.005                       # two record calls a draw
+    assert x["recording_seconds"] <= x["sampling_seconds"]
+    assert x["recording_fraction"] == pytest.approx(x["recording_seconds"] / x["sampling_seconds"])
+    assert x["draws_per_second"] == pytest.approx(80 / x["sampling_seconds"])

@@ -17,6 +17,7 @@ queries during sampling is what makes the BIF cost one sampling run for all quer
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -61,6 +62,7 @@ class BIFConfig(MethodConfig):
     patterns: tuple[str, ...] = ()   # regexes of parameter names to sample (others frozen at w*)
     include_regularizer: bool = True  # add the task's regulariser to the potential
     record_batch_size: int = 1024    # examples per recording forward pass (and per backward pass of a larger minibatch)
+    record_dtype: Literal["float32", "bfloat16"] = "float32"   # the recording passes' dtype (bfloat16: autocast)
     diverge_factor: float = 100.0    # stop when the mean train loss exceeds this × (its value at w* + d/(2nβ))
     workers: int = 1                 # processes sampling chains at once (CPU, forked; the torch threads shared out); same scores for any count
 
@@ -120,10 +122,14 @@ class BIFConfig(MethodConfig):
                  f"traces and estimator state; lower bif.chains or bif.draws", 500)
 
 
-def record(model: nn.Module, fn: Any, data: Batch, batch_size: int) -> Tensor:
-    """``fn(model, batch)`` over every row without gradients, flattened per row: shape ``[n·k]``."""
-    with torch.no_grad():
-        return torch.cat([fn(model, b).reshape(b[0].shape[0], -1) for b in batches(data, batch_size)]).reshape(-1)
+def record(model: nn.Module, fn: Any, data: Batch, batch_size: int, dtype: str = "float32") -> Tensor:
+    """``fn(model, batch)`` over every row without gradients, flattened per row: shape ``[n·k]``, float32.
+    ``dtype="bfloat16"`` runs the passes under autocast (the draws' losses in reduced precision, the
+    sampler untouched)."""
+    cast = torch.autocast(data[0].device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+    with torch.no_grad(), cast:
+        out = torch.cat([fn(model, b).reshape(b[0].shape[0], -1) for b in batches(data, batch_size)])
+    return out.float().reshape(-1)
 
 
 class _Recorder:
@@ -142,8 +148,8 @@ class _Recorder:
     def observe(self) -> tuple[Tensor, Tensor]:
         ctx, b = self.ctx, self.cfg.record_batch_size
         start = time.perf_counter()
-        x = record(ctx.model, ctx.task.loss, ctx.train_data, b)                     # shape: [n_train]
-        y = record(ctx.model, self.query_fn, ctx.query_data, b)                     # shape: [n_query·T]
+        x = record(ctx.model, ctx.task.loss, ctx.train_data, b, self.cfg.record_dtype)        # shape: [n_train]
+        y = record(ctx.model, self.query_fn, ctx.query_data, b, self.cfg.record_dtype)        # shape: [n_query·T]
         self.recording_seconds += time.perf_counter() - start
         return x, y
 

@@ -1,19 +1,16 @@
-"""bif: the local Bayesian influence function, score[i, j] = −Cov(ℓ_i(w), φ_j(w)) (or −Corr) over
-draws of (RMSprop-)SGLD from the localized tempered posterior
-    p(w) ∝ exp(−nβ·(mean_k ℓ_k(w) + R(w)) − γ/2·‖w − w*‖²)
-around the reference model w* (001 Sec. 2.3/3 and App. B.1; 002 App. B).  R is the task's
-regulariser (``include_regularizer``), so that w* — the optimum of the training objective — is a
-stationary point of the potential.  Chains are pooled; draws are recorded by no-grad forward
-passes over every attribution example and every query, separate from the SGLD minibatches.  Chain c
-draws its noise and minibatches from its own streams (seeded by the run's seed and c), so chains can
-run in separate processes (``workers``, CPU) and their draws are pooled in chain order: the scores
-do not depend on the number of workers.
+"""bif: the local Bayesian influence function, score[i, j] = −Cov(ℓ_i(w), φ_j(w)) (or −Corr) over draws of
+(RMSprop-)SGLD from the localized tempered posterior  p(w) ∝ exp(−nβ·(mean_k ℓ_k(w) + R(w)) − γ/2·‖w − w*‖²)
+around the reference model w* (001 Sec. 2.3/3 and App. B.1; 002 App. B).  R is the task's regulariser
+(``include_regularizer``), so that w* — the optimum of the training objective — is a stationary point of
+the potential.  Chains are pooled; draws are recorded by no-grad forward passes over every attribution
+example and every query, separate from the SGLD minibatches.  Chain c draws its noise and minibatches
+from its own streams (seeded by the run's seed and c), so chains can run in separate processes
+(``workers``, CPU) and their draws are pooled in chain order: the scores do not depend on the workers.
 
-Sampling happens in ``score``: the expensive part, the chains, cannot be separated from recording
-the query observables without storing every draw's parameters (C·T model copies); recording the
-queries during sampling is what makes the BIF cost one sampling run for all queries.  Diagnostics
-(per-chain loss traces, ESS, the estimator's memory mode) land in ``self.diagnostics`` and in
-``ctx.cache_dir/bif-diagnostics-seed<seed>.json`` (+ a trace plot when matplotlib is installed).
+Sampling happens in ``score``: the chains cannot be separated from recording the query observables
+without storing every draw's parameters (C·T model copies); recording the queries during sampling is what
+makes the BIF cost one sampling run for all queries.  Diagnostics (loss traces, ESS, memory mode, where the
+time went) land in ``self.diagnostics`` and ``ctx.cache_dir/bif-diagnostics-seed<seed>.json`` (+ a plot).
 """
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def board_records() -> list[RunResult]:
     for folder in sorted((RESULTS / "runs" / "tinylm" / "bif").iterdir()):
         records = [RunResult.load(p) for p in sorted(folder.glob("seed*.json"))]
         if records and records[0].method_config.get("record_dtype", "float32") == "float32" \
-                and not records[0].method_config.get("epsilon") == "auto":
+                and records[0].method_config.get("epsilon") != "auto":
             return records
     raise SystemExit("no tinylm bif records under results/runs: run `tdabench board` first")
 
@@ -81,7 +80,6 @@ def main() -> None:
               f"draws/s ×{statistics.median(s[0] for s in speed['bfloat16']) / statistics.median(s[0] for s in speed['float32']):.2f}"]
     print("\n".join(lines))
     if args.readme:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _readme import publish
 
         publish("bif_record_dtype", "\n".join(lines), "")

@@ -96,7 +96,6 @@ def main() -> None:
             table += run_task("digits", "digits", {}, args.seeds, Path("results"))
     print("\n".join(table))
     if args.readme:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _readme import publish
 
         publish("damping_rules", "\n".join(table), "")

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -84,7 +82,6 @@ def main() -> None:
     block = "```\n" + "\n".join(lines) + "\n```"
     print(block)
     if args.readme:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _readme import publish
 
         publish("magic_cost", block, f"`python benchmarks/magic_cost.py --threads {args.threads} --rounds {args.rounds} --readme`")

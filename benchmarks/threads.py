@@ -143,7 +143,6 @@ def main() -> None:
                 print(table[-1], flush=True)
     print("\n".join(table))
     if args.readme:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _readme import publish
 
         publish("threads", "\n".join(table), "\n".join(lines))

@@ -16,13 +16,15 @@ reused lives in ``reuse.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import traceback
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -66,17 +68,24 @@ class Scored:
     nondeterministic: tuple[str, ...] = ()     # operations torch warned ran non-deterministically
 
 
-def fit_and_score(method: Method, ctx: Context) -> Scored:
-    """Fit and score under measurement, on the threads ``toolkit/threads.py`` chooses, then check the
-    matrix (shape, dtype, finite values)."""
+@contextlib.contextmanager
+def _method_stage(method: Method, ctx: Context) -> Iterator[tuple[Optional[threads.Choice], list[str]]]:
+    """A method's fit and score: on the threads ``toolkit/threads.py`` chooses, the operations torch ran
+    non-deterministically collected (and logged)."""
     with threads.chosen(None, ctx.device) as choice, watching() as nondeterministic:
+        yield choice, nondeterministic
+    if nondeterministic:
+        log.warning("%s on %s ran operations without a deterministic implementation (%s): its numbers may differ "
+                    "from run to run; the record says so", method.name, ctx.task.name, ", ".join(nondeterministic))
+
+
+def fit_and_score(method: Method, ctx: Context) -> Scored:
+    """Fit and score under measurement (``_method_stage``), then check the matrix (shape, dtype, finite values)."""
+    with _method_stage(method, ctx) as (choice, nondeterministic):
         with Meter(ctx.device) as fit:
             method.fit(ctx)
         with Meter(ctx.device) as sc:
             scores = method.score(ctx)
-    if nondeterministic:
-        log.warning("%s on %s ran operations without a deterministic implementation (%s): its numbers may differ "
-                    "from run to run; the record says so", method.name, ctx.task.name, ", ".join(nondeterministic))
     expected = (ctx.n_train, ctx.n_query)
     if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
         got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
@@ -98,10 +107,7 @@ def make_context(spec: RunSpec, task: Task, method: Method, seed: int, along: in
         model.load_state_dict(along_run[spec.at_checkpoint - 1].state)
         model, checkpoints, key = model.eval(), [], f"{key}-c{spec.at_checkpoint}of{along}"
     else:
-        def size() -> int:
-            return sum(p.numel() for p in task.make_model(reference_seed(seed)).parameters())
-
-        with threads.chosen(size, task.device):       # training a small model: one thread (toolkit/threads.py)
+        with threads.chosen(lambda: _size(task), task.device):   # a small model trains on one thread
             model, checkpoints, key = reference_model(task, seed, spec.results_dir, method.needs_checkpoints,
                                                      method.checkpoint_spacing)
     code = digest(fingerprint(type(method)))
@@ -110,6 +116,16 @@ def make_context(spec: RunSpec, task: Task, method: Method, seed: int, along: in
     return Context(task=task, model=model, train_data=task.train_data(), query_data=task.query_data(),
                    device=task.device, seed=seed, cache_dir=cache, checkpoints=checkpoints, model_key=key,
                    train_seed=reference_seed(seed))
+
+
+_SIZES: "weakref.WeakKeyDictionary[Task, int]" = weakref.WeakKeyDictionary()
+
+
+def _size(task: Task) -> int:
+    """The parameters of the task's model (what the thread policy goes by), counted once per task."""
+    if task not in _SIZES:
+        _SIZES[task] = sum(p.numel() for p in task.make_model(reference_seed(0)).parameters())
+    return _SIZES[task]
 
 
 def at_checkpoint(truth: GroundTruth, c: int) -> GroundTruth:
@@ -181,9 +197,9 @@ def _score(spec: RunSpec, plan: Plan, todo: Todo, seed: int, truth: Optional[Gro
     elif plan.gt.kind == "mislabel":    # the training set as its own queries: scores[i, i], shape [n_train, 1]
         ctx = locked_context(spec, task, method, seed)
         with exclusive(ctx.cache_dir.with_name(ctx.cache_dir.name + ".lock"), f"{method.name}'s cache for {task.name}"):
-            with threads.chosen(None, ctx.device) as choice:
+            with _method_stage(method, ctx) as (choice, nondeterministic):
                 own, fit, score = self_influence(method, ctx)
-        scored = Scored(own[:, None], fit, score, method.extras(), choice)
+        scored = Scored(own[:, None], fit, score, method.extras(), choice, tuple(nondeterministic))
     else:
         scored = _fit_and_score_exclusively(spec, task, method, seed, plan.gt.checkpoints)
     scores_name = todo.path.with_suffix(".scores.pt").name

@@ -60,19 +60,14 @@ def current_numerics(task: "object") -> Numerics:
 @contextlib.contextmanager
 def watching() -> Iterator[list[str]]:
     """The operations torch ran non-deterministically in the block (``apply`` sets ``warn_only``, so
-    they warn instead of failing): the list fills as the block runs.  Other warnings pass through."""
+    they warn instead of failing), filled in when the block ends.  Other warnings pass through."""
     found: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             yield found
         finally:
-            for w in caught:
-                match = _ALERT.match(str(w.message))
-                if match:
-                    found.append(match.group("op"))
+            found[:] = sorted({m.group("op") for w in caught if (m := _ALERT.match(str(w.message)))})
     for w in caught:
         if not _ALERT.match(str(w.message)):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-    found[:] = sorted(set(found))
-

@@ -25,8 +25,34 @@ def test_verify_lists_and_prune_deletes_only_what_was_set_aside(tmp_path, capsys
 
     cli.main(["verify", "--results-dir", str(results), "--prune"])
     out = capsys.readouterr().out
-    assert f"removed {aside}" in out and "pruned 2 set-aside cache(s) and file(s), 4.0 MB freed" in out
+    assert f"removed {aside}" in out and "pruned 2 set-aside or outdated cache(s) and file(s), 4.0 MB freed" in out
     assert not aside.exists() and not (runs / "seed0.scores.pt.corrupt0").exists()
     assert (current / "masks.pt").exists() and (runs / "seed1.scores.pt").exists()
     cli.main(["verify", "--results-dir", str(results)])
     assert "set aside" not in capsys.readouterr().out
+
+
+def test_prune_deletes_method_caches_of_other_code_only(tmp_path, capsys):
+    """A method's cache folder is named by its code fingerprint: one named otherwise was made by other code
+    and no current run reads it (the TRAK features of old code had piled up to 30 GB here); the current
+    one, and a cache of a method not installed, are kept."""
+    from tdabench.api.registry import METHODS
+    from tdabench.engine.fingerprint import digest, fingerprint
+
+    results = tmp_path / "results"
+    code = digest(fingerprint(METHODS.get("trak")))
+    current, old = (results / "cache" / "trak" / "digits" / name for name in (code, "0123456789abcdef"))
+    unknown = results / "cache" / "not-a-method" / "digits" / "0123456789abcdef"
+    for folder in (current, old, unknown):
+        folder.mkdir(parents=True)
+        (folder / "features.pt").write_bytes(b"f" * 2**20)
+    (old.parent / (old.name + ".lock")).write_bytes(b"")
+
+    cli.main(["verify", "--results-dir", str(results)])
+    out = capsys.readouterr().out
+    assert "1 method cache(s) made by other code, 1.0 MB" in out and old.exists()
+    cli.main(["verify", "--results-dir", str(results), "--prune"])
+    out = capsys.readouterr().out
+    assert f"removed {old}" in out and "pruned 2 set-aside or outdated cache(s) and file(s), 1.0 MB freed" in out
+    assert not old.exists() and not (old.parent / (old.name + ".lock")).exists()
+    assert (current / "features.pt").exists() and (unknown / "features.pt").exists()

@@ -107,14 +107,34 @@ def set_aside(results_dir: Path) -> list[Path]:
     return sorted(p for p in found if not any(SET_ASIDE.search(parent.name) for parent in p.parents))
 
 
+def outdated_caches(results_dir: Path, cache_root: Path | None = None) -> list[Path]:
+    """Methods' private caches (``cache/METHOD/TASK/CODE``, factors and features) made by other code: the
+    folder is named by the method's code fingerprint, so no run of the current code can read it again.  A
+    method that is not installed here is left alone (its code cannot be checked)."""
+    root = Path(cache_root) if cache_root else Path(results_dir) / "cache"
+    found: list[Path] = []
+    for method_dir in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else ():
+        try:
+            code = digest(fingerprint(METHODS.get(method_dir.name)))
+        except UnknownNameError:
+            continue
+        for folder in sorted(p for p in method_dir.glob("*/*") if p.is_dir() and not SET_ASIDE.search(p.name)):
+            if folder.name != code:
+                found.append(folder)
+                lock = folder.with_name(folder.name + ".lock")
+                found += [lock] if lock.exists() else []
+    return found
+
+
 def size_of(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def prune(results_dir: Path) -> tuple[list[Path], int]:
-    """Delete what was set aside (``set_aside``); the paths removed and the bytes freed.  Nothing current is
-    touched: a cache in use, a record or a score matrix never carries a ``.staleN``/``.corruptN`` suffix."""
-    gone = set_aside(results_dir)
+    """Delete what was set aside (``set_aside``) and the method caches made by other code (``outdated_caches``);
+    the paths removed and the bytes freed.  Nothing current is touched: a cache in use, a record or a score
+    matrix never carries a ``.staleN``/``.corruptN`` suffix, and a current method cache is named by its code."""
+    gone = set_aside(results_dir) + outdated_caches(results_dir)
     freed = sum(size_of(p) for p in gone)
     for path in gone:
         shutil.rmtree(path) if path.is_dir() else path.unlink()

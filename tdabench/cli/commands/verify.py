@@ -18,11 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serial", action="store_true", help="with --reproduce: retrain in-process")
     p.add_argument("--prune", action="store_true",
                    help="delete what was set aside instead of deleted: ground-truth caches built by other code "
-                        "(KEY.staleN) and unreadable files (NAME.corruptN)")
+                        "(KEY.staleN), unreadable files (NAME.corruptN) and methods' caches made by other code")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tdabench.engine.verify import prune, set_aside, size_of, verify
+    from tdabench.engine.verify import outdated_caches, prune, set_aside, size_of, verify
 
     if not args.results_dir.exists():
         raise FileNotFoundError(f"--results-dir {args.results_dir} does not exist")
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         gone, freed = prune(args.results_dir)
         for path in gone:
             print(f"removed {path}")
-        print(f"pruned {len(gone)} set-aside cache(s) and file(s), {freed / 2**20:.1f} MB freed")
+        print(f"pruned {len(gone)} set-aside or outdated cache(s) and file(s), {freed / 2**20:.1f} MB freed")
     if args.task and not args.reproduce:
         raise ValueError("--task only goes with --reproduce (verify itself checks every record)")
     if args.reproduce:
@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if aside:
         print(f"{len(aside)} cache(s) and file(s) set aside (KEY.staleN, NAME.corruptN), "
               f"{sum(size_of(p) for p in aside) / 2**20:.1f} MB: `tdabench verify --prune` deletes them")
+    outdated = outdated_caches(args.results_dir)
+    if outdated:
+        print(f"{sum(p.is_dir() for p in outdated)} method cache(s) made by other code, {sum(size_of(p) for p in outdated) / 2**20:.1f} MB: "
+              f"no run of the current code reads them; `tdabench verify --prune` deletes them")
     print(f"{checked} records and ground truths checked, {len(problems)} problem(s)"
           + ("" if problems else ": everything would be reused as it is"))
     return 1 if problems else 0

@@ -61,6 +61,7 @@ class SourceConfig(MethodConfig):
     cpu_max_width: int = 8192                           # on CPU, leave out layers wider than this; 0: no limit
     max_examples: Optional[int] = None                  # examples per factor fit (None: all)
     batch_size: int = 64                                # examples per batch (factors and gradients)
+    query_batch: int = 0                                # queries per pass (0: all at once); each pass recomputes the training gradients
     precision: Literal["auto", "float32", "float64"] = "auto"  # factor/gradient dtype; auto: the model's
 
     def __post_init__(self) -> None:
@@ -71,6 +72,7 @@ class SourceConfig(MethodConfig):
         integer(self, "source", "cpu_max_width", "the widest layer tracked on CPU; 0: no limit", minimum=0)
         integer(self, "source", "max_examples", "examples per factor fit; none: all", minimum=1, optional=True)
         integer(self, "source", "batch_size", "examples per factor and gradient batch", minimum=1)
+        integer(self, "source", "query_batch", "queries per pass; 0: all at once", minimum=0)
 
     def factor_config(self) -> EKFACConfig:
         """The ekfac settings that fit this method's factors (shared fitting and caching)."""
@@ -195,11 +197,16 @@ class Source(Method):
     def score(self, ctx: Context) -> Tensor:
         if not self._segments:
             self.fit(ctx)
+        size = self.config.query_batch or ctx.n_query   # the query side holds [queries, out, a] per module, twice
+        return torch.cat([self._score(ctx, part) for part in batches(ctx.query_data, size)], dim=1)
+
+    def _score(self, ctx: Context, queries: Batch) -> Tensor:
+        """Scores ``[n_train, Q]`` of the Q rows of ``queries``."""
         cfg, lam = self.config, self.config.damping
         model = copy.deepcopy(ctx.model)                     # the final model w_T; checkpoints load into it
         layout = Layout(model, self._modules)
-        v = layout.grads(model, ctx.task.measurement, ctx.query_data, cfg.batch_size, self._dtype)  # [n_query, out, a]
-        total = torch.zeros(ctx.n_train, ctx.n_query, dtype=torch.float64, device=ctx.device)
+        v = layout.grads(model, ctx.task.measurement, queries, cfg.batch_size, self._dtype)      # [Q, out, a]
+        total = torch.zeros(ctx.n_train, queries[0].shape[0], dtype=torch.float64, device=ctx.device)
         for seg in reversed(self._segments):
             u = apply_eigen(seg.eigen, lambda s, e=seg.effort: response_filter(s + lam, e) / ctx.n_train, v)
             for ckpt, weight in seg.checkpoints:
@@ -208,7 +215,7 @@ class Source(Method):
                     g = layout.grads(model, ctx.task.loss, chunk, cfg.batch_size, self._dtype)   # [chunk, out, a]
                     total[start : start + chunk[0].shape[0]] -= weight * dot(g, u)
             v = apply_eigen(seg.eigen, lambda s, e=seg.effort: torch.exp(-e * (s + lam)), v)
-        return total.float()                                                               # [n_train, n_query]
+        return total.float()                                                               # [n_train, Q]
 
     def _chunks(self, ctx: Context) -> list[tuple[int, Batch]]:
         size = 16 * self.config.batch_size

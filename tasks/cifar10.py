@@ -290,8 +290,9 @@ class Cifar10(Task):
         draws its matrix blocks on the device), in large batches on CUDA.  BIF takes 001 Table 3's
         CIFAR-10 row (b=1024, C=4, T=100, no burn-in, nβ=200, γ=10⁴); the paper gives no step size, and
         ε=1e-5 keeps ε·γ/(2δ) below 1 for RMSprop-SGLD (sweep it: `tdabench sweep ... --grid epsilon=...`).
-        On CUDA, TRAK holds its projection matrix: redrawn in blocks for every featurize batch of 128, the
-        2M × 2,048 Gaussian would be 390 × 16 GB of random numbers per model at 50,000 images."""
+        SOURCE scores its queries in passes that keep their gradients under 8 GB.  On CUDA, TRAK holds its
+        projection matrix: redrawn in blocks for every featurize batch of 128, the 2M × 2,048 Gaussian would
+        be 390 × 16 GB of random numbers per model at 50,000 images."""
         c = self.config
         chans = (24, *c.widths)
         dim = sum(9 * (a * b + b * b) + 2 * b for a, b in zip(chans, chans[1:])) + self.n_classes * c.widths[-1]
@@ -301,6 +302,9 @@ class Cifar10(Task):
         if 4 * dim * (c.n_train + (c.n_query or 1000 * self.n_classes)) > 2**31:   # float32 gradients above 2 GiB
             projected = {"proj_dim": 512, "batch_size": 1024 if self._cuda else 64}
             recs |= {"gradsim": projected, "tracin": dict(projected)}
+        queries = c.n_query or 1000 * self.n_classes
+        if 8 * dim * queries > 2**33:   # SOURCE's query side, [Q, d] float32 held twice: 160 GB at 10,000 queries
+            recs["source"] = {"query_batch": max(1, 2**33 // (8 * dim))}
         if self._cuda:   # TRAK's d × 2,048 Gaussian (16 GB at full width) held once, not redrawn for every batch
             recs["trak"] = {"projector_memory_mb": math.ceil(4 * dim * TRAK_PROJ_DIM / 2**20)}
         return recs

@@ -3,6 +3,7 @@ method recommendations as data (the same on every device, derived from the shape
 model never overwritten and keyed by device, and CIFAR-10's constants built once per device."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -187,3 +188,18 @@ def test_cifar10_trak_holds_its_projection_on_cuda(tmp_path):
     assert TRAKConfig().proj_dim * dim <= held < TRAKConfig().proj_dim * dim + 2**20
     assert dim * TRAKConfig().proj_dim > TRAKConfig().projector_memory_mb * 2**20 // 4   # the default redraws it
     assert "trak" not in Cifar10(cfg).recommendations()
+
+
+def test_cifar10_source_scores_its_10000_queries_in_passes_under_8_gb(tmp_path):
+    """SOURCE holds its queries' gradients twice ([Q, d] float32): 160 GB for the full test set at full width,
+    so the task recommends passes of at most 8 GB of them; for a few queries nothing changes."""
+    from test_cifar10 import write_cifar
+    from tdabench.tasks.cifar10 import Cifar10, Cifar10Config
+
+    write_cifar(tmp_path, per_batch=20)
+    small = Cifar10Config(data_dir=str(tmp_path), verify=False, download=False, n_train=50, warmup_size=10, n_query=10)
+    dim = sum(p.numel() for p in Cifar10(small).make_model(0).parameters())
+    full = dataclasses.replace(small, n_query=0)
+    batch = Cifar10(full, device="cuda").recommendations()["source"]["query_batch"]
+    assert 8 * dim * batch <= 2**33 < 8 * dim * (batch + 1) and batch < 10_000
+    assert "source" not in Cifar10(small).recommendations()

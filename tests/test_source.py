@@ -154,3 +154,16 @@ def test_bad_settings_are_refused(tmp_path):
     assert method.needs_checkpoints == 2
     with pytest.raises(ValueError, match="needs 2 checkpoints"):
         method.fit(make_context(task, tmp_path, n_checkpoints=1))
+
+
+def test_queries_in_passes_give_the_scores_of_one_pass(tmp_path):
+    """``source.query_batch`` bounds the query side ([Q, out, a] per module, held twice: 160 GB for CIFAR-10's
+    10,000 queries at full width); passes of 2 of 5 queries give the one-pass scores."""
+    task = Digits(DigitsConfig(n_train=60, n_query=5, hidden=8, epochs=2, batch_size=16))
+    ctx = make_context(task, tmp_path, n_checkpoints=2)
+    whole = _source(task, ctx, segments=2)
+    parts = _source(task, ctx, segments=2, query_batch=2)
+    assert parts.shape == whole.shape == (60, 5)
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="query_batch"):
+        make_method("source", task, {"query_batch": "-1"})

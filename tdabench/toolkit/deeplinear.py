@@ -45,14 +45,13 @@ class DeepLinear:
         return float(self.targets.shape[0])
 
     def strength(self, s: Tensor, step: int) -> Tensor:
-        """a(t; s) at ``step`` (elementwise, s ≥ 0; 0 for a mode the data lack, s = 0)."""
-        c = 2 * self.lr * step / self.tau
+        """a(t; s) = s·g(s²) at ``step`` (elementwise, s ≥ 0; 0 for a mode the data lack, s = 0)."""
         safe = s.clamp(min=1e-12)
-        return torch.where(s > 1e-12, safe * torch.exp(c * safe) / (torch.expm1(c * safe) + safe / self.a0),
-                           torch.zeros_like(s))
+        return torch.where(s > 1e-12, safe * self.g(safe * safe, step), torch.zeros_like(s))
 
     def g(self, lam: Tensor, step: int) -> Tensor:
-        """g(λ) = a(√λ)/√λ at ``step`` (elementwise, λ > 0)."""
+        """g(λ) = e^{c√λ} / (e^{c√λ} − 1 + √λ/a₀), c = 2t/τ, at ``step`` (elementwise, λ > 0): the mode formula,
+        written once; a(s) = s·g(s²)."""
         c = 2 * self.lr * step / self.tau
         s = lam.sqrt()
         return torch.exp(c * s) / (torch.expm1(c * s) + s / self.a0)
@@ -65,7 +64,12 @@ class DeepLinear:
     def map_derivative(self, target: Tensor, direction: Tensor, step: int, tol: float = 1e-9) -> Tensor:
         """dW(T)[dT]: the first-order change of the map when T moves along ``direction`` (Daleckii–Krein;
         eigenvalues of TᵀT within ``tol`` of the largest are one degenerate block)."""
-        t, dt = target.double(), direction.double()
+        return self._derivative(self._spectrum(target, step, tol), target, direction)
+
+    def _spectrum(self, target: Tensor, step: int, tol: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """What every direction's derivative at T shares: TᵀT's eigenvalues λ and vectors V, g(λ), and the
+        divided differences of g over pairs of eigenvalues (g' within a degenerate block)."""
+        t = target.double()
         lam, v = torch.linalg.eigh(t.T @ t)
         if lam.min() <= tol * lam.max():
             raise ValueError("the closed form's derivative needs targets of full column rank (every item its own "
@@ -78,6 +82,12 @@ class DeepLinear:
         close = gap.abs() <= tol * lam.abs().max().clamp(min=1e-30)
         divided = torch.where(close, (slopes[:, None] + slopes[None, :]) / 2,
                               (values[:, None] - values[None, :]) / torch.where(close, torch.ones_like(gap), gap))
+        return lam, v, values, divided
+
+    @staticmethod
+    def _derivative(spectrum: tuple[Tensor, Tensor, Tensor, Tensor], target: Tensor, direction: Tensor) -> Tensor:
+        _, v, values, divided = spectrum
+        t, dt = target.double(), direction.double()
         dc = v.T @ (dt.T @ t + t.T @ dt) @ v
         return dt @ (v * values) @ v.T + t @ (v @ (divided * dc) @ v.T)
 
@@ -87,11 +97,12 @@ class DeepLinear:
         t = self.targets.double().T                                          # shape: [F, N]
         x, y = queries[0].double(), queries[1].double()                      # shape: [Q, N], [Q, F]
         residual = x @ self.map(t, step).T - y                               # shape: [Q, F]
+        spectrum = self._spectrum(t, step, 1e-9)                             # once for every item's direction
         out = torch.empty(t.shape[1], x.shape[0], dtype=torch.float64)
         for i in range(t.shape[1]):
             dt = torch.zeros_like(t)
             dt[:, i] = t[:, i]                                               # ε·yᵢeᵢᵀ
-            out[i] = (residual * (x @ self.map_derivative(t, dt, step).T)).sum(1)
+            out[i] = (residual * (x @ self._derivative(spectrum, t, dt).T)).sum(1)
         return out
 
     def loo(self, step: int, queries: tuple[Tensor, Tensor]) -> Tensor:

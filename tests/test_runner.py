@@ -46,6 +46,7 @@ def test_json_output_records_and_second_run_reuses_everything(tmp_path, capsys, 
     assert len(records) == 4
     record = json.loads(records[0].read_text())
     assert record["environment"]["versions"]["torch"] and len(record["metrics"]["lds"]["per_query"]) == 50
+    assert 0 < record["environment"]["rss_at_start_mb"] <= record["peak_rss_mb"]   # what the peak counts from
     assert (records[0].parent / record["scores_file"]).exists()          # the score matrix is kept
 
     from tdabench.tasks.regression import Regression

@@ -184,7 +184,8 @@ def _tuned(spec: RunSpec, plan: Plan, method: Method, seed: int, truth: GroundTr
 def _total(usages: list[Usage]) -> Usage:
     """The cost of a stage run once per grid value: summed seconds, the highest peaks."""
     cuda = [u.peak_cuda_mb for u in usages if u.peak_cuda_mb is not None]
-    return Usage(sum(u.seconds for u in usages), max(u.peak_rss_mb for u in usages), max(cuda) if cuda else None)
+    return Usage(sum(u.seconds for u in usages), max(u.peak_rss_mb for u in usages), max(cuda) if cuda else None,
+                 usages[0].start_rss_mb)
 
 
 def _score(spec: RunSpec, plan: Plan, todo: Todo, seed: int, truth: Optional[GroundTruth], executor: Any = None) -> RunResult:
@@ -216,10 +217,17 @@ def _score(spec: RunSpec, plan: Plan, todo: Todo, seed: int, truth: Optional[Gro
         method_recommended=config_dict_of(plan.recommended[method.name]),
         method_overrides=config_dict_of(plan.overrides[method.name]), code=scores_code(type(task), type(method)),
         scores_file=scores_name, environment={**environment(str(task.device)), "numerics": current_numerics(task).key(),
-                                                **_threads_used(scored)},
+                                                **_threads_used(scored), **_baseline(scored)},
         extras=scored.extras)
     result.save(todo.path)
     return result
+
+
+def _baseline(scored: Scored) -> dict[str, Any]:
+    """The resident memory the method's fit began from (MB): the process's data, model and libraries, what
+    ``peak_rss_mb`` counts from (garbage of an earlier stage is released before it is read)."""
+    start = scored.fit.start_rss_mb
+    return {"rss_at_start_mb": round(start, 1)} if start is not None else {}
 
 
 def _threads_used(scored: Scored) -> dict[str, Any]:

@@ -94,7 +94,9 @@ def _record_item(entry: Any, metric: str, output: Path) -> str:
              ("not deterministic", ", ".join(env.get("nondeterministic_ops") or ())),
              ("python", env.get("python")), ("platform", env.get("platform")), ("time", env.get("time")),
              ("versions", versions)]
-    cost = f"fit {r.fit_seconds:.2f} s, score {r.score_seconds:.2f} s, peak {r.peak_rss_mb:.0f} MB"
+    start = r.environment.get("rss_at_start_mb")
+    cost = (f"fit {r.fit_seconds:.2f} s, score {r.score_seconds:.2f} s, peak {r.peak_rss_mb:.0f} MB"
+            + (f" (from {start:.0f} MB resident at the start)" if start is not None else ""))
     return (f'<li><a href="{esc(link)}">seed {r.seed}</a>: {esc(metric)} '
             f"{'—' if value is None else f'{value:.4f}'}; {cost}<dl>"
             + "".join(f"<dt>{k}</dt><dd>{esc(v)}</dd>" for k, v in facts if v) + "</dl></li>")

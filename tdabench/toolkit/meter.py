@@ -1,6 +1,8 @@
 """Wall-clock time and peak memory of one stage of work (the one shared timing implementation)."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import re
 import resource
 import time
@@ -21,15 +23,30 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mb() -> float:
+def _status_mb(field: str) -> Optional[float]:
+    """A ``/proc/self/status`` memory field (``VmHWM``, ``VmRSS``) in MB; None where the kernel does not say."""
     try:
         with open("/proc/self/status") as fh:
-            match = re.search(r"VmHWM:\s+(\d+) kB", fh.read())
-        if match:
-            return int(match.group(1)) / 1024
+            match = re.search(rf"{field}:\s+(\d+) kB", fh.read())
+        return int(match.group(1)) / 1024 if match else None
     except OSError:
+        return None
+
+
+def _peak_rss_mb() -> float:
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the C allocator's free pages back to the kernel (glibc's ``malloc_trim``),
+    so that what an earlier stage of this process freed is no longer resident when the next one is
+    measured; where there is no glibc, the garbage is collected only."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
 
 
 def machine_memory() -> int:
@@ -43,11 +60,13 @@ def machine_memory() -> int:
 
 @dataclass
 class Usage:
-    """What one stage cost: seconds, peak RSS of this process (MB), CUDA peak (MB) or None."""
+    """What one stage cost: seconds, peak RSS of this process (MB), CUDA peak (MB) or None, and the RSS the
+    stage began from (MB; its baseline: what the process held before, the data and model included)."""
 
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     peak_cuda_mb: Optional[float] = None
+    start_rss_mb: Optional[float] = None
 
 
 class Meter:
@@ -60,6 +79,8 @@ class Meter:
         self.usage = Usage()
 
     def __enter__(self) -> "Meter":
+        release_freed_memory()      # what an earlier stage freed is not this stage's peak
+        self.usage.start_rss_mb = _status_mb("VmRSS")
         _reset_peak_rss()
         if self.cuda:   # the run's device, not whichever is current
             torch.cuda.synchronize(self.device)

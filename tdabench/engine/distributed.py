@@ -8,7 +8,6 @@ chunking, payload and worker-task helpers above them, and Ray's start and addres
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import os
 import socket
@@ -22,6 +21,7 @@ from torch import Tensor
 
 from tdabench.api.config import ConfigError, config_dict, with_values
 from tdabench.toolkit.brittleness import measuring_margins
+from tdabench.toolkit.chunks import auto_chunk
 from tdabench.toolkit.forkpool import forking, ignore_interrupts
 from tdabench.toolkit.numerics import Numerics, current_numerics
 from tdabench.toolkit.retrain import train_and_measure_many
@@ -49,23 +49,6 @@ class Executor(Protocol):
 def chunks(jobs: list[Job], size: int) -> list[list[Job]]:
     """``jobs`` in consecutive groups of at most ``size``."""
     return [jobs[i : i + size] for i in range(0, len(jobs), max(1, size))]
-
-
-#: Memory a chunk of stacked models may take (weights, gradients, Adam moments, final copies).
-CHUNK_BYTES = 2**30
-
-
-def auto_chunk(task: Task, n_jobs: int, workers: int, requested: int = 0, order: str = "independent",
-               checkpoints: int = 0) -> int:
-    """Retrains per unit of work: 1 unless they are trained many at once (the reference order's
-    reweighted runs, or ``train_many`` when measured at the end only); else ``requested``, or the most
-    that keep every worker busy and fit ``CHUNK_BYTES`` (≈ 8 copies of the weights per model), at most 256."""
-    if not (order == "reference" or task.trains_many and not checkpoints):
-        return 1
-    if requested:
-        return requested
-    params = sum(p.numel() * p.element_size() for p in task.make_model(0).parameters())
-    return max(1, min(256, CHUNK_BYTES // (8 * params), math.ceil(n_jobs / max(1, workers))))
 
 
 def payload(group: list[Job]) -> list[Job]:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 #: tdabench modules that shape how numbers are stored or shown, never the numbers themselves.
 NEUTRAL = frozenset(f"tdabench.{m}" for m in (
     "api.config", "api.registry", "api.truth", "api.published", "api.suite",
-    "toolkit.progress", "toolkit.meter", "toolkit.threads", "toolkit.forkpool", "toolkit.numerics", "toolkit.locks",
+    "toolkit.progress", "toolkit.meter", "toolkit.threads", "toolkit.chunks", "toolkit.forkpool", "toolkit.numerics", "toolkit.locks",
     "engine.records", "engine.fingerprint", "engine.distributed", "engine.pipeline", "engine.store", "engine.groundtruth",
     "engine.quarantine", "engine.restore", "engine.spec", "engine.verify", "engine.reproduce", "engine.reuse",
     "studies.presets", "studies.sweep", "studies.scaling", "studies.baseline_check", "studies.stagewise", "studies.kernel",

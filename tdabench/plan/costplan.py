@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import tempfile
 import traceback
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from typing import Any, Callable, Optional
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 
-from tdabench.plan.fakerun import OverBudget, fake_run
+from tdabench.plan.fakerun import LiveBytes, OverBudget, fake_run
 from tdabench.api.truth import GroundTruthConfig
 from tdabench.api.method import Context, Method
-from tdabench.toolkit.retrain import subset_masks
+from tdabench.toolkit.chunks import auto_chunk
+from tdabench.toolkit.retrain import subset_masks, train_and_measure_many
 from tdabench.toolkit.checkpoints import checkpoint_steps
 from tdabench.api.seeds import reference_seed
 from tdabench.api.task import Checkpoint, Task
@@ -126,26 +128,62 @@ def _context(task: Task, model: torch.nn.Module, checkpoints: list, cache: Path)
 Raws = dict[tuple[int, int], Any]   # (rows, queries) traced → (peak, FLOPs, stopped) or a failure's note
 
 
-def _task_stages(tracer: _Tracer, task: Task, alpha: float, rows: tuple[int, ...], queries: tuple[int, ...]) -> dict[str, Raws]:
+def _task_stages(tracer: _Tracer, task: Task, alpha: float, rows: tuple[int, ...], queries: tuple[int, ...],
+                 gt: GroundTruthConfig, chunk: int = 1) -> dict[str, Raws]:
     """A ground-truth retrain on an α-subset at each row count (the queries play no part) — at the
     two largest with every combination of small counts of the task's loops (``task_loops``) — and the
-    measurement of the queries at each query count (on an untrained model: only shapes matter)."""
-    raws: dict[str, Raws] = {"retrain": {}, "measure": {}}
+    measurement of the queries at each query count (on an untrained model: only shapes matter).  When
+    the ground truth trains ``chunk`` > 1 runs of the reference order at once, those are traced as it calls
+    them, measurement included, with 2 and 3 models ("retrain together", keyed (rows, queries, models,
+    loops…)): the stacked models' memory adds up (``train_many``: ``_measured_together``)."""
+    raws: dict[str, Raws] = {"retrain": {}, "measure": {}, "retrain together": {}}
     every = corners(task_loops(task.config))
     for r in rows:
         for corner in every if r in rows[-2:] else every[:1]:
             seen = view(task, r, queries[0], split_corner(corner)[1])
             with unset_fake_temporarily():   # which examples is host-side bookkeeping: real tensors
-                indices = subset_masks(r, alpha, 1, 0)[0].nonzero().squeeze(1)
+                masks = subset_masks(r, alpha, 3, 0)
+            indices = masks[0].nonzero().squeeze(1)
             model = seen.make_model(1)
             tracer.stage("retrain", lambda: seen.train(model, indices.to(task.device), 1))
             raws["retrain"][(r, queries[0], *corner.values())] = tracer.raw["retrain"]
             del model
+            if chunk == 1 or gt.order != "reference":
+                continue
+            together = view(task, r, queries[-1], split_corner(corner)[1])
+            for m in (2, 3):
+                tracer.stage("retrain together", lambda: train_and_measure_many(
+                    together, masks[:m].to(task.device), [1] * m, gt.order))
+                raws["retrain together"][(r, queries[-1], m, *corner.values())] = tracer.raw["retrain together"]
     model = task.make_model(1).eval()
     for q in queries:
         seen = view(task, rows[0], q)
         tracer.stage("measure", lambda: seen.measure(model, seen.query_data()))
         raws["measure"][(rows[0], q)] = tracer.raw["measure"]
+    return raws
+
+
+def _measured_together(task: Task, share: float, rows: tuple[int, ...], queries: int) -> Raws:
+    """``train_many`` as the ground truth calls it, with 2 and 3 models, measured on real tensors at the
+    traced sizes (keyed as ``_task_stages``): the stacked trainers draw their minibatches and group their
+    runs on the host from the masks' values, which fake tensors do not have.  Tasks that train many at
+    once train small models (a chunk's weights fit ``CHUNK_BYTES``), so these few short runs are cheap."""
+    raws: Raws = {}
+    held = sum(t.untyped_storage().nbytes() for b in (task.train_data(), task.query_data()) for t in b)
+    every = corners(task_loops(task.config))
+    for r in rows:
+        # subsets of one size, the largest share a chunk of the ground truth's draws holds: a group steps
+        # until its longest run ends (random sizes made the third model's run a batch longer than the
+        # first two's, and the slope in models that batch)
+        masks = torch.zeros(3, r, dtype=torch.bool)
+        masks[:, : max(1, round(share * r))] = True
+        for corner in every if r in rows[-2:] else every[:1]:
+            seen = view(task, r, queries, split_corner(corner)[1])
+            for m in (2, 3):      # one model alone may take a shorter path: the slope is 2 → 3
+                live = LiveBytes(task.device, fake_only=False)
+                with live:
+                    train_and_measure_many(seen, masks[:m].to(task.device), list(range(1, m + 1)))
+                raws[(r, queries, m, *corner.values())] = (held + live.peak, live.flops, False)
     return raws
 
 
@@ -270,25 +308,36 @@ def trace(make_task: Callable[[torch.device], Task], methods: list[Method], gt: 
     CPU path when this machine has none)."""
     wanted = torch.device(device)
     traced = wanted if wanted.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
-    _load(make_task(torch.device("cpu")))   # for real, once: data preparation and its caches are host work
+    host = _load(make_task(torch.device("cpu")))   # for real, once: data preparation and its caches are host work
+    chunk = auto_chunk(host, retrains_per_seed(gt, host.n_train) * seeds, 1, gt.chunk_size, gt.order,
+                       gt.checkpoints)   # as the ground truth groups its retrains, with one worker: the largest
+    query_sizes = trace_sizes(host.n_query, host.config, query=True, batch=host.measure_batch_size)
+    alpha = gt.alpha if gt.kind == "subsets" else 1.0
+    measured = {}
+    if chunk > 1 and gt.order != "reference":
+        sizes = subset_masks(host.n_train, alpha, min(chunk, gt.num_subsets), 0).sum(1) if gt.kind == "subsets" else None
+        share = float(sizes.max()) / host.n_train if sizes is not None else alpha
+        measured = _measured_together(host, share, trace_sizes(host.n_train, host.config), query_sizes[-1])
     with tempfile.TemporaryDirectory() as tmp, fake_run(traced, Path(tmp)) as (live, flops):
         tracer = _Tracer(live, flops, max_ops)
         task = _load(make_task(traced), live)
         data = StageCost("data", live.current)
         n, q = task.n_train, task.n_query
         sizes = {"rows": n, "queries": q}
-        alpha = gt.alpha if gt.kind == "subsets" else 1.0
         retrains = retrains_per_seed(gt, n) * seeds
         task_settings = _settings("task", task.config)
-        raws = _task_stages(tracer, task, alpha, trace_sizes(n, task.config),
-                            trace_sizes(q, task.config, query=True, batch=task.measure_batch_size))
-        stages = [data, _extrapolate("retrain", raws["retrain"], sizes | task_loops(task.config), retrains,
-                                     task_settings),
+        raws = _task_stages(tracer, task, alpha, trace_sizes(n, task.config), query_sizes, gt, chunk)
+        alone = _extrapolate("retrain", raws["retrain"], sizes | task_loops(task.config), retrains, task_settings)
+        retrain = alone if chunk == 1 else _extrapolate(
+            "retrain", measured or raws["retrain together"], sizes | {"queries": query_sizes[-1], "models": chunk}
+            | task_loops(task.config), math.ceil(retrains / chunk),
+            f"{task_settings}; {chunk} retrains at once (gt.chunk_size)"
+            + ("; measured on real tensors at the traced sizes" if measured else ""))
+        stages = [data, _sharing(retrain, task, wanted),
                   _extrapolate("measure", raws["measure"], sizes, retrains * max(1, gt.checkpoints),
                                f"measure batch {task.measure_batch_size} rows")]
         if methods:   # the reference run: a retrain on every example, once
-            stages.append(dataclasses.replace(stages[1], stage="reference model", count=1,
-                                              flops=int(stages[1].flops / alpha)))
+            stages.append(dataclasses.replace(alone, stage="reference model", count=1, flops=int(alone.flops / alpha)))
         for i, m in enumerate(methods):
             got, counts = _method_traces(tracer, task, m, Path(tmp) / f"{i}-{m.name}")
             target = sizes | counts
@@ -296,6 +345,17 @@ def trace(make_task: Callable[[torch.device], Task], methods: list[Method], gt: 
             label = _settings(m.name, m.config) + (f"; {m.auto}=auto: × {grid} values" if m.auto else "")
             stages += [_extrapolate(name, got[name], target, seeds * grid, label) for name in got]
         return CostPlan(task.name, str(wanted), str(traced), tuple(stages))
+
+
+def _sharing(stage: StageCost, task: Task, device: torch.device) -> StageCost:
+    """On CUDA, Ray runs 1/``task.num_gpus_per_retrain`` retrains (or chunks) on each GPU at once: their
+    memory adds up on it."""
+    share = task.num_gpus_per_retrain if device.type == "cuda" else 1.0
+    per_gpu = max(1, math.floor(1 / share + 1e-9)) if share > 0 else 1
+    if per_gpu == 1 or stage.peak_bytes is None:
+        return stage
+    return dataclasses.replace(stage, peak_bytes=stage.peak_bytes * per_gpu,
+                               settings=f"{stage.settings}; × {per_gpu} sharing each GPU (num_gpus_per_retrain {share:g})")
 
 
 def _load(task: Task, live: Any = None) -> Task:

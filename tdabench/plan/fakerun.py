@@ -267,16 +267,26 @@ def _numpy(original: Any) -> Any:
     return numpy
 
 
+#: ``Module.double()`` and its kin convert by ``_apply``, which swaps fake tensors in place and fails
+#: ("Couldn't swap Linear.weight": the fake mode holds weak references to them); ``_module_to`` replaces.
+_CASTS = {"double": torch.float64, "float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16}
+
+
 @contextlib.contextmanager
 def _shims(scratch: Optional[Path]) -> Iterator[None]:
     saved = torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__, torch.Tensor.numpy
+    casts = {name: getattr(nn.Module, name) for name in _CASTS}
     torch.Generator, nn.Module.to = _Generator, _module_to
     torch.Tensor.__deepcopy__, torch.Tensor.numpy = _deepcopy(saved[2]), _numpy(saved[3])
+    for name, dtype in _CASTS.items():
+        setattr(nn.Module, name, lambda self, dtype=dtype: _module_to(self, dtype))
     try:
         with _bound_everywhere(_file_patches(scratch)):
             yield
     finally:
         torch.Generator, nn.Module.to, torch.Tensor.__deepcopy__, torch.Tensor.numpy = saved
+        for name, method in casts.items():
+            setattr(nn.Module, name, method)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks of issue #18 in one short script, for a lent GPU machine with no network (CUDA torch,
-# transformers and tokenizers installed; kronfluence and einconv as wheels in .whl/ if present).
+# The GPU checks of issues #37 and #18 in one short script, for a lent GPU machine with no network (CUDA
+# torch, transformers and tokenizers installed; kronfluence, einconv, dattri and traker as wheels in .whl/
+# if present; Ray only if the machine has it, else the local-process executor stands in and the log says).
+# The steps #37 asks for come first; #18's (run on an H200 on 2026-11-26, results/gpu/) follow while the
+# budget lasts.
 # Every step has its own time limit and the script goes on when one fails; logs and JSON go to $OUT.
 #   OUT=/tmp/out bash benchmarks/gpu_session.sh          # on the GPU machine
 #   SMALL=1 OUT=/tmp/out bash benchmarks/gpu_session.sh  # the same steps at toy shapes (a CPU dry run)
+#   SMALL=1 DEV=cpu INSTALL=0 ...                        # a rehearsal here, in this environment
 #   ONLY='lm-fixture pythia-stages' ...                  # some steps only
 set -u
 OUT=${OUT:-/tmp/gpu-session}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -16,7 +20,9 @@ step() { local name=$1 limit=$2; shift 2; case " ${ONLY:-$name} " in *" $name "*
          grep -v -i "warn\|^  " "$OUT/$name.log" | tail -25 | tee -a "$OUT/summary.txt"; echo "rc=$rc" | tee -a "$OUT/summary.txt"; }
 
 if [ -d .whl ]; then $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
-$PY -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { log "install failed"; tail "$OUT/install.log"; }
+if [ "${INSTALL:-1}" = 1 ]; then   # INSTALL=0: a rehearsal in an environment that already has tdabench
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { log "install failed"; tail "$OUT/install.log"; }
+fi
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '', 'transformers', transformers.__version__)" | tee -a "$OUT/summary.txt"
 
 if [ -n "${SMALL:-}" ]; then   # toy shapes: the dry run of every step
@@ -35,13 +41,29 @@ PYTHIA="--task pythia --set task.model_name=$W/p14/model --set task.data=$W/p14/
 $PY -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from cifar10_train import write_random_cifar; write_random_cifar(Path('$W/cifar'))"
 
 # In order of importance; random images of CIFAR's shape (no network there: accuracy is not measurable).
+# #37 a. the Ray GPU path (no --serial) against a serial build of the same ground truth, piece by piece
+GT37="--task cifar10 $CDATA $CTASK --set task.n_train=1000 --set task.n_query=200 --set task.warmup_steps=10 --set gt.num_subsets=8 --set gt.retrain_seeds=1 --seeds 1 --device $DEV"
+step gt-serial 120 tdabench ground-truth $GT37 --serial --results-dir $W/serial
+step gt-ray 120 tdabench ground-truth $GT37 --results-dir $W/ray
+step gt-ray-vs-serial 30 $PY benchmarks/compare_truths.py $W/serial $W/ray --json "$OUT/ray-vs-serial.json"
+# #37 b. two builds of the Pythia-shaped ground truth, deterministic kernels: bitwise equal or not
+step lm-fixture 60 $PY benchmarks/lm_fixture.py --out $W/p14 --tokens $TOK
+DET="$PYTHIA $SMALLN --set task.n_query=4 --set gt.num_subsets=2 --set gt.retrain_seeds=1 --seeds 1 --serial --device $DEV"
+step pythia-gt-1 90 tdabench ground-truth $DET --results-dir $W/det1
+step pythia-gt-2 90 tdabench ground-truth $DET --results-dir $W/det2
+step pythia-determinism 30 $PY benchmarks/compare_truths.py $W/det1 $W/det2 --json "$OUT/pythia-determinism.json"
+# #37 c. SOURCE, CG, TRAK with two models and MAGIC on CIFAR-10 at a reduced size, through Ray
+step cifar10-methods 150 tdabench run $GT37 --method source,cg,trak,magic --set trak.models=2 --results-dir $W/ray --json
+# #37 d. plan against the measured peak of every stage those methods run
+step plan-cifar10-methods 150 $PY benchmarks/plan_check.py --task cifar10 $CDATA $CTASK --set task.n_train=1000 \
+     --set task.n_query=200 --set task.warmup_steps=10 --device $DEV --method source,cg,trak,magic --set trak.models=2 \
+     --json "$OUT/plan-cifar10-methods.json"
 # 1. ResNet-9 training throughput at the paper's shapes, as `tdabench run` computes (deterministic, no TF32)
 step cifar10-deterministic 90 $PY benchmarks/cifar10_train.py --random-data --device $DEV --repeats 2 $CIFAR
 # 2. the user's path end to end on the GPU: ground truth, reference model, methods, LDS, record
 step cifar10-run 90 tdabench run --task cifar10 $CDATA $CTASK --set task.n_train=2000 --set task.n_query=500 --set task.warmup_steps=10 \
      --set task.fit_on_full=false --set gt.num_subsets=8 --set gt.retrain_seeds=1 --seeds 1 --method gradsim,ekfac --serial --device $DEV --results-dir $W/results
 # 3. Pythia-14M's shapes (a random model of its exact dimensions): each stage's time and peak memory
-step lm-fixture 60 $PY benchmarks/lm_fixture.py --out $W/p14 --tokens $TOK
 step pythia-stages 240 $PY benchmarks/stage_costs.py $PYTHIA --device $DEV --method ekfac --json "$OUT/pythia-stages.json"
 # 4. the 8-epoch full-data recipe, and what deterministic kernels cost
 step cifar10-45k-8epochs 90 $PY benchmarks/cifar10_train.py --random-data --device $DEV --repeats 1 --alpha 1 $CIFAR8

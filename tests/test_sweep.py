@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tdabench.api.config import parse_set_args
@@ -56,3 +57,39 @@ def test_a_leave_one_out_sweep_along_training_ranks_by_pair_trajectories_of_spli
     assert -1 <= trial["tune"] <= 1 and trial["tune"] != trial["heldout"]
     with pytest.raises(ConfigError, match="gt.checkpoints"):
         _prepare(SweepSpec(run=run.replace(overrides=parse_set_args(["gt.kind=loo"])), grid={"normalize": ("true",)}))
+
+
+def test_a_cuda_sweep_checks_every_trial_with_the_trials_that_share_its_gpu(monkeypatch, tmp_path):
+    """Tune puts 1/num_gpus_per_retrain trials on a GPU at once: before any work, each combination of the
+    grid is planned with that many copies of its method's stages on the device (checked on the CPU path,
+    with a device that fits one trial's scoring but not four)."""
+    from types import SimpleNamespace
+
+    from tdabench.api.config import ConfigError
+    from tdabench.api.truth import GroundTruthConfig
+    from tdabench.engine import pipeline
+    from tdabench.engine.spec import RunSpec, make_method, make_task
+    from tdabench.plan import capacity
+    from tdabench.plan.costplan import trace
+    from tdabench.studies import sweep as sweeps
+
+    overrides = {"task": {"n_train": "300"}}
+    make = lambda d: make_task("digits", overrides["task"], d)   # noqa: E731
+    cuda = SimpleNamespace(device=torch.device("cuda"), num_gpus_per_retrain=0.25)
+    method = make_method("gradsim", make(torch.device("cpu")), {})
+    cost = {s.stage: s for s in trace(make, [method], GroundTruthConfig(), "cuda").stages}
+    score = cost["gradsim score"].peak_bytes
+    largest = max([s.peak_bytes for s in cost.values()] + [2 * score])   # fits every stage, scoring twice over
+    assert largest < 4 * score                                            # but not four trials' scoring
+    monkeypatch.setattr(pipeline, "device_memory", lambda device: largest + capacity.CUDA_HEADROOM)
+    spec = RunSpec(task="digits", methods=("gradsim",), overrides=overrides, results_dir=tmp_path)
+    plan = SimpleNamespace(task=cuda, methods=[method], gt=GroundTruthConfig())
+    pipeline.check_memory(spec, plan)                                # one trial fits
+    seen = []
+    monkeypatch.setattr(sweeps, "prepare", lambda trial: seen.append(trial.overrides["gradsim"]) or plan)
+    sweep = sweeps.SweepSpec(run=spec, grid={"proj_dim": ("0", "64"), "batch_size": ("32",)})
+    with pytest.raises(ConfigError, match=r"sweep trial \{'proj_dim': '0', 'batch_size': '32'\} \(4 trials a GPU\).*"
+                                          r"gradsim score.*× 4 sharing the GPU"):
+        sweeps._check_trials_memory(sweep, plan)
+    assert seen == [{"proj_dim": "0", "batch_size": "32"}]          # refused at the first combination
+    sweeps._check_trials_memory(sweeps.SweepSpec(run=spec.replace(check_memory=False), grid=sweep.grid), plan)

@@ -325,18 +325,28 @@ def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[l
     return summaries, failures
 
 
-def _check_memory(spec: RunSpec, plan: Plan) -> None:
+def check_memory(spec: RunSpec, plan: Plan, sharing: int = 1, what: str = "") -> None:
     """On CUDA, trace every stage on fake tensors (``tdabench plan``) and stop before any work when
-    one does not fit the device, naming the settings to lower."""
+    one does not fit the device, naming the settings to lower (``what`` prefixes the message).
+    ``sharing`` > 1: that many runs of the methods' stages share the device at once (a sweep's trials),
+    so their peaks add."""
     if not spec.check_memory or plan.task.device.type != "cuda":
         return
     device = str(plan.task.device)
     log.info("planning memory on %s before any work (--no-plan skips this)", device)
     cost = trace(lambda d: make_task(spec.task, spec.overrides.get("task", {}), d), plan.methods, plan.gt,
                  device, len(spec.seeds))
+    if sharing > 1:
+        ours = tuple(f"{m.name} " for m in plan.methods)
+        cost = dataclasses.replace(cost, stages=tuple(
+            dataclasses.replace(s, peak_bytes=s.peak_bytes * sharing, settings=f"{s.settings}; × {sharing} sharing the GPU")
+            if s.peak_bytes is not None and s.stage.startswith(ours) else s for s in cost.stages))
     message = refusal(cost, device_memory(device), spec.plan_unfinished == "accept")
     if message:
-        raise ConfigError(message)
+        raise ConfigError(what + message)
+
+
+_check_memory = check_memory
 
 
 def _guard_committed(spec: RunSpec, plan: Plan) -> None:

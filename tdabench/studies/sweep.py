@@ -11,6 +11,7 @@ test data.  Every trial reuses the one cached ground truth and reference model b
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -120,7 +121,22 @@ def _check(spec: SweepSpec) -> Plan:
     for key, values in spec.grid.items():
         for value in values:
             prepare(run.replace(overrides={**run.overrides, run.methods[0]: {**run.overrides.get(run.methods[0], {}), key: value}}))
+    _check_trials_memory(spec, plan)
     return plan
+
+
+def _check_trials_memory(spec: SweepSpec, plan: Plan) -> None:
+    """On CUDA, every trial's plan (each combination of the grid) with as many trials sharing a GPU as
+    ``trial_resources`` lets Tune put there: a trial that would not fit stops the sweep before any work."""
+    run = spec.run
+    if not run.check_memory or plan.task.device.type != "cuda":
+        return
+    sharing = max(1, math.floor(1 / trial_resources(plan.task)["gpu"] + 1e-9))
+    name = run.methods[0]
+    for combo in itertools.product(*spec.grid.values()):
+        settings = dict(zip(spec.grid, combo))
+        trial = run.replace(overrides={**run.overrides, name: {**run.overrides.get(name, {}), **settings}})
+        pipeline.check_memory(trial, prepare(trial), sharing, f"sweep trial {settings} ({sharing} trials a GPU): ")
 
 
 def _build(spec: SweepSpec, plan: Plan) -> dict[int, GroundTruth]:

@@ -167,10 +167,10 @@ def test_a_cuda_run_is_refused_before_any_work_when_its_plan_does_not_fit(monkey
     plan = SimpleNamespace(task=SimpleNamespace(device=torch.device("cuda")), methods=[method], gt=GroundTruthConfig())
     monkeypatch.setattr(pipeline, "device_memory", lambda device: 2**20 + capacity.CUDA_HEADROOM)
     with pytest.raises(ConfigError, match="gradsim score.*gradsim.batch_size"):
-        pipeline._check_memory(spec, plan)
+        pipeline.check_memory(spec, plan)
     monkeypatch.setattr(pipeline, "device_memory", lambda device: 80 * 2**30)
-    pipeline._check_memory(spec, plan)                                   # fits: no error
-    pipeline._check_memory(spec.replace(check_memory=False), plan)       # --no-plan: not traced
+    pipeline.check_memory(spec, plan)                                   # fits: no error
+    pipeline.check_memory(spec.replace(check_memory=False), plan)       # --no-plan: not traced
     assert not list(tmp_path.iterdir())
 
 
@@ -252,8 +252,8 @@ def test_a_cuda_run_never_starts_on_a_plan_it_could_not_finish(monkeypatch, tmp_
                            gt=GroundTruthConfig())
     monkeypatch.setattr(pipeline, "device_memory", lambda device: 80 * 2**30)
     with pytest.raises(ConfigError, match="untraceable score not traced"):
-        pipeline._check_memory(spec, plan)
-    pipeline._check_memory(spec.replace(plan_unfinished="accept"), plan)       # accepted: the finished stages fit
+        pipeline.check_memory(spec, plan)
+    pipeline.check_memory(spec.replace(plan_unfinished="accept"), plan)       # accepted: the finished stages fit
     assert not list(tmp_path.iterdir())
 
 

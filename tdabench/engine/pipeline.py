@@ -30,7 +30,7 @@ import torch
 
 from tdabench.api.config import ConfigError, config_dict
 from tdabench.plan.capacity import device_memory, refusal
-from tdabench.plan.costplan import trace
+from tdabench.plan.costplan import shared, trace
 from tdabench.engine.fingerprint import digest, fingerprint
 from tdabench.engine.groundtruth import GroundTruth, build_ground_truth, code_fingerprint
 from tdabench.toolkit.labelnoise import self_influence
@@ -295,7 +295,7 @@ def evaluate(spec: RunSpec, outcomes: Optional[list[Outcome]] = None) -> tuple[l
     if spec.check_memory and plan.task.device.type == "cuda" and any(
             t.rescore or t.metrics for seed in spec.seeds for m in plan.methods
             for t in [triage(spec, plan, m, seed, truth_code)]):
-        _check_memory(spec, plan)
+        check_memory(spec, plan)
     executor = LazyExecutor(spec)
     results: dict[str, list[RunResult]] = {m.name: [] for m in plan.methods}
     failures: list[str] = []
@@ -336,17 +336,13 @@ def check_memory(spec: RunSpec, plan: Plan, sharing: int = 1, what: str = "") ->
     log.info("planning memory on %s before any work (--no-plan skips this)", device)
     cost = trace(lambda d: make_task(spec.task, spec.overrides.get("task", {}), d), plan.methods, plan.gt,
                  device, len(spec.seeds))
-    if sharing > 1:
-        ours = tuple(f"{m.name} " for m in plan.methods)
-        cost = dataclasses.replace(cost, stages=tuple(
-            dataclasses.replace(s, peak_bytes=s.peak_bytes * sharing, settings=f"{s.settings}; × {sharing} sharing the GPU")
-            if s.peak_bytes is not None and s.stage.startswith(ours) else s for s in cost.stages))
+    ours = tuple(f"{m.name} " for m in plan.methods)
+    cost = dataclasses.replace(cost, stages=tuple(shared(s, sharing, "sharing the GPU") if s.stage.startswith(ours) else s
+                                                  for s in cost.stages))
     message = refusal(cost, device_memory(device), spec.plan_unfinished == "accept")
     if message:
         raise ConfigError(what + message)
 
-
-_check_memory = check_memory
 
 
 def _guard_committed(spec: RunSpec, plan: Plan) -> None:

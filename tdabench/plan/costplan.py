@@ -347,15 +347,24 @@ def trace(make_task: Callable[[torch.device], Task], methods: list[Method], gt: 
         return CostPlan(task.name, str(wanted), str(traced), tuple(stages))
 
 
-def _sharing(stage: StageCost, task: Task, device: torch.device) -> StageCost:
-    """On CUDA, Ray runs 1/``task.num_gpus_per_retrain`` retrains (or chunks) on each GPU at once: their
-    memory adds up on it."""
-    share = task.num_gpus_per_retrain if device.type == "cuda" else 1.0
-    per_gpu = max(1, math.floor(1 / share + 1e-9)) if share > 0 else 1
-    if per_gpu == 1 or stage.peak_bytes is None:
+def per_device(share: float) -> int:
+    """How many runs that each ask for ``share`` of a GPU Ray (and Ray Tune) puts on one GPU at once."""
+    return max(1, math.floor(1 / share + 1e-9)) if share > 0 else 1
+
+
+def shared(stage: StageCost, copies: int, why: str) -> StageCost:
+    """``stage`` with ``copies`` of it on the device at once: their peaks add (FLOPs and runs unchanged)."""
+    if copies <= 1 or stage.peak_bytes is None:
         return stage
-    return dataclasses.replace(stage, peak_bytes=stage.peak_bytes * per_gpu,
-                               settings=f"{stage.settings}; × {per_gpu} sharing each GPU (num_gpus_per_retrain {share:g})")
+    return dataclasses.replace(stage, peak_bytes=stage.peak_bytes * copies, settings=f"{stage.settings}; × {copies} {why}")
+
+
+def _sharing(stage: StageCost, task: Task, device: torch.device) -> StageCost:
+    """On CUDA, Ray runs 1/``task.num_gpus_per_retrain`` retrains (or chunks) on each GPU at once."""
+    if device.type != "cuda":
+        return stage
+    share = task.num_gpus_per_retrain
+    return shared(stage, per_device(share), f"sharing each GPU (num_gpus_per_retrain {share:g})")
 
 
 def _load(task: Task, live: Any = None) -> Task:

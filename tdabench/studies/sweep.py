@@ -30,6 +30,7 @@ from tdabench.toolkit.lds import mean_se
 from tdabench.studies.stagewise import loo_effects, pair_correlations
 from tdabench.engine.spec import Plan, RunSpec, LazyExecutor, prepare
 from tdabench.engine.tuning import split, split_lds
+from tdabench.plan.costplan import per_device
 
 log = logging.getLogger("tdabench")
 
@@ -131,7 +132,7 @@ def _check_trials_memory(spec: SweepSpec, plan: Plan) -> None:
     run = spec.run
     if not run.check_memory or plan.task.device.type != "cuda":
         return
-    sharing = max(1, math.floor(1 / trial_resources(plan.task)["gpu"] + 1e-9))
+    sharing = per_device(trial_resources(plan.task)["gpu"])
     name = run.methods[0]
     for combo in itertools.product(*spec.grid.values()):
         settings = dict(zip(spec.grid, combo))

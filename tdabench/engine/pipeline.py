@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -227,7 +228,7 @@ def _baseline(scored: Scored) -> dict[str, Any]:
     """The resident memory the method's fit began from (MB): the process's data, model and libraries, what
     ``peak_rss_mb`` counts from (garbage of an earlier stage is released before it is read)."""
     start = scored.fit.start_rss_mb
-    return {"rss_at_start_mb": round(start, 1)} if start is not None else {}
+    return {"rss_at_start_mb": math.floor(start * 10) / 10} if start is not None else {}   # down: never above the peak
 
 
 def _threads_used(scored: Scored) -> dict[str, Any]:

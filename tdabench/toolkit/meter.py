@@ -80,8 +80,8 @@ class Meter:
 
     def __enter__(self) -> "Meter":
         release_freed_memory()      # what an earlier stage freed is not this stage's peak
-        self.usage.start_rss_mb = _status_mb("VmRSS")
         _reset_peak_rss()
+        self.usage.start_rss_mb = _status_mb("VmRSS")   # after the reset: the peak is never below it
         if self.cuda:   # the run's device, not whichever is current
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -66,6 +66,30 @@ def test_the_reference_key_names_the_device():
     assert reference_key(Regression(cfg), 0) == reference_key(Regression(cfg), 0)
 
 
+def test_the_reference_key_names_the_cuda_kernels_and_keeps_the_cpu_key():
+    """A reference model trained with TF32 matmuls is not the float32 one: on CUDA the key holds the kernel
+    settings, as a ground truth's does; on the CPU it is the key the cached models were stored under."""
+    import sys
+
+    from tdabench.api.config import content_hash
+    from tdabench.engine.fingerprint import digest, fingerprint
+
+    cfg = RegressionConfig(n_train=30, n_query=5)
+    cuda = Regression(cfg, device="cuda")
+    before = torch.backends.cuda.matmul.allow_tf32            # a property of torch's: set and restored by hand
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        exact = reference_key(cuda, 0)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32 = reference_key(cuda, 0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert tf32 != exact
+    cpu = Regression(cfg)
+    code = digest(fingerprint(type(cpu), sys.modules["tdabench.engine.reference"]))
+    assert reference_key(cpu, 0) == content_hash([cpu.describe(), 0, "cpu", code])
+
+
 def test_a_record_computed_on_another_device_or_with_other_kernels_is_never_this_runs(tmp_path, monkeypatch):
     """The record's key holds the device type and, off the CPU, the kernel settings: a CPU record is never
     found for a GPU run, nor a deterministic float32 one for a TF32 run; a CPU run keeps the keys the

@@ -97,3 +97,46 @@ def test_in_groups_trains_runs_of_equal_length_together_and_answers_in_the_calle
     assert out[:, 0].tolist() == sizes
     assert all(seed == 100 + n for group in groups for n, seed in group)
     assert [sorted(-(-n // 10) for n, _ in group) for group in groups] == [[3, 3], [2, 2], [1, 1]]
+
+
+def test_stacked_adam_hands_the_fused_kernel_its_step_counts_on_the_parameters_device(monkeypatch):
+    """``torch.optim.Adam(fused=True)`` keeps each step count as a float32 tensor on the parameter's device; the
+    CUDA kernel raises on CPU counts (and the update fell back to the slow path).  Checked on the meta device,
+    which no CPU count matches, through a stand-in kernel that records what it was given."""
+    seen = []
+
+    def kernel(ps, gs, ms, vs, maxs, steps, **kwargs):
+        seen.extend((p.device, s.device, s.dtype, float(s.item()) if s.device.type != "meta" else None)
+                    for p, s in zip(ps, steps))
+
+    monkeypatch.setattr(torch, "_fused_adam_", kernel, raising=False)
+    params = {"w": torch.zeros(3, 4, device="meta"), "b": torch.zeros(3, 2, device="meta")}
+    opt = batched.StackedAdam(params, lr=0.1)
+    opt.step({n: torch.zeros_like(p) for n, p in params.items()})
+    assert [(p.type, s.type, dtype) for p, s, dtype, _ in seen] == [("meta", "meta", torch.float32)] * 2
+    seen.clear()
+    cpu = {"w": torch.zeros(3, 4)}
+    opt = batched.StackedAdam(cpu, lr=0.1)
+    for _ in range(2):
+        opt.step({"w": torch.ones(3, 4)})
+    assert [count for *_, count in seen] == [1.0, 2.0]
+
+
+def test_the_stacked_measurement_passes_the_tasks_measure_batch_size_rows_per_model(monkeypatch):
+    """``stacked_measure`` bounds a pass as ``task.measure`` does, by the task's ``measure_batch_size`` (a fixed
+    1,024 rows asked Pythia-14M's logits for 400 GB), and the passes give the one-pass result."""
+    task = Digits(DigitsConfig(n_train=60, n_query=10))
+    models = [task.make_model(s) for s in range(3)]
+    params = {n: p.detach() for n, p in stack_models(models).items()}
+    whole = batched.stacked_measure(task, models[0], params, task.query_data())
+    rows, measurement = [], task.measurement
+
+    def counted(model, batch):
+        rows.append(batch[0].shape[0])
+        return measurement(model, batch)
+
+    monkeypatch.setattr(type(task), "measure_batch_size", property(lambda self: 4))
+    monkeypatch.setattr(task, "measurement", counted)
+    parts = batched.stacked_measure(task, models[0], params, task.query_data())
+    assert rows == [4, 4, 2] and torch.allclose(parts, whole, atol=1e-6)
+    assert torch.allclose(whole[1], task.measure(models[1], task.query_data()), atol=1e-6)

@@ -106,10 +106,14 @@ class Unroll:
 
     def step(self, state: State, t: int, w: Tensor) -> State:
         """s_{t+1} = h_t(s_t, w); ``w`` ``[B]``: the weights of step t's examples."""
-        _, rows = self.batch(t)
-        g = grad(lambda p: self.objective(stateless(self.template, p), p, rows, w))(state["params"])
-        params, opt = self.optimizer.update(state["params"], state["opt"], g, t)
+        params, opt = self.optimizer.update(state["params"], state["opt"], self.gradient(state["params"], t, w), t)
         return {"params": params, "opt": opt}
+
+    def gradient(self, params: dict[str, Tensor], t: int, w: Tensor) -> dict[str, Tensor]:
+        """g(θ, w): the gradient step t's update takes, of the objective on step t's rows weighted by ``w``
+        (what REPLAY's closed-form adjoint differentiates, ``toolkit/adjoints.py``)."""
+        _, rows = self.batch(t)
+        return grad(lambda p: self.objective(stateless(self.template, p), p, rows, w))(params)
 
     def weights(self, beta: Tensor, t: int) -> Tensor:
         """Step t's slice of β (``[n_train]`` or ``[M, n_train]``), in the parameters' dtype."""

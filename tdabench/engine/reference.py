@@ -11,6 +11,7 @@ from torch import nn
 
 from tdabench.api.config import content_hash
 from tdabench.toolkit.files import save_tensor
+from tdabench.toolkit.numerics import current_numerics
 from tdabench.engine.fingerprint import digest, fingerprint
 from tdabench.toolkit.checkpoints import checkpoint_steps
 from tdabench.api.seeds import reference_seed
@@ -38,9 +39,12 @@ def _train_reference(task: Task, seed: int, n_checkpoints: int, spacing: str) ->
 
 
 def reference_key(task: Task, seed: int) -> str:
-    """What the reference model of ``seed`` depends on: the task's settings, the seed, the device type
-    and the code of the task's recipe and of this file."""
-    return content_hash([task.describe(), seed, task.device.type, digest(fingerprint(type(task), sys.modules[__name__]))])
+    """What the reference model of ``seed`` depends on: the task's settings, the seed, the numerics (the
+    device type; on CUDA the kernel settings too, as a ground truth's key holds them) and the code of the
+    task's recipe and of this file."""
+    numerics = current_numerics(task)
+    where = numerics.key() if numerics.device == "cuda" else numerics.device   # CPU keys as they always were
+    return content_hash([task.describe(), seed, where, digest(fingerprint(type(task), sys.modules[__name__]))])
 
 
 def reference_model(task: Task, seed: int, results_dir: Path, n_checkpoints: int = 0,

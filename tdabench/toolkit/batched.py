@@ -78,7 +78,10 @@ class StackedAdam:
         try:
             if fused is None:
                 raise NotImplementedError
-            fused(ps, gs, ms, vs, [], [torch.tensor(float(self.count)) for _ in names], lr=self.lr,
+            # the step count on each parameter's device, in float32, as torch.optim.Adam(fused=True) keeps it
+            # (CPU step tensors make the CUDA kernel raise, which fell back to the slow path)
+            steps = [torch.tensor(float(self.count), dtype=torch.float32, device=p.device) for p in ps]
+            fused(ps, gs, ms, vs, [], steps, lr=self.lr,
                   beta1=self.betas[0], beta2=self.betas[1], weight_decay=self.wd, eps=self.eps, amsgrad=False,
                   maximize=False)
         except (RuntimeError, NotImplementedError):
@@ -185,8 +188,11 @@ def in_groups(masks: Tensor, seeds: Sequence[int], epochs: int, batch_size: int,
 
 
 @torch.no_grad()
-def stacked_measure(task: Task, template: nn.Module, params: dict[str, Tensor], data: Batch, chunk: int = 1024) -> Tensor:
-    """``task.measure`` of every stacked model on ``data``: ``[M, n]`` float32 (eval mode, no grad)."""
+def stacked_measure(task: Task, template: nn.Module, params: dict[str, Tensor], data: Batch, chunk: int = 0) -> Tensor:
+    """``task.measure`` of every stacked model on ``data``: ``[M, n]`` float32 (eval mode, no grad), in passes of
+    ``chunk`` rows per model (default the task's ``measure_batch_size``, which bounds a pass's outputs: 5
+    sequences of Pythia-14M's logits, where a fixed 1,024 would have asked for 400 GB)."""
+    chunk = chunk or task.measure_batch_size
     template.eval()
 
     def one(p: dict[str, Tensor], *rows: Tensor) -> Tensor:

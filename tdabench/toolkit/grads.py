@@ -55,13 +55,20 @@ class Projector:
         self.device = torch.device(device)
         self._matrix = self._full() if dim_in * dim_out <= cache_limit else None
 
-    def _rows(self, start: int) -> Tensor:
+    def _rows(self, start: int, out: Optional[Tensor] = None) -> Tensor:
+        """Rows ``start`` … of the matrix (a block), drawn into ``out`` when given."""
         gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + start)
         rows = min(self.block, self.dim_in - start)
-        return torch.randn(rows, self.dim_out, generator=gen, device=self.device) / self.dim_out ** 0.5
+        if out is None:
+            out = torch.empty(rows, self.dim_out, device=self.device)
+        return torch.randn(rows, self.dim_out, generator=gen, device=self.device, out=out).div_(self.dim_out ** 0.5)
 
     def _full(self) -> Tensor:
-        return torch.cat([self._rows(s) for s in range(0, self.dim_in, self.block)])
+        # each block drawn in place: concatenating the blocks held the whole matrix twice for a moment
+        full = torch.empty(self.dim_in, self.dim_out, device=self.device)
+        for s in range(0, self.dim_in, self.block):
+            self._rows(s, full[s : s + self.block])
+        return full
 
     @property
     def regenerates(self) -> bool:

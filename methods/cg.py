@@ -10,6 +10,7 @@ from typing import Any
 
 from tdabench.api.checks import choices_and_patterns, integer, number
 from tdabench.toolkit.dattri_bridge import DattriMethod, attribution_task, curvature_damping, layer_names
+from tdabench.toolkit.grads import num_params, select_params
 from tdabench.api.method import Context, MethodConfig
 from tdabench.api.registry import register_method
 
@@ -17,17 +18,17 @@ from tdabench.api.registry import register_method
 @dataclass(frozen=True)
 class CGConfig(MethodConfig):
     damping: float = 1e-3            # λ added to the mean-loss Hessian (plus the task's L2 curvature)
-    max_iter: int = 50               # CG iterations per query (exact after d iterations in exact arithmetic)
-    tol: float = 1e-7                # stop when the residual norm falls below this
+    max_iter: int = 50               # CG iterations per query, all run (dattri 0.3 has no residual test); at most d
     query_batch: int = 16            # queries solved together (vmapped: 200 digits queries at once took 10 GB); 0: all
+    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: all)
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
 
     def __post_init__(self) -> None:
         choices_and_patterns(self, "cg")
         number(self, "cg", "damping", "λ added to the Hessian's diagonal", at_least=0)
         integer(self, "cg", "max_iter", "conjugate-gradient iterations", minimum=1)
-        number(self, "cg", "tol", "residual norm at which CG stops", above=0)
         integer(self, "cg", "query_batch", "queries solved together; 0: all", minimum=0)
+        integer(self, "cg", "train_batch", "attribution rows per gradient pass; 0: all", minimum=0)
 
 
 @register_method
@@ -42,5 +43,7 @@ class CG(DattriMethod):
 
         cfg = self.config
         damping, self._info = curvature_damping(ctx, cfg.damping, cfg.patterns)
+        # CG is exact after d steps; a step after its residual reached 0 divides 0 by 0 (dattri stops on no residual)
+        self._info["iterations"] = min(cfg.max_iter, num_params(select_params(ctx.model, cfg.patterns)))
         return IFAttributorCG(task=attribution_task(ctx), layer_name=layer_names(ctx.model, cfg.patterns),
-                              device=str(ctx.device), max_iter=cfg.max_iter, tol=cfg.tol, regularization=damping)
+                              device=str(ctx.device), max_iter=self._info["iterations"], regularization=damping)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tdabench.api.checks import choices_and_patterns, number
+from tdabench.api.checks import choices_and_patterns, integer, number
 from tdabench.toolkit.dattri_bridge import DattriMethod, attribution_task, curvature_damping, layer_names, loader
 from tdabench.api.method import Context, MethodConfig
 from tdabench.api.registry import register_method
@@ -23,6 +23,8 @@ from tdabench.api.task import take
 class DataInfConfig(MethodConfig):
     damping: float = 0.1             # λ of each layer's (G + λI); > 0 (plus the task's L2 curvature)
     fit_fraction: float = 1.0        # share of the attribution set (its first rows) estimating the Fisher
+    query_batch: int = 0             # queries whose gradients are held and transformed together (0: all)
+    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: all)
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
 
     def __post_init__(self) -> None:
@@ -30,6 +32,8 @@ class DataInfConfig(MethodConfig):
         number(self, "datainf", "damping", "λ of each layer's damped Fisher (it divides)", above=0)
         number(self, "datainf", "fit_fraction", "share of the attribution set estimating the Fisher",
                above=0, at_most=1)
+        integer(self, "datainf", "query_batch", "queries per pass; 0: all", minimum=0)
+        integer(self, "datainf", "train_batch", "attribution rows per gradient pass; 0: all", minimum=0)
 
 
 @register_method

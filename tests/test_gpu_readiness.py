@@ -227,3 +227,24 @@ def test_cifar10_source_scores_its_10000_queries_in_passes_under_8_gb(tmp_path):
     batch = Cifar10(full, device="cuda").recommendations()["source"]["query_batch"]
     assert 8 * dim * batch <= 2**33 < 8 * dim * (batch + 1) and batch < 10_000
     assert "source" not in Cifar10(small).recommendations()
+
+
+def test_cifar10_dattri_influence_functions_hold_at_most_8_gb_of_per_example_gradients(tmp_path):
+    """dattri's attributors take the attribution set as one batch of per-example gradients ([n, d] float32:
+    197 GB at N = 25,000 and full width) and arnoldi's and datainf's queries likewise (79 GB for 10,000): the
+    task recommends passes of at most 8 GB, and DataInf's Fisher from as many rows; a small run is unchanged."""
+    from test_cifar10 import write_cifar
+    from tdabench.tasks.cifar10 import Cifar10, Cifar10Config
+
+    write_cifar(tmp_path, per_batch=20)
+    small = Cifar10Config(data_dir=str(tmp_path), verify=False, download=False, n_train=50, warmup_size=10, n_query=10)
+    dim = sum(p.numel() for p in Cifar10(small).make_model(0).parameters())
+    full = dataclasses.replace(small, n_train=25_000, n_query=0)
+    recs = Cifar10(full, device="cuda").recommendations()
+    rows = recs["cg"]["train_batch"]
+    assert 4 * dim * rows <= 2**33 < 4 * dim * (rows + 1) and rows < 25_000
+    assert all(recs[name]["train_batch"] == rows for name in ("lissa", "arnoldi", "datainf"))
+    assert recs["arnoldi"]["query_batch"] == recs["datainf"]["query_batch"] == rows
+    assert "query_batch" not in recs["cg"] and "query_batch" not in recs["lissa"]   # 16 queries a pass already
+    assert round(recs["datainf"]["fit_fraction"] * 25_000) == rows
+    assert not {"cg", "lissa", "arnoldi", "datainf"} & set(Cifar10(small).recommendations())

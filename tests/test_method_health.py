@@ -52,7 +52,7 @@ BAD = [
     ("random", "salt", 1.5), ("random", "salt", "7"),
     ("repsim", "batch_size", 0), ("repsim", "module", 3),
     ("trackstar", "proj_dim", -1), ("trackstar", "eps", 0.0), ("trackstar", "batch_size", 0), ("trackstar", "patterns", ("[",)),
-    ("cg", "damping", -1.0), ("cg", "max_iter", 0), ("cg", "tol", 0.0), ("cg", "patterns", ("(",)), ("cg", "query_batch", -1),
+    ("cg", "damping", -1.0), ("cg", "max_iter", 0), ("cg", "patterns", ("(",)), ("cg", "query_batch", -1),
     ("lissa", "scaling", 0.0), ("lissa", "depth", 0), ("lissa", "repeats", 0), ("lissa", "hessian_batch", 0),
     ("lissa", "damping", math.nan),
     ("arnoldi", "proj_dim", 0), ("arnoldi", "max_iter", 1), ("arnoldi", "damping", -1e-3),

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tdabench.toolkit.grads import flat_function, select_params
 from tdabench.api.method import Context, Method
-from tdabench.api.task import Batch, Task
+from tdabench.api.task import Batch, Task, take
 
 INSTALL_HINT = "pip install 'tdabench[dattri]'"
 
@@ -158,7 +158,8 @@ def to_scores(raw: Tensor, n_train: int, *, influence: bool = True) -> Tensor:
 class DattriMethod(Method):
     """A method computed by one dattri attributor: ``attributor(ctx)`` builds it, ``fit`` caches the
     query-independent part on the whole attribution set (one batch: dattri's explicit and CG solvers sum
-    one inverse-HVP per batch of their "full" loader), ``score`` attributes every query and converts."""
+    one inverse-HVP per batch of their "full" loader), ``score`` attributes every query and converts: in one
+    call, or with the config's ``train_batch`` > 0 that many attribution rows at a time (``score_in_passes``)."""
 
     requires = ("dattri",)
     install_hint = INSTALL_HINT
@@ -178,7 +179,7 @@ class DattriMethod(Method):
         return loader(ctx.train_data, ctx.n_train)
 
     def score_data(self, ctx: Context) -> tuple[Any, Any]:
-        """The (training, query) loaders ``attribute`` is given."""
+        """The (training, query) loaders ``attribute`` is given when the attribution set is one batch."""
         return (loader(ctx.train_data, ctx.n_train),
                 loader(ctx.query_data, getattr(self.config, "query_batch", 0) or ctx.n_query))
 
@@ -196,12 +197,53 @@ class DattriMethod(Method):
 
     def score(self, ctx: Context) -> Tensor:
         self.fitted(ctx)
+        rows = getattr(self.config, "train_batch", 0)
         with session(self.dtype(ctx), ctx.seed):
-            raw = self._attributor.attribute(*self.score_data(ctx))
+            if 0 < rows < ctx.n_train:
+                raw = self.score_in_passes(ctx, rows)
+            else:
+                raw = self._attributor.attribute(*self.score_data(ctx))
         return to_scores(raw, ctx.n_train, influence=self.influence_scale)     # shape: [n_train, n_query]
+
+    def score_in_passes(self, ctx: Context, rows: int) -> Tensor:
+        """The raw scores with the attribution set's per-example gradients ``rows`` at a time.  dattri
+        recomputes and transforms a batch of queries again for every training batch (CG's solve, LiSSA's
+        recursion, each time): here the queries go in passes of ``query_batch`` (0: all), each computed and
+        transformed once (in the order, so with the random draws, of one call) while every training batch
+        goes by — the one-call scores, with rows × d gradients held instead of n × d."""
+        size = getattr(self.config, "query_batch", 0) or ctx.n_query
+        training = loader(ctx.train_data, rows)
+        columns = []
+        for idx in torch.arange(ctx.n_query).split(size):
+            with once_per_pass(self._attributor, "generate_test_rep", "transform_test_rep"):
+                columns.append(self._attributor.attribute(training, loader(take(ctx.query_data, idx), size)))
+        return torch.cat(columns, dim=1)                                # shape: [n_train, n_query]
 
     def extras(self) -> dict[str, Any]:
         return dict(getattr(self, "_info", {}))
+
+
+@contextlib.contextmanager
+def once_per_pass(attributor: Any, *names: str) -> Iterator[None]:
+    """Within the block, each named method of ``attributor`` runs once per checkpoint and is answered from
+    that first result afterwards (the block's query loader must hold one batch)."""
+    def remember(original: Callable[..., Any]) -> Callable[..., Any]:
+        memo: dict[Any, Any] = {}
+
+        def once(*args: Any, **kwargs: Any) -> Any:
+            key = kwargs.get("ckpt_idx", args[0] if args else None)
+            if key not in memo:
+                memo[key] = original(*args, **kwargs)
+            return memo[key]
+        return once
+
+    for name in names:
+        setattr(attributor, name, remember(getattr(attributor, name)))
+    try:
+        yield
+    finally:
+        for name in names:
+            delattr(attributor, name)
 
 
 class _Rows(Dataset):

@@ -318,3 +318,20 @@ def test_retrains_sharing_a_gpu_add_up():
     assert four.flops == one.flops and four.count == one.count
     assert costplan._sharing(one, Shared(), torch.device("cpu")) == one
     assert costplan._sharing(one, Whole(), torch.device("cuda")) == one
+
+
+def test_a_suite_plan_adds_methods_and_names_each_one_that_cannot_serve_a_step(capsys, monkeypatch):
+    """``plan --suite S --method M,…`` plans M in every run step besides the suite's own; a method the step's
+    task refuses (here ``if`` over its ``max_params``) is named with its reason and left out, not a crash."""
+    from tdabench.api.suite import Step, Suite
+    from tdabench.studies import presets
+
+    toy = Suite("toy", "two steps", (Step("run", "regression", ("gradsim",), 1, ("if.max_params=1000",)),
+                                     Step("run", "digits", ("gradsim",), 1, ("if.max_params=1000",))))
+    monkeypatch.setattr(presets, "get_suite", lambda name: toy)
+    assert main(["plan", "--suite", "toy", "--method", "if,gradsim", "--trace-ops", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: if not planned on digits: if: the model has" in out and "if.max_params=1,000" in out
+    regression, digits = out.split("plan: regression")[1].split("plan: digits")
+    assert "if fit" in regression and "gradsim score" in regression and regression.count("gradsim score") == 1
+    assert "if fit" not in digits and "gradsim score" in digits

@@ -13,7 +13,8 @@ from tdabench.cli.commands.base import Command
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
-    p.add_argument("--method", default="", help="method name(s), comma-separated")
+    p.add_argument("--method", default="", help="method name(s), comma-separated (with --suite: planned in every "
+                                                "run step besides the suite's own, where they can serve its task)")
     p.add_argument("--suite", help="plan every run step of a named suite instead")
     p.add_argument("--device-memory", type=float, default=None, metavar="GB",
                    help="memory of the device to plan for (default: this machine's device; 80 for CUDA without one)")
@@ -91,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
     steps = _steps(args, get_suite) if args.suite else [(args.task, _methods(args.method), args.sets, args.seeds)]
     worst = 0
     for task, methods, sets, seeds in steps:
+        if args.suite:
+            kept = _serving(task, methods, parse_set_args(sets), args.device)
+            sets = [s for s in sets if s.split(".", 1)[0] not in set(methods) - set(kept)]   # the left-out's settings
+            methods = kept
         plan, text, refused = plan_spec(task, methods, parse_set_args(sets), len(parse_seeds(seeds)), args.device,
                                         args.device_memory, args.tflops, args.trace_ops, args.plan_unfinished == "accept")
         print(text + "\n")
@@ -106,13 +111,34 @@ def _methods(text: str) -> tuple[str, ...]:
 
 
 def _steps(args: argparse.Namespace, get_suite: Any) -> list[tuple[str, tuple[str, ...], list[str], str]]:
-    """The run steps of a suite as (task, methods, --set list, seeds); other step kinds are skipped."""
+    """The run steps of a suite as (task, methods, --set list, seeds), with ``--method``'s methods added to
+    each; other step kinds are skipped."""
     suite = get_suite(args.suite)
     runs = [s for s in suite.steps if s.kind == "run"]
     if not runs:
         raise ConfigError(f"suite {suite.name} has no run steps to plan (its steps: "
                           f"{', '.join(s.kind for s in suite.steps)})")
-    return [(s.task, s.methods, [*s.sets, *args.sets], str(s.seeds)) for s in runs]
+    extra = _methods(args.method)
+    return [(s.task, tuple(dict.fromkeys((*s.methods, *extra))), [*s.sets, *args.sets], str(s.seeds)) for s in runs]
+
+
+def _serving(task_name: str, methods: tuple[str, ...], overrides: dict[str, dict[str, str]],
+             device: str) -> tuple[str, ...]:
+    """The methods that can serve the step's task; each one that cannot is named with its reason."""
+    import torch
+
+    from tdabench.engine.spec import make_task, resolve_method
+
+    wanted = "cuda" if device.startswith("cuda") else "cpu"
+    probe = make_task(task_name, overrides.get("task", {}), torch.device(wanted))   # configs only: loads nothing
+    kept = []
+    for name in methods:
+        try:
+            resolve_method(name, probe, overrides.get(name, {}))[0].check(probe)
+            kept.append(name)
+        except (ConfigError, ValueError) as refused:
+            print(f"plan: {name} not planned on {task_name}: {refused}")
+    return tuple(kept)
 
 
 def hours(seconds: float) -> str:

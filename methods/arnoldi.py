@@ -37,6 +37,7 @@ class ArnoldiConfig(MethodConfig):
     proj_dim: int = 100              # eigenvectors kept (top |μ|)
     max_iter: int = 200              # Arnoldi iterations (Krylov dimension + 1)
     query_batch: int = 0             # queries whose gradients are held and transformed together (0: all)
+    hessian_batch: int = 0           # rows per piece of the Hessian-vector products over the attribution set (0: all at once)
     train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: all)
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
     indefinite: Literal["raise", "refuse"] = "raise"   # a kept eigenvalue of H + λI ≤ 0: raise λ (warned) or refuse
@@ -47,6 +48,7 @@ class ArnoldiConfig(MethodConfig):
         integer(self, "arnoldi", "proj_dim", "eigenvectors kept", minimum=1)
         integer(self, "arnoldi", "max_iter", "Arnoldi iterations", minimum=2)
         integer(self, "arnoldi", "query_batch", "queries per pass; 0: all", minimum=0)
+        integer(self, "arnoldi", "hessian_batch", "rows per Hessian-vector product piece; 0: all", minimum=0)
         integer(self, "arnoldi", "train_batch", "attribution rows per gradient pass; 0: all", minimum=0)
 
 
@@ -67,7 +69,7 @@ class Arnoldi(DattriMethod):
         d = num_params(select_params(ctx.model, cfg.patterns))
         iters = min(cfg.max_iter, d + 1)
         self._info["eigenvectors"] = min(cfg.proj_dim, iters - 1)
-        return IFAttributorArnoldi(task=attribution_task(ctx), layer_name=layer_names(ctx.model, cfg.patterns),
+        return IFAttributorArnoldi(task=attribution_task(ctx, hessian_batch=cfg.hessian_batch), layer_name=layer_names(ctx.model, cfg.patterns),
                                    device=str(ctx.device), proj_dim=self._info["eigenvectors"], max_iter=iters,
                                    regularization=damping, seed=derive_seed(ctx.seed, 0xA5401D))
 

@@ -20,6 +20,7 @@ class CGConfig(MethodConfig):
     damping: float = 1e-3            # λ added to the mean-loss Hessian (plus the task's L2 curvature)
     max_iter: int = 50               # CG iterations per query, all run (dattri 0.3 has no residual test); at most d
     query_batch: int = 16            # queries solved together (vmapped: 200 digits queries at once took 10 GB); 0: all
+    hessian_batch: int = 0           # rows per piece of the Hessian-vector products over the attribution set (0: all at once)
     train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: all)
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
 
@@ -28,6 +29,7 @@ class CGConfig(MethodConfig):
         number(self, "cg", "damping", "λ added to the Hessian's diagonal", at_least=0)
         integer(self, "cg", "max_iter", "conjugate-gradient iterations", minimum=1)
         integer(self, "cg", "query_batch", "queries solved together; 0: all", minimum=0)
+        integer(self, "cg", "hessian_batch", "rows per Hessian-vector product piece; 0: all", minimum=0)
         integer(self, "cg", "train_batch", "attribution rows per gradient pass; 0: all", minimum=0)
 
 
@@ -45,5 +47,5 @@ class CG(DattriMethod):
         damping, self._info = curvature_damping(ctx, cfg.damping, cfg.patterns)
         # CG is exact after d steps; a step after its residual reached 0 divides 0 by 0 (dattri stops on no residual)
         self._info["iterations"] = min(cfg.max_iter, num_params(select_params(ctx.model, cfg.patterns)))
-        return IFAttributorCG(task=attribution_task(ctx), layer_name=layer_names(ctx.model, cfg.patterns),
+        return IFAttributorCG(task=attribution_task(ctx, hessian_batch=cfg.hessian_batch), layer_name=layer_names(ctx.model, cfg.patterns),
                               device=str(ctx.device), max_iter=self._info["iterations"], regularization=damping)

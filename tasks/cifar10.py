@@ -292,7 +292,8 @@ class Cifar10(Task):
         ε=1e-5 keeps ε·γ/(2δ) below 1 for RMSprop-SGLD (sweep it: `tdabench sweep ... --grid epsilon=...`).
         SOURCE scores its queries in passes that keep their gradients under 8 GB, and the dattri influence
         functions (cg, lissa, arnoldi, datainf) their attribution rows and queries; DataInf's Fisher then
-        comes from the first of those rows.  On CUDA, TRAK holds its
+        comes from the first of those rows, and CG's and Arnoldi's Hessian-vector products go over the
+        attribution set a training batch at a time.  On CUDA, TRAK holds its
         projection matrix: redrawn in blocks for every featurize batch of 128, the 2M × 2,048 Gaussian would
         be 390 × 16 GB of random numbers per model at 50,000 images."""
         c = self.config
@@ -314,6 +315,8 @@ class Cifar10(Task):
                 bounded["query_batch"] = rows
             if name == "datainf" and c.n_train > rows:         # its Fisher keeps every sampled row's gradient
                 bounded["fit_fraction"] = rows / c.n_train
+            if name in ("cg", "arnoldi") and c.n_train > c.batch_size:   # else the whole set's activations, twice
+                bounded["hessian_batch"] = c.batch_size                     # differentiated (~100 GB at 25,000)
             if bounded:
                 recs[name] = bounded
         if self._cuda:   # TRAK's d × 2,048 Gaussian (16 GB at full width) held once, not redrawn for every batch

@@ -275,3 +275,27 @@ def test_a_negative_pass_size_is_refused_naming_the_setting(regression, name):
     for key in ("train_batch", "query_batch"):
         with pytest.raises(ConfigError, match=f"{name}.{key}"):
             make_method(name, task, {key: "-1"})
+
+
+@pytest.mark.parametrize("name", ["cg", "arnoldi"])
+def test_hessian_vector_products_in_pieces_give_the_whole_set_scores(regression, name):
+    """hessian_batch = 7 of 40 rows: CG's and Arnoldi's Hessian of the mean loss, its gradient and its value
+    summed over pieces (a custom autograd function dattri differentiates twice) — the one-batch scores."""
+    task, ctx = regression
+    settings = {"arnoldi": {"proj_dim": 5, "max_iter": 50}}.get(name, {})
+    whole = _scores(name, task, ctx, settings)
+    pieces = _scores(name, task, ctx, {**settings, "hessian_batch": 7})
+    assert torch.isfinite(whole).all() and whole.abs().max() > 0
+    assert _rel(pieces, whole) < 1e-10
+
+
+def test_a_loss_in_pieces_has_the_whole_sets_value_gradient_and_hessian(regression):
+    task, ctx = regression
+    whole = bridge.attribution_task(ctx)
+    pieces = bridge.attribution_task(ctx, hessian_batch=7)
+    x, _ = whole.get_param(0)
+    f, g = ((lambda p, t=t: t.get_loss_func()(p, tuple(ctx.train_data))) for t in (whole, pieces))
+    assert float(g(x)) == pytest.approx(float(f(x)), rel=1e-12)
+    assert _rel(torch.func.grad(g)(x), torch.func.grad(f)(x)) < 1e-12
+    assert _rel(torch.func.hessian(g)(x), torch.func.hessian(f)(x)) < 1e-12                      # forward over reverse
+    assert _rel(torch.func.jacrev(torch.func.jacrev(g))(x), torch.func.hessian(f)(x)) < 1e-12    # reverse over reverse

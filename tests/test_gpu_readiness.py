@@ -232,7 +232,8 @@ def test_cifar10_source_scores_its_10000_queries_in_passes_under_8_gb(tmp_path):
 def test_cifar10_dattri_influence_functions_hold_at_most_8_gb_of_per_example_gradients(tmp_path):
     """dattri's attributors take the attribution set as one batch of per-example gradients ([n, d] float32:
     197 GB at N = 25,000 and full width) and arnoldi's and datainf's queries likewise (79 GB for 10,000): the
-    task recommends passes of at most 8 GB, and DataInf's Fisher from as many rows; a small run is unchanged."""
+    task recommends passes of at most 8 GB, and DataInf's Fisher from as many rows; CG's and Arnoldi's
+    Hessian-vector products a training batch at a time; a small run is unchanged."""
     from test_cifar10 import write_cifar
     from tdabench.tasks.cifar10 import Cifar10, Cifar10Config
 
@@ -247,4 +248,5 @@ def test_cifar10_dattri_influence_functions_hold_at_most_8_gb_of_per_example_gra
     assert recs["arnoldi"]["query_batch"] == recs["datainf"]["query_batch"] == rows
     assert "query_batch" not in recs["cg"] and "query_batch" not in recs["lissa"]   # 16 queries a pass already
     assert round(recs["datainf"]["fit_fraction"] * 25_000) == rows
+    assert recs["cg"]["hessian_batch"] == recs["arnoldi"]["hessian_batch"] == full.batch_size < 25_000
     assert not {"cg", "lissa", "arnoldi", "datainf"} & set(Cifar10(small).recommendations())

@@ -121,7 +121,8 @@ def in_pieces(f: Callable[[dict[str, Tensor], Batch], Tensor], rows: int) -> Cal
             saved = ctx.saved_tensors
             values, data = saved[:ctx.k], saved[ctx.k:]
             v = tuple(torch.zeros_like(x) if t is None else t for x, t in zip(values, v))
-            return sum_over(data, lambda piece: torch.func.jvp(lambda *w: torch.func.grad(at)(w, piece), values, v)[1])
+            # reverse over reverse (H is symmetric): forward mode through views fails on fake tensors (the planner's)
+            return sum_over(data, lambda piece: torch.func.vjp(lambda *w: torch.func.grad(at)(w, piece), *values)[1](v))
 
         class Gradient(torch.autograd.Function):
             generate_vmap_rule = True

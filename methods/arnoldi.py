@@ -36,9 +36,9 @@ class ArnoldiConfig(MethodConfig):
     damping: float = 1e-3            # λ added to the kept eigenvalues (plus the task's L2 curvature)
     proj_dim: int = 100              # eigenvectors kept (top |μ|)
     max_iter: int = 200              # Arnoldi iterations (Krylov dimension + 1)
-    query_batch: int = 0             # queries whose gradients are held and transformed together (0: all)
+    query_batch: int = 0             # queries whose gradients are held and transformed together (0: ≤ 8 GiB of them)
     hessian_batch: int = 0           # rows per piece of the Hessian-vector products over the attribution set (0: all at once)
-    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: all)
+    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: ≤ 8 GiB of them)
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
     indefinite: Literal["raise", "refuse"] = "raise"   # a kept eigenvalue of H + λI ≤ 0: raise λ (warned) or refuse
 
@@ -47,9 +47,9 @@ class ArnoldiConfig(MethodConfig):
         number(self, "arnoldi", "damping", "λ added to each kept eigenvalue", at_least=0)
         integer(self, "arnoldi", "proj_dim", "eigenvectors kept", minimum=1)
         integer(self, "arnoldi", "max_iter", "Arnoldi iterations", minimum=2)
-        integer(self, "arnoldi", "query_batch", "queries per pass; 0: all", minimum=0)
+        integer(self, "arnoldi", "query_batch", "queries per pass; 0: up to 8 GiB of gradients", minimum=0)
         integer(self, "arnoldi", "hessian_batch", "rows per Hessian-vector product piece; 0: all", minimum=0)
-        integer(self, "arnoldi", "train_batch", "attribution rows per gradient pass; 0: all", minimum=0)
+        integer(self, "arnoldi", "train_batch", "attribution rows per gradient pass; 0: up to 8 GiB of gradients", minimum=0)
 
 
 @register_method

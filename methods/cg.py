@@ -19,18 +19,18 @@ from tdabench.api.registry import register_method
 class CGConfig(MethodConfig):
     damping: float = 1e-3            # λ added to the mean-loss Hessian (plus the task's L2 curvature)
     max_iter: int = 50               # CG iterations per query, all run (dattri 0.3 has no residual test); at most d
-    query_batch: int = 16            # queries solved together (vmapped: 200 digits queries at once took 10 GB); 0: all
+    query_batch: int = 16            # queries solved together (vmapped: 200 digits queries at once took 10 GB); 0: ≤ 8 GiB
     hessian_batch: int = 0           # rows per piece of the Hessian-vector products over the attribution set (0: all at once)
-    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: all)
+    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: ≤ 8 GiB of them)
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
 
     def __post_init__(self) -> None:
         choices_and_patterns(self, "cg")
         number(self, "cg", "damping", "λ added to the Hessian's diagonal", at_least=0)
         integer(self, "cg", "max_iter", "conjugate-gradient iterations", minimum=1)
-        integer(self, "cg", "query_batch", "queries solved together; 0: all", minimum=0)
+        integer(self, "cg", "query_batch", "queries solved together; 0: up to 8 GiB of gradients", minimum=0)
         integer(self, "cg", "hessian_batch", "rows per Hessian-vector product piece; 0: all", minimum=0)
-        integer(self, "cg", "train_batch", "attribution rows per gradient pass; 0: all", minimum=0)
+        integer(self, "cg", "train_batch", "attribution rows per gradient pass; 0: up to 8 GiB of gradients", minimum=0)
 
 
 @register_method

@@ -23,8 +23,8 @@ from tdabench.api.task import take
 class DataInfConfig(MethodConfig):
     damping: float = 0.1             # λ of each layer's (G + λI); > 0 (plus the task's L2 curvature)
     fit_fraction: float = 1.0        # share of the attribution set (its first rows) estimating the Fisher
-    query_batch: int = 0             # queries whose gradients are held and transformed together (0: all)
-    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: all)
+    query_batch: int = 0             # queries whose gradients are held and transformed together (0: ≤ 8 GiB of them)
+    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: ≤ 8 GiB of them)
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
 
     def __post_init__(self) -> None:
@@ -32,8 +32,8 @@ class DataInfConfig(MethodConfig):
         number(self, "datainf", "damping", "λ of each layer's damped Fisher (it divides)", above=0)
         number(self, "datainf", "fit_fraction", "share of the attribution set estimating the Fisher",
                above=0, at_most=1)
-        integer(self, "datainf", "query_batch", "queries per pass; 0: all", minimum=0)
-        integer(self, "datainf", "train_batch", "attribution rows per gradient pass; 0: all", minimum=0)
+        integer(self, "datainf", "query_batch", "queries per pass; 0: up to 8 GiB of gradients", minimum=0)
+        integer(self, "datainf", "train_batch", "attribution rows per gradient pass; 0: up to 8 GiB of gradients", minimum=0)
 
 
 @register_method

@@ -22,8 +22,8 @@ class LiSSAConfig(MethodConfig):
     depth: int = 1000                # recursion steps per estimate
     repeats: int = 1                 # independent estimates averaged
     hessian_batch: int = 64          # rows of the attribution set per Hessian sample
-    query_batch: int = 16            # queries whose recursions run together (vmapped: memory grows with it); 0: all
-    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: all)
+    query_batch: int = 16            # queries whose recursions run together (vmapped: memory grows with it); 0: ≤ 8 GiB
+    train_batch: int = 0             # attribution rows whose per-example gradients are held at once (0: ≤ 8 GiB of them)
     patterns: tuple[str, ...] = ()   # regexes of parameter names (empty: all)
 
     def __post_init__(self) -> None:
@@ -33,8 +33,8 @@ class LiSSAConfig(MethodConfig):
         integer(self, "lissa", "depth", "recursion steps per estimate", minimum=1)
         integer(self, "lissa", "repeats", "independent estimates averaged", minimum=1)
         integer(self, "lissa", "hessian_batch", "rows per Hessian sample", minimum=1)
-        integer(self, "lissa", "query_batch", "queries whose recursions run together; 0: all", minimum=0)
-        integer(self, "lissa", "train_batch", "attribution rows per gradient pass; 0: all", minimum=0)
+        integer(self, "lissa", "query_batch", "queries whose recursions run together; 0: up to 8 GiB of gradients", minimum=0)
+        integer(self, "lissa", "train_batch", "attribution rows per gradient pass; 0: up to 8 GiB of gradients", minimum=0)
 
 
 @register_method

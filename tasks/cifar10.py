@@ -290,10 +290,9 @@ class Cifar10(Task):
         draws its matrix blocks on the device), in large batches on CUDA.  BIF takes 001 Table 3's
         CIFAR-10 row (b=1024, C=4, T=100, no burn-in, nβ=200, γ=10⁴); the paper gives no step size, and
         ε=1e-5 keeps ε·γ/(2δ) below 1 for RMSprop-SGLD (sweep it: `tdabench sweep ... --grid epsilon=...`).
-        SOURCE scores its queries in passes that keep their gradients under 8 GB, and the dattri influence
-        functions (cg, lissa, arnoldi, datainf) their attribution rows and queries; DataInf's Fisher then
-        comes from the first of those rows, and CG's and Arnoldi's Hessian-vector products go over the
-        attribution set a training batch at a time.  On CUDA, TRAK holds its
+        SOURCE scores its queries in passes that keep their gradients under 8 GB (the dattri influence
+        functions do so by default); DataInf's Fisher then comes from as many rows, and CG's and Arnoldi's
+        Hessian-vector products go over the attribution set a training batch at a time.  On CUDA, TRAK holds its
         projection matrix: redrawn in blocks for every featurize batch of 128, the 2M × 2,048 Gaussian would
         be 390 × 16 GB of random numbers per model at 50,000 images."""
         c = self.config
@@ -308,17 +307,11 @@ class Cifar10(Task):
         queries = c.n_query or 1000 * self.n_classes
         if 8 * dim * queries > 2**33:   # SOURCE's query side, [Q, d] float32 held twice: 160 GB at 10,000 queries
             recs["source"] = {"query_batch": max(1, 2**33 // (8 * dim))}
-        rows = max(1, 2**33 // (4 * dim))   # float32 gradients of this many examples: 8 GB (1,090 at full width)
-        for name in ("cg", "lissa", "arnoldi", "datainf"):   # dattri's per-example gradients, else n × d at once
-            bounded = {"train_batch": rows} if c.n_train > rows else {}
-            if name in ("arnoldi", "datainf") and queries > rows:
-                bounded["query_batch"] = rows
-            if name == "datainf" and c.n_train > rows:         # its Fisher keeps every sampled row's gradient
-                bounded["fit_fraction"] = rows / c.n_train
-            if name in ("cg", "arnoldi") and c.n_train > c.batch_size:   # else the whole set's activations, twice
-                bounded["hessian_batch"] = c.batch_size                     # differentiated (~100 GB at 25,000)
-            if bounded:
-                recs[name] = bounded
+        rows = max(1, 2**33 // (4 * dim))   # the dattri methods' passes: 8 GB of float32 gradients (1,090 at full width)
+        if c.n_train > rows:                # DataInf's Fisher keeps every row it is estimated from
+            recs["datainf"] = {"fit_fraction": rows / c.n_train}
+        if c.n_train > c.batch_size:        # else CG's and Arnoldi's H·v over the whole set's activations, twice
+            recs |= {name: {"hessian_batch": c.batch_size} for name in ("cg", "arnoldi")}   # differentiated
         if self._cuda:   # TRAK's d × 2,048 Gaussian (16 GB at full width) held once, not redrawn for every batch
             recs["trak"] = {"projector_memory_mb": math.ceil(4 * dim * TRAK_PROJ_DIM / 2**20)}
         return recs

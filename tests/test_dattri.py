@@ -299,3 +299,18 @@ def test_a_loss_in_pieces_has_the_whole_sets_value_gradient_and_hessian(regressi
     assert _rel(torch.func.grad(g)(x), torch.func.grad(f)(x)) < 1e-12
     assert _rel(torch.func.hessian(g)(x), torch.func.hessian(f)(x)) < 1e-12                      # forward over reverse
     assert _rel(torch.func.jacrev(torch.func.jacrev(g))(x), torch.func.hessian(f)(x)) < 1e-12    # reverse over reverse
+
+
+def test_pass_sizes_left_at_0_keep_the_gradients_within_the_bound(regression, monkeypatch):
+    """train_batch = query_batch = 0: as many rows as keep their per-example gradients within GRADIENT_BYTES —
+    every row on a small model (one call, as before), and passes with the one-call scores when the bound is
+    lowered to 7 rows' worth (5 float64 parameters: 40 bytes a row)."""
+    task, ctx = regression
+    one_call = _scores("datainf", task, ctx, {})
+    monkeypatch.setattr(bridge, "GRADIENT_BYTES", 7 * 5 * 8 + 39)
+    method = make_method("datainf", task, {})
+    method.fit(ctx)
+    assert method.pass_rows(ctx, "train_batch", ctx.n_train) == 7 and method.pass_rows(ctx, "query_batch", 5) == 5
+    passes = method.score(ctx)
+    assert method.extras()["train_rows_per_pass"] == 7
+    assert _rel(passes, one_call) < 1e-10

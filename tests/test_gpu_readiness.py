@@ -231,22 +231,26 @@ def test_cifar10_source_scores_its_10000_queries_in_passes_under_8_gb(tmp_path):
 
 def test_cifar10_dattri_influence_functions_hold_at_most_8_gb_of_per_example_gradients(tmp_path):
     """dattri's attributors take the attribution set as one batch of per-example gradients ([n, d] float32:
-    197 GB at N = 25,000 and full width) and arnoldi's and datainf's queries likewise (79 GB for 10,000): the
-    task recommends passes of at most 8 GB, and DataInf's Fisher from as many rows; CG's and Arnoldi's
-    Hessian-vector products a training batch at a time; a small run is unchanged."""
+    197 GB at N = 25,000 and full width) and the queries likewise (79 GB for 10,000): the bridge passes them
+    at most 8 GB at a time by default; the task adds DataInf's Fisher from as many rows and CG's and
+    Arnoldi's Hessian-vector products a training batch at a time; a small run is unchanged."""
     from test_cifar10 import write_cifar
+    from types import SimpleNamespace
+
+    from tdabench.engine.spec import make_method
     from tdabench.tasks.cifar10 import Cifar10, Cifar10Config
+    from tdabench.toolkit.dattri_bridge import GRADIENT_BYTES
 
     write_cifar(tmp_path, per_batch=20)
     small = Cifar10Config(data_dir=str(tmp_path), verify=False, download=False, n_train=50, warmup_size=10, n_query=10)
-    dim = sum(p.numel() for p in Cifar10(small).make_model(0).parameters())
+    model = Cifar10(small).make_model(0)
+    dim = sum(p.numel() for p in model.parameters())
+    ctx = SimpleNamespace(model=model)                                        # what the pass size reads
+    for name in ("cg", "lissa", "arnoldi", "datainf"):
+        rows = make_method(name, Cifar10(small), {}).pass_rows(ctx, "train_batch", 25_000)
+        assert 4 * dim * rows <= GRADIENT_BYTES == 2**33 < 4 * dim * (rows + 1) and rows < 10_000
     full = dataclasses.replace(small, n_train=25_000, n_query=0)
     recs = Cifar10(full, device="cuda").recommendations()
-    rows = recs["cg"]["train_batch"]
-    assert 4 * dim * rows <= 2**33 < 4 * dim * (rows + 1) and rows < 25_000
-    assert all(recs[name]["train_batch"] == rows for name in ("lissa", "arnoldi", "datainf"))
-    assert recs["arnoldi"]["query_batch"] == recs["datainf"]["query_batch"] == rows
-    assert "query_batch" not in recs["cg"] and "query_batch" not in recs["lissa"]   # 16 queries a pass already
     assert round(recs["datainf"]["fit_fraction"] * 25_000) == rows
     assert recs["cg"]["hessian_batch"] == recs["arnoldi"]["hessian_batch"] == full.batch_size < 25_000
     assert not {"cg", "lissa", "arnoldi", "datainf"} & set(Cifar10(small).recommendations())

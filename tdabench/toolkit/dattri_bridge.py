@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from tdabench.toolkit.grads import flat_function, select_params
+from tdabench.toolkit.grads import flat_function, num_params, select_params
 from tdabench.api.method import Context, Method
 from tdabench.api.task import Batch, Task, take
 
@@ -241,11 +241,18 @@ def to_scores(raw: Tensor, n_train: int, *, influence: bool = True) -> Tensor:
     return out.float().cpu()
 
 
+#: Per-example gradients a pass holds at most when its size is left at 0: 8 GiB (CIFAR-10's ResNet-9 at full
+#: width, 1.97 M float32 parameters: 1,090 rows; the MNIST MLP, 165,632: all 5,000 at once).
+GRADIENT_BYTES = 2**33
+
+
 class DattriMethod(Method):
     """A method computed by one dattri attributor: ``attributor(ctx)`` builds it, ``fit`` caches the
     query-independent part on the whole attribution set (one batch: dattri's explicit and CG solvers sum
-    one inverse-HVP per batch of their "full" loader), ``score`` attributes every query and converts: in one
-    call, or with the config's ``train_batch`` > 0 that many attribution rows at a time (``score_in_passes``)."""
+    one inverse-HVP per batch of their "full" loader), ``score`` attributes every query and converts.  A
+    config with ``train_batch`` (and ``query_batch``) is scored in passes of that many attribution rows (and
+    queries); 0 means as many as keep their per-example gradients within ``GRADIENT_BYTES``: every row at
+    once on a small model, so one call, as dattri alone (``score_in_passes``)."""
 
     requires = ("dattri",)
     install_hint = INSTALL_HINT
@@ -266,8 +273,17 @@ class DattriMethod(Method):
 
     def score_data(self, ctx: Context) -> tuple[Any, Any]:
         """The (training, query) loaders ``attribute`` is given when the attribution set is one batch."""
-        return (loader(ctx.train_data, ctx.n_train),
-                loader(ctx.query_data, getattr(self.config, "query_batch", 0) or ctx.n_query))
+        return loader(ctx.train_data, ctx.n_train), loader(ctx.query_data, self.pass_rows(ctx, "query_batch", ctx.n_query))
+
+    def pass_rows(self, ctx: Context, setting: str, n: int) -> int:
+        """Rows per pass: the config's ``setting``, or for 0 (or no such setting) as many as keep their
+        per-example gradients within ``GRADIENT_BYTES`` — all ``n`` when they fit."""
+        value = getattr(self.config, setting, 0)
+        if value:
+            return min(value, n)
+        params = select_params(ctx.model, getattr(self.config, "patterns", ()))
+        size = num_params(params) * next(iter(params.values())).element_size()       # one row's gradient, bytes
+        return min(n, max(1, GRADIENT_BYTES // size))
 
     def fit(self, ctx: Context) -> None:
         self._info: dict[str, Any] = {}
@@ -283,9 +299,10 @@ class DattriMethod(Method):
 
     def score(self, ctx: Context) -> Tensor:
         self.fitted(ctx)
-        rows = getattr(self.config, "train_batch", 0)
+        rows = self.pass_rows(ctx, "train_batch", ctx.n_train) if hasattr(self.config, "train_batch") else ctx.n_train
         with session(self.dtype(ctx), ctx.seed):
-            if 0 < rows < ctx.n_train:
+            if rows < ctx.n_train:
+                self._info["train_rows_per_pass"] = rows
                 raw = self.score_in_passes(ctx, rows)
             else:
                 raw = self._attributor.attribute(*self.score_data(ctx))
@@ -294,10 +311,10 @@ class DattriMethod(Method):
     def score_in_passes(self, ctx: Context, rows: int) -> Tensor:
         """The raw scores with the attribution set's per-example gradients ``rows`` at a time.  dattri
         recomputes and transforms a batch of queries again for every training batch (CG's solve, LiSSA's
-        recursion, each time): here the queries go in passes of ``query_batch`` (0: all), each computed and
+        recursion, each time): here the queries go in passes of ``query_batch`` (``pass_rows``), each computed and
         transformed once (in the order, so with the random draws, of one call) while every training batch
         goes by — the one-call scores, with rows × d gradients held instead of n × d."""
-        size = getattr(self.config, "query_batch", 0) or ctx.n_query
+        size = self.pass_rows(ctx, "query_batch", ctx.n_query)
         training = loader(ctx.train_data, rows)
         columns = []
         for idx in torch.arange(ctx.n_query).split(size):

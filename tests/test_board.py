@@ -130,3 +130,24 @@ def test_an_empty_block_is_found_and_filled(committed):
     rendered = render_readme(text, committed)
     assert "| method |" in _block(rendered, "breadth") and rendered.endswith("\n<!-- /board:breadth -->\nafter\n")
     assert render_readme(rendered, committed) == rendered                       # and stays as it is
+
+
+def test_a_setting_the_method_no_longer_has_is_dropped_and_the_numbers_decide(tmp_path, capsys, caplog):
+    """A record made when the method had a setting it has since lost (cg.tol, which dattri never read) is
+    reproduced without it, saying so; identical numbers move the row to its new settings."""
+    paths = [p for p in _run(tmp_path) if "/gradsim/" in str(p)]
+    for path in paths:
+        record = json.loads(path.read_text())
+        record["method_config"]["tol"] = 1e-7
+        record["code"]["tdabench.methods.gradsim"] = "0" * 16
+        path.write_text(json.dumps(record))
+    key = paths[0].parent
+    key.rename(key.with_name("0" * 16))                       # where a config with the setting had put it
+    args = ["board", "--results-dir", str(tmp_path), "--readme", str(tmp_path / "none.md"), "--jobs", "1"]
+    with caplog.at_level("INFO", logger="tdabench"):
+        assert cli.main(args) == 0
+    assert "the record's gradsim.tol no longer exists; reproducing without" in caplog.text
+    assert "reproduced identically" in capsys.readouterr().out
+    records = [json.loads(p.read_text()) for p in key.glob("seed*.json")]      # back under the key it resolves to
+    assert len(records) == 2 and all("tol" not in r["method_config"] for r in records)
+    assert not key.with_name("0" * 16).exists()

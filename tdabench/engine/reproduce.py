@@ -122,8 +122,13 @@ def spec_for(record: RunResult, results_dir: Path, records_dir: Path, seeds: tup
     task = task_cls(with_values(task_cls.Config, record.task_config), device="cpu")
     base = {**config_dict(method_cls.Config()), **task.recommendations().get(record.method, {})}
     gt = config_of(record.ground_truth).settings()
+    gone = sorted(set(record.method_config) - set(base))   # settings the method no longer has: reproduced without
+    if gone:                                               # them, and the numbers say whether they mattered
+        log.info("%s on %s: the record's %s no longer exist%s; reproducing without", record.method, record.task,
+                 ", ".join(f"{record.method}.{k}" for k in gone), "s" if len(gone) == 1 else "")
+    kept = {k: v for k, v in record.method_config.items() if k not in gone}
     overrides = {"task": task_sets, "gt": {k: _setting(v) for k, v in gt.items()},
-                 record.method: _differing(record.method_config, base)}
+                 record.method: _differing(kept, base)}
     return RunSpec(task=record.task, methods=(record.method,), seeds=seeds, overrides=overrides,
                    results_dir=results_dir, records_dir=records_dir, executor=executor, device="cpu",
                    at_checkpoint=int(record.ground_truth.get("at_checkpoint") or 0))

@@ -24,6 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sustained TFLOP/s for the time estimate (default: measured for known devices)")
 
 
+def planned_device(device: str) -> str:
+    """``--device`` as planned: auto is CUDA when present, else the CPU."""
+    import torch
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"--device {device!r}: plan for auto, cpu or cuda[:N] (a CUDA device is planned without one "
+                          f"here; --device-memory GB sets its memory)")
+    return "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+
+
 def plan_spec(task_name: str, methods: tuple[str, ...], overrides: dict[str, dict[str, str]], seeds: int,
               device: str, memory_gb: Optional[float], tflops: Optional[float],
               trace_ops: Optional[int] = None, accept_unfinished: bool = False) -> tuple[Any, str, bool]:
@@ -36,10 +46,7 @@ def plan_spec(task_name: str, methods: tuple[str, ...], overrides: dict[str, dic
     from tdabench.api.config import apply_overrides
     from tdabench.engine.spec import check_scopes, make_task, resolve_method
 
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise ConfigError(f"--device {device!r}: plan for auto, cpu or cuda[:N] (a CUDA device is planned without one "
-                          f"here; --device-memory GB sets its memory)")
-    wanted = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
+    wanted = planned_device(device)
     check_scopes(overrides, methods)
     probe = make_task(task_name, overrides.get("task", {}), torch.device(wanted))   # configs only: loads nothing
     built = [resolve_method(m, probe, overrides.get(m, {}))[0] for m in methods]
@@ -129,8 +136,7 @@ def _serving(task_name: str, methods: tuple[str, ...], overrides: dict[str, dict
 
     from tdabench.engine.spec import make_task, resolve_method
 
-    wanted = "cuda" if device.startswith("cuda") else "cpu"
-    probe = make_task(task_name, overrides.get("task", {}), torch.device(wanted))   # configs only: loads nothing
+    probe = make_task(task_name, overrides.get("task", {}), torch.device(planned_device(device)))   # configs only
     kept = []
     for name in methods:
         try:
